@@ -5,7 +5,7 @@
 
 CC      ?= cc
 PREFIX  ?= /usr/local
-PKGS    := libarchive poppler-glib libxml-2.0 sqlite3 vulkan libzstd yaml-0.1 libpcre2-8
+PKGS    := libarchive poppler-glib libxml-2.0 sqlite3 vulkan libzstd yaml-0.1 libpcre2-8 jansson libcrypto
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -MMD -MP -I. -Ibuild \
            $(shell pkg-config --cflags $(PKGS))

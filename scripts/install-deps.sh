@@ -7,6 +7,7 @@ set -eu
 PKGS="build-essential pkg-config clang llvm lld libclang-rt-14-dev
       libarchive-dev libpoppler-glib-dev libxml2-dev libsqlite3-dev
       libvulkan-dev libzstd-dev libyaml-dev libpcre2-dev libcairo2-dev
+      libjansson-dev libssl-dev
       glslc mesa-vulkan-drivers vulkan-tools
       poppler-utils libarchive-tools p7zip-full zstd lz4 xz-utils bzip2 cpio
       zip unzip ghostscript groff-base sqlite3 git binutils qpdf"
