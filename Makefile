@@ -43,6 +43,8 @@ build/shaders/embedded.c: $(SHADER_SRCS) scripts/build-shaders.sh
 build/shaders/embedded.o: build/shaders/embedded.c
 	$(CC) $(CFLAGS) -Wno-overlength-strings -c -o $@ $<
 
+build/ingest/tokenizer_embed.o: models/deepseek-v4-tokenizer/tokenizer.json
+
 build/tests/runner: tests/runner.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS)
@@ -80,3 +82,52 @@ clean:
 
 .PHONY: all tests test deps asan demo install clean
 -include $(shell find build -name '*.d' 2>/dev/null)
+
+# ---- fuzzing (ingest/) ----------------------------------------------------
+# `make fuzz` builds one libFuzzer program per parser entry point
+# (build/fuzz/fuzz_NAME, clang -fsanitize=fuzzer,address,undefined) and the
+# same targets as plain replay programs (build/fuzz/replay_NAME, any compiler).
+# `make fuzz-smoke` runs each fuzzer FUZZ_SECONDS (default 10) from its seed
+# corpus; new inputs go to build/fuzz/corpus/NAME, crashes to
+# build/fuzz/artifacts/. docs/fuzzing.md says how to run them long. The seeds
+# are also replayed by tests/test_fuzz_replay in `make test`.
+FUZZ_CC       ?= clang
+FUZZ_SECONDS  ?= 10
+FUZZ_NAMES    := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_LIB_SRCS := $(filter-out ingest/tokenizer%,$(wildcard ingest/*.c))
+FUZZ_BASE     := -g -O1 -std=c11 -D_GNU_SOURCE -I. $(shell pkg-config --cflags $(PKGS))
+FUZZ_SAN      := -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_SAN_OBJS := $(FUZZ_LIB_SRCS:%.c=build/fuzz/san/%.o)
+FUZZ_PLAIN_OBJS := $(FUZZ_LIB_SRCS:%.c=build/fuzz/plain/%.o)
+
+fuzz: $(FUZZ_NAMES:%=build/fuzz/fuzz_%) $(FUZZ_NAMES:%=build/fuzz/replay_%)
+
+build/fuzz/san/%.o: %.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_BASE) $(FUZZ_SAN) -fsanitize=fuzzer-no-link -MMD -MP -c -o $@ $<
+
+build/fuzz/plain/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(FUZZ_BASE) -Wall -Wextra -Werror -MMD -MP -c -o $@ $<
+
+build/fuzz/fuzz_%: build/fuzz/san/tests/fuzz/fuzz_%.o $(FUZZ_SAN_OBJS)
+	$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer -o $@ $^ $(LDLIBS)
+
+build/fuzz/replay_%: build/fuzz/plain/tests/fuzz/fuzz_%.o build/fuzz/plain/tests/fuzz/replay_main.o $(FUZZ_PLAIN_OBJS)
+	$(CC) -o $@ $^ $(LDLIBS)
+
+fuzz-smoke: fuzz
+	@mkdir -p build/fuzz/artifacts; for t in $(FUZZ_NAMES); do \
+	    mkdir -p build/fuzz/corpus/$$t; \
+	    echo "fuzz-smoke: $$t for $(FUZZ_SECONDS) s"; \
+	    build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=2048 \
+	        -max_len=262144 -print_final_stats=1 -artifact_prefix=build/fuzz/artifacts/$$t- \
+	        build/fuzz/corpus/$$t tests/fuzz/corpus/$$t > build/fuzz/$$t.log 2>&1 \
+	        || { tail -40 build/fuzz/$$t.log; echo "fuzz-smoke: $$t FAILED"; exit 1; }; \
+	    grep -E 'stat::number_of_executed_units' build/fuzz/$$t.log; \
+	done; echo "fuzz-smoke: no crashes, leaks or sanitizer reports"
+
+fuzz-replay: $(FUZZ_NAMES:%=build/fuzz/replay_%)
+	@for t in $(FUZZ_NAMES); do build/fuzz/replay_$$t tests/fuzz/corpus/$$t || exit 1; done
+
+.PHONY: fuzz fuzz-smoke fuzz-replay

@@ -23,5 +23,16 @@ typedef struct dsv4_command {
 
 /* Implemented in pipeline/cmd_*.c. */
 int dsv4_cmd_version(int argc, char **argv);
+int dsv4_cmd_model(int argc, char **argv);
+int dsv4_cmd_conformance(int argc, char **argv);
+int dsv4_cmd_ingest(int argc, char **argv);
+int dsv4_cmd_submit(int argc, char **argv);
+int dsv4_cmd_run(int argc, char **argv);
+int dsv4_cmd_status(int argc, char **argv);
+int dsv4_cmd_results(int argc, char **argv);
+int dsv4_cmd_cancel(int argc, char **argv);
+int dsv4_cmd_list(int argc, char **argv);
+int dsv4_cmd_cache(int argc, char **argv);
+int dsv4_cmd_tokenize(int argc, char **argv);
 
 #endif

@@ -7,6 +7,17 @@
 
 static const dsv4_command commands[] = {
     {"version", dsv4_cmd_version, "print the version and the embedded shader count"},
+    {"model", dsv4_cmd_model, "make a small random DeepSeek-V4 model (init), validate a model dir (check)"},
+    {"conformance", dsv4_cmd_conformance, "check the engine against a golden case of the official model code"},
+    {"ingest", dsv4_cmd_ingest, "read files, trees and archives; print their documents"},
+    {"submit", dsv4_cmd_submit, "check a job.yaml and queue the job (prints its id)"},
+    {"run", dsv4_cmd_run, "a worker: run queued jobs (--once, --until-idle)"},
+    {"status", dsv4_cmd_status, "job counts, or one job's state, progress and events"},
+    {"results", dsv4_cmd_results, "a job's results as JSONL (OpenAI batch style) or Markdown"},
+    {"cancel", dsv4_cmd_cancel, "cancel a queued or running job"},
+    {"list", dsv4_cmd_list, "list jobs, newest first"},
+    {"cache", dsv4_cmd_cache, "the prefix cache: ls, stats, verify, gc [--max-size SIZE], bench"},
+    {"tokenize", dsv4_cmd_tokenize, "text to DeepSeek-V4 token ids and back (--jsonl, --decode, --bench)"},
 };
 
 static void usage(FILE *f)

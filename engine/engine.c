@@ -1,0 +1,487 @@
+/* engine/engine.c: the public contract of engine/dsv4_engine.h on top of the
+ * forward pass (engine/forward.c): open/close, sequences, chunked prefill,
+ * batched decode, fork, the state export/import of engine/dsv4_state.h and
+ * the conformance hooks.
+ *
+ * A sequence's state lives on the GPU, one buffer per block (window ring,
+ * compressors' rings, compressed caches that grow by doubling). Exported
+ * rows are bf16 (every cached value is bf16-exact: FP8/FP4 quant-dequantized
+ * bf16), the boundary is the raw f32 rings followed by the int64 position. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/forward.h"
+
+#define DEFAULT_CHUNK 256
+#define INITIAL_CAP_TOKENS 1024
+
+static void set_err(char *err, size_t errlen, const char *msg)
+{
+    if (err && errlen) snprintf(err, errlen, "%s", msg);
+}
+
+static int build_layout(dsv4_engine *e)
+{
+    const dsv4_config *c = &e->m->cfg;
+    int n = 0;
+    for (int b = 0; b < c->num_hidden_layers; b++) n += e->blk[b].ratio ? (e->blk[b].ratio == 4 ? 2 : 1) : 0;
+    e->layout.streams = calloc((size_t)(n ? n : 1), sizeof *e->layout.streams);
+    if (!e->layout.streams) return DSV4_ENOMEM;
+    e->layout.n_streams = (uint32_t)n;
+    int k = 0;
+    uint64_t bb = 0;
+    for (int b = 0; b < c->num_hidden_layers; b++) {
+        const gblock *g = &e->blk[b];
+        bb += (uint64_t)c->sliding_window * c->head_dim * 4;
+        if (g->ratio) {
+            dsv4_state_stream *s = &e->layout.streams[k++];
+            snprintf(s->name, sizeof s->name, "layers.%d.attn.kv", b);
+            s->ratio = (uint32_t)g->ratio;
+            s->row_bytes = (uint32_t)c->head_dim * 2;
+            uint64_t coff = g->overlap ? 2 : 1;
+            bb += coff * g->ratio * 2 * coff * c->head_dim * 4;
+        }
+        if (g->ratio == 4) {
+            dsv4_state_stream *s = &e->layout.streams[k++];
+            snprintf(s->name, sizeof s->name, "layers.%d.attn.index_kv", b);
+            s->ratio = 4;
+            s->row_bytes = (uint32_t)c->index_head_dim * 2;
+            bb += 8ull * 2 * 2 * c->index_head_dim * 4;
+        }
+    }
+    e->layout.boundary_bytes = bb + 8;
+    return 0;
+}
+
+int dsv4_engine_open(const char *model_dir, const dsv4_engine_options *opt, dsv4_engine **out, char *err,
+                     size_t errlen)
+{
+    *out = NULL;
+    dsv4_engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        set_err(err, errlen, "engine: out of memory");
+        return DSV4_ENOMEM;
+    }
+    int rc = dsv4_model_load(model_dir, &e->m, err, errlen);
+    if (rc) goto fail;
+    rc = vkrt_open(&e->rt, opt ? opt->device : NULL, opt ? opt->verbose : 0, opt ? opt->profile : 0, err, errlen);
+    if (rc) goto fail;
+    const dsv4_config *c = &e->m->cfg;
+    if (c->head_dim > 1024 || c->index_head_dim > 1024 || c->num_experts_per_tok > 16 || c->hc_mult > 6 ||
+        c->n_routed_experts < 1 || (c->index_head_dim & (c->index_head_dim - 1))) {
+        snprintf(err, errlen, "%s/config.json: sizes outside what the shaders support (head_dim <= 1024, "
+                 "power-of-two index_head_dim, <= 16 experts per token, hc_mult <= 6)", model_dir);
+        rc = DSV4_EINVAL;
+        goto fail;
+    }
+    const char *ch = getenv("DSV4_CHUNK");
+    e->chunk = ch && atoi(ch) > 0 ? atoi(ch) : DEFAULT_CHUNK;
+    /* a CPU driver runs barrier-free one-column-per-invocation GEMMs fastest
+       at every size; GPUs want shared-memory tiles beyond a few rows */
+    e->small_rows = e->rt.props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU ? 1 << 30 : 16;
+    const char *sr = getenv("DSV4_SMALL_ROWS");
+    if (sr && *sr) e->small_rows = atoi(sr);
+    rc = fwd_upload_weights(e, err, errlen);
+    if (rc) goto fail;
+    rc = fwd_alloc_scratch(e, err, errlen);
+    if (rc) goto fail;
+    rc = build_layout(e);
+    if (rc) goto fail;
+    e->info.vocab_size = c->vocab_size;
+    e->info.hidden_size = c->hidden_size;
+    e->info.num_hidden_layers = c->num_hidden_layers;
+    e->info.bos_token_id = c->bos_token_id;
+    e->info.eos_token_id = c->eos_token_id;
+    e->info.max_position_embeddings = c->max_position_embeddings;
+    memcpy(e->info.fingerprint, e->m->fingerprint, 32);
+    snprintf(e->name, sizeof e->name, "%s", e->rt.props.deviceName);
+    if (opt && opt->verbose) {
+        VkDeviceSize w = 0;
+        for (int i = 0; i < e->n_arenas; i++) w += e->arenas[i].size;
+        fprintf(stderr, "dsv4: %d blocks, weights in %d arena(s) of %llu MiB total, chunk %d tokens\n", e->n_blocks,
+                e->n_arenas, (unsigned long long)(w >> 20), e->chunk);
+    }
+    *out = e;
+    return 0;
+fail:
+    dsv4_engine_close(e);
+    return rc;
+}
+
+void dsv4_engine_close(dsv4_engine *e)
+{
+    if (!e) return;
+    if (e->rt.dev) {
+        vkDeviceWaitIdle(e->rt.dev);
+        fwd_free(e);
+    }
+    vkrt_close(&e->rt);
+    dsv4_model_free(e->m);
+    free(e->layout.streams);
+    free(e);
+}
+
+const dsv4_model_info *dsv4_engine_info(const dsv4_engine *e) { return &e->info; }
+const char *dsv4_engine_device_name(const dsv4_engine *e) { return e->name; }
+const dsv4_state_layout *dsv4_engine_state_layout(const dsv4_engine *e) { return &e->layout; }
+
+/* ---------------------------------------------------------------- sequences */
+
+int dsv4_seq_create(dsv4_engine *e, dsv4_seq **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    dsv4_seq *s = calloc(1, sizeof *s);
+    if (s) s->ls = calloc((size_t)e->n_blocks, sizeof *s->ls);
+    if (!s || !s->ls) {
+        free(s);
+        set_err(err, errlen, "engine: out of memory");
+        return DSV4_ENOMEM;
+    }
+    s->e = e;
+    for (int b = 0; b < e->n_blocks; b++) {
+        int rc = lstate_init(e, &s->ls[b], b, INITIAL_CAP_TOKENS, err, errlen);
+        if (rc) {
+            dsv4_seq_free(s);
+            return rc;
+        }
+    }
+    *out = s;
+    return 0;
+}
+
+void dsv4_seq_free(dsv4_seq *s)
+{
+    if (!s) return;
+    if (s->ls) {
+        vkDeviceWaitIdle(s->e->rt.dev);
+        for (int b = 0; b < s->e->n_blocks; b++) lstate_free(s->e, &s->ls[b]);
+    }
+    free(s->ls);
+    free(s);
+}
+
+int64_t dsv4_seq_pos(const dsv4_seq *s) { return s->pos; }
+
+static int check_tokens(const dsv4_engine *e, const int32_t *t, int64_t n, char *err, size_t errlen)
+{
+    for (int64_t i = 0; i < n; i++)
+        if (t[i] < 0 || t[i] >= e->m->cfg.vocab_size) {
+            snprintf(err, errlen, "engine: token %d at index %lld outside the vocabulary [0, %d)", t[i],
+                     (long long)i, e->m->cfg.vocab_size);
+            return DSV4_EINVAL;
+        }
+    return 0;
+}
+
+static void put_io(dsv4_engine *e, const int32_t *tokens, const int64_t *pos, int n, int64_t p0)
+{
+    int32_t *tk = (int32_t *)((uint8_t *)e->s.io.map + e->s.io_tok);
+    uint32_t *ps = (uint32_t *)((uint8_t *)e->s.io.map + e->s.io_pos);
+    for (int i = 0; i < n; i++) {
+        tk[i] = tokens[i];
+        ps[i] = (uint32_t)(pos ? pos[i] : p0 + i);
+    }
+}
+
+int dsv4_seq_prefill(dsv4_seq *s, const int32_t *tokens, int64_t n, float *logits, int64_t logits_rows,
+                     char *err, size_t errlen)
+{
+    dsv4_engine *e = s->e;
+    if (n < 1 || (logits_rows != 0 && logits_rows != 1 && logits_rows != n) || (logits_rows && !logits)) {
+        set_err(err, errlen, "dsv4_seq_prefill: n must be >= 1 and logits_rows 0, 1 or n");
+        return DSV4_EINVAL;
+    }
+    if (s->pos + n > e->m->cfg.max_position_embeddings || s->pos + n > (int64_t)UINT32_MAX / 2) {
+        snprintf(err, errlen, "dsv4_seq_prefill: position %lld beyond max_position_embeddings %lld",
+                 (long long)(s->pos + n), (long long)e->m->cfg.max_position_embeddings);
+        return DSV4_EINVAL;
+    }
+    int rc = check_tokens(e, tokens, n, err, errlen);
+    if (rc) return rc;
+    int V = e->m->cfg.vocab_size;
+    for (int64_t a = 0; a < n; a += e->chunk) {
+        int m = (int)(n - a < e->chunk ? n - a : e->chunk);
+        put_io(e, tokens + a, NULL, m, s->pos);
+        fseg sg = {s, 0, (uint32_t)m, s->pos};
+        fpass fp = {.T = m, .segs = &sg, .nsegs = 1, .b0 = 0, .b1 = e->m->cfg.num_hidden_layers};
+        if (logits_rows == n) {
+            fp.head = 1; fp.head_r0 = 0; fp.head_n = m; fp.logits = logits + a * V;
+        } else if (logits_rows == 1 && a + m == n) {
+            fp.head = 1; fp.head_r0 = m - 1; fp.head_n = 1; fp.logits = logits;
+        }
+        rc = fwd_run(e, &fp, err, errlen);
+        if (rc) return rc;
+        s->pos += m;
+    }
+    return 0;
+}
+
+int dsv4_decode(dsv4_seq *const *seqs, int n_seqs, const int32_t *tokens, float *logits, char *err,
+                size_t errlen)
+{
+    if (n_seqs < 1 || !seqs || !tokens || !logits) {
+        set_err(err, errlen, "dsv4_decode: need at least one sequence, its token and a logits buffer");
+        return DSV4_EINVAL;
+    }
+    dsv4_engine *e = seqs[0]->e;
+    for (int i = 0; i < n_seqs; i++)
+        for (int j = 0; j < i; j++)
+            if (seqs[i] == seqs[j] || seqs[i]->e != e) {
+                set_err(err, errlen, "dsv4_decode: a sequence appears twice or belongs to another engine");
+                return DSV4_EINVAL;
+            }
+    int rc = check_tokens(e, tokens, n_seqs, err, errlen);
+    if (rc) return rc;
+    int V = e->m->cfg.vocab_size;
+    fseg *segs = calloc((size_t)e->chunk, sizeof *segs);
+    int64_t *pos = calloc((size_t)e->chunk, sizeof *pos);
+    if (!segs || !pos) {
+        free(segs); free(pos);
+        set_err(err, errlen, "dsv4_decode: out of memory");
+        return DSV4_ENOMEM;
+    }
+    for (int a = 0; a < n_seqs && !rc; a += e->chunk) {
+        int m = n_seqs - a < e->chunk ? n_seqs - a : e->chunk;
+        for (int i = 0; i < m; i++) {
+            segs[i] = (fseg){seqs[a + i], (uint32_t)i, 1, seqs[a + i]->pos};
+            pos[i] = seqs[a + i]->pos;
+        }
+        put_io(e, tokens + a, pos, m, 0);
+        fpass fp = {.T = m, .segs = segs, .nsegs = m, .b0 = 0, .b1 = e->m->cfg.num_hidden_layers, .head = 1,
+                    .head_r0 = 0, .head_n = m, .logits = logits + (int64_t)a * V};
+        rc = fwd_run(e, &fp, err, errlen);
+        if (!rc)
+            for (int i = 0; i < m; i++) seqs[a + i]->pos++;
+    }
+    free(segs);
+    free(pos);
+    return rc;
+}
+
+int dsv4_seq_fork(const dsv4_seq *src, dsv4_seq **out, char *err, size_t errlen)
+{
+    dsv4_engine *e = src->e;
+    *out = NULL;
+    dsv4_seq *s = calloc(1, sizeof *s);
+    if (s) s->ls = calloc((size_t)e->n_blocks, sizeof *s->ls);
+    if (!s || !s->ls) {
+        free(s);
+        set_err(err, errlen, "dsv4_seq_fork: out of memory");
+        return DSV4_ENOMEM;
+    }
+    s->e = e;
+    s->pos = src->pos;
+    int rc = 0;
+    for (int b = 0; b < e->n_blocks && !rc; b++) {
+        s->ls[b] = src->ls[b];
+        memset(&s->ls[b].buf, 0, sizeof s->ls[b].buf);
+        rc = vkbuf_create(&e->rt, src->ls[b].buf.size, 1, &s->ls[b].buf, err, errlen);
+        if (!rc) rc = vkrt_begin(&e->rt, err, errlen);
+        if (!rc) {
+            vkrt_copy(&e->rt, vkbuf_view(&src->ls[b].buf, 0, src->ls[b].buf.size),
+                      vkbuf_view(&s->ls[b].buf, 0, s->ls[b].buf.size), src->ls[b].buf.size);
+            rc = vkrt_submit_wait(&e->rt, err, errlen);
+        }
+    }
+    if (rc) {
+        dsv4_seq_free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- export / import */
+
+static uint16_t f2bf(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+int dsv4_seq_export(const dsv4_seq *s, int64_t pos0, dsv4_state_chunk *chunk, char *err, size_t errlen)
+{
+    dsv4_engine *e = s->e;
+    const dsv4_config *c = &e->m->cfg;
+    if (pos0 < 0 || pos0 > s->pos) {
+        snprintf(err, errlen, "dsv4_seq_export: pos0 %lld outside [0, %lld]", (long long)pos0, (long long)s->pos);
+        return DSV4_EINVAL;
+    }
+    int k = 0, rc = 0;
+    for (int b = 0; b < c->num_hidden_layers && !rc; b++) {
+        const gblock *g = &e->blk[b];
+        const lstate *ls = &s->ls[b];
+        for (int j = 0; j < (g->ratio ? (g->ratio == 4 ? 2 : 1) : 0) && !rc; j++) {
+            const dsv4_state_stream *st = &e->layout.streams[k];
+            int64_t r0 = pos0 / st->ratio, r1 = s->pos / st->ratio;
+            uint32_t d = st->row_bytes / 2;
+            size_t nf = (size_t)(r1 - r0) * d;
+            float *tmp = malloc(nf ? nf * 4 : 4);
+            if (!tmp) return DSV4_ENOMEM;
+            VkDeviceSize off = (j == 0 ? ls->kv_off : ls->ikv_off) + (VkDeviceSize)r0 * d * 4;
+            rc = nf ? vkrt_download(&e->rt, vkbuf_view(&ls->buf, off, nf * 4), tmp, nf * 4, err, errlen) : 0;
+            uint16_t *dst = (uint16_t *)chunk->rows[k];
+            for (size_t i = 0; i < nf && !rc; i++) dst[i] = f2bf(tmp[i]);
+            free(tmp);
+            k++;
+        }
+    }
+    if (!rc && chunk->boundary) {
+        uint8_t *p = chunk->boundary;
+        for (int b = 0; b < c->num_hidden_layers && !rc; b++) {
+            const lstate *ls = &s->ls[b];
+            /* ring, compressor ring, indexer ring are contiguous up to kv_off */
+            VkDeviceSize sizes[3] = {(VkDeviceSize)c->sliding_window * c->head_dim * 4, 0, 0};
+            const gblock *g = &e->blk[b];
+            if (g->ratio) sizes[1] = (VkDeviceSize)(g->overlap ? 4 : 1) * g->ratio * 2 * c->head_dim * 4;
+            if (g->ratio == 4) sizes[2] = 8ull * 4 * c->index_head_dim * 4;
+            VkDeviceSize offs[3] = {ls->ring_off, ls->cring_off, ls->iring_off};
+            for (int j = 0; j < 3 && !rc; j++)
+                if (sizes[j]) {
+                    rc = vkrt_download(&e->rt, vkbuf_view(&ls->buf, offs[j], sizes[j]), p, sizes[j], err, errlen);
+                    p += sizes[j];
+                }
+        }
+        int64_t pos = s->pos;
+        memcpy(p, &pos, 8);
+    }
+    chunk->pos0 = pos0;
+    chunk->pos1 = s->pos;
+    return rc;
+}
+
+int dsv4_seq_import(dsv4_seq *s, const dsv4_state_chunk *chunk, char *err, size_t errlen)
+{
+    dsv4_engine *e = s->e;
+    const dsv4_config *c = &e->m->cfg;
+    if (chunk->pos0 != s->import_end || chunk->pos1 < chunk->pos0 || s->pos != 0) {
+        snprintf(err, errlen, "dsv4_seq_import: chunk [%lld, %lld) does not follow the restored rows (end %lld) "
+                 "of a fresh sequence", (long long)chunk->pos0, (long long)chunk->pos1, (long long)s->import_end);
+        return DSV4_EINVAL;
+    }
+    int k = 0, rc = 0;
+    for (int b = 0; b < c->num_hidden_layers && !rc; b++) {
+        const gblock *g = &e->blk[b];
+        lstate *ls = &s->ls[b];
+        rc = lstate_reserve(e, ls, b, chunk->pos1, err, errlen);
+        for (int j = 0; j < (g->ratio ? (g->ratio == 4 ? 2 : 1) : 0) && !rc; j++) {
+            const dsv4_state_stream *st = &e->layout.streams[k];
+            int64_t r0 = chunk->pos0 / st->ratio, r1 = chunk->pos1 / st->ratio;
+            uint32_t d = st->row_bytes / 2;
+            size_t nf = (size_t)(r1 - r0) * d;
+            float *tmp = malloc(nf ? nf * 4 : 4);
+            if (!tmp) return DSV4_ENOMEM;
+            const uint16_t *src = (const uint16_t *)chunk->rows[k];
+            for (size_t i = 0; i < nf; i++) {
+                uint32_t u = (uint32_t)src[i] << 16;
+                memcpy(&tmp[i], &u, 4);
+            }
+            VkDeviceSize off = (j == 0 ? ls->kv_off : ls->ikv_off) + (VkDeviceSize)r0 * d * 4;
+            rc = nf ? vkrt_upload(&e->rt, vkbuf_view(&ls->buf, off, nf * 4), tmp, nf * 4, err, errlen) : 0;
+            free(tmp);
+            k++;
+        }
+    }
+    if (rc) return rc;
+    s->import_end = chunk->pos1;
+    if (chunk->boundary) {
+        const uint8_t *p = chunk->boundary;
+        int64_t pos;
+        memcpy(&pos, p + e->layout.boundary_bytes - 8, 8);
+        if (pos != chunk->pos1) {
+            snprintf(err, errlen, "dsv4_seq_import: boundary is at position %lld, chunk ends at %lld", (long long)pos,
+                     (long long)chunk->pos1);
+            return DSV4_EINVAL;
+        }
+        for (int b = 0; b < c->num_hidden_layers && !rc; b++) {
+            const lstate *ls = &s->ls[b];
+            const gblock *g = &e->blk[b];
+            VkDeviceSize sizes[3] = {(VkDeviceSize)c->sliding_window * c->head_dim * 4, 0, 0};
+            if (g->ratio) sizes[1] = (VkDeviceSize)(g->overlap ? 4 : 1) * g->ratio * 2 * c->head_dim * 4;
+            if (g->ratio == 4) sizes[2] = 8ull * 4 * c->index_head_dim * 4;
+            VkDeviceSize offs[3] = {ls->ring_off, ls->cring_off, ls->iring_off};
+            for (int j = 0; j < 3 && !rc; j++)
+                if (sizes[j]) {
+                    rc = vkrt_upload(&e->rt, vkbuf_view(&ls->buf, offs[j], sizes[j]), p, sizes[j], err, errlen);
+                    p += sizes[j];
+                }
+        }
+        if (!rc) s->pos = pos;
+    }
+    return rc;
+}
+
+/* ---------------------------------------------------------------- conformance hooks */
+
+int dsv4_engine_run_block(dsv4_engine *e, int layer, const int32_t *tokens, int64_t n, const float *x, float *out,
+                          char *err, size_t errlen)
+{
+    const dsv4_config *c = &e->m->cfg;
+    if (layer < 0 || layer >= c->num_hidden_layers || n < 1) {
+        snprintf(err, errlen, "dsv4_engine_run_block: layer %d outside [0, %d) or n < 1", layer, c->num_hidden_layers);
+        return DSV4_EINVAL;
+    }
+    int rc = check_tokens(e, tokens, n, err, errlen);
+    if (rc) return rc;
+    dsv4_seq *s;
+    rc = dsv4_seq_create(e, &s, err, errlen);
+    if (rc) return rc;
+    size_t row = (size_t)c->hc_mult * c->hidden_size;
+    for (int64_t a = 0; a < n && !rc; a += e->chunk) {
+        int m = (int)(n - a < e->chunk ? n - a : e->chunk);
+        put_io(e, tokens + a, NULL, m, a);
+        fseg sg = {s, 0, (uint32_t)m, a};
+        fpass fp = {.T = m, .segs = &sg, .nsegs = 1, .b0 = layer, .b1 = layer + 1, .x_in = x + a * row,
+                    .x_out = out + a * row};
+        rc = fwd_run(e, &fp, err, errlen);
+    }
+    dsv4_seq_free(s);
+    return rc;
+}
+
+int dsv4_engine_run_mtp(dsv4_engine *e, const int32_t *tokens, int64_t n, const float *h, float *logits, char *err,
+                        size_t errlen)
+{
+    const dsv4_config *c = &e->m->cfg;
+    if (c->num_nextn_predict_layers < 1 || n < 1) {
+        set_err(err, errlen, "dsv4_engine_run_mtp: the model has no MTP block, or n < 1");
+        return DSV4_EINVAL;
+    }
+    int rc = check_tokens(e, tokens, n + 1, err, errlen);
+    if (rc) return rc;
+    dsv4_seq *s;
+    rc = dsv4_seq_create(e, &s, err, errlen);
+    if (rc) return rc;
+    size_t row = (size_t)c->hc_mult * c->hidden_size;
+    int mb = c->num_hidden_layers;
+    for (int64_t a = 0; a < n && !rc; a += e->chunk) {
+        int m = (int)(n - a < e->chunk ? n - a : e->chunk);
+        put_io(e, tokens + a + 1, NULL, m, a);
+        fseg sg = {s, 0, (uint32_t)m, a};
+        fpass fp = {.T = m, .segs = &sg, .nsegs = 1, .b0 = mb, .b1 = mb + 1, .x_in = h + a * row, .mtp = 1,
+                    .head = 2, .head_r0 = 0, .head_n = m, .logits = logits + a * c->vocab_size};
+        rc = fwd_run(e, &fp, err, errlen);
+    }
+    dsv4_seq_free(s);
+    return rc;
+}
+
+int dsv4_engine_profile(dsv4_engine *e, dsv4_profile_entry *out, int cap)
+{
+    int n = 0;
+    for (int i = 0; i < e->rt.n_prof && n < cap; i++) {
+        if (!e->rt.prof_calls[i]) continue;
+        snprintf(out[n].op, sizeof out[n].op, "%s", e->rt.prof_name[i]);
+        out[n].ms = e->rt.prof_ms[i];
+        out[n].calls = e->rt.prof_calls[i];
+        n++;
+    }
+    for (int i = 0; i < e->rt.n_prof; i++) {
+        e->rt.prof_ms[i] = 0;
+        e->rt.prof_calls[i] = 0;
+    }
+    return n;
+}

@@ -1,0 +1,762 @@
+/* engine/forward.c: DeepSeek-V4's forward pass recorded as Vulkan dispatches.
+ *
+ * Weights are copied once into a few large device arenas in their stored
+ * formats (FP8/FP4 stay packed; shaders decode them). A pass takes T tokens
+ * made of segments (a prefill chunk is one segment of one sequence; a batched
+ * decode step is one segment per sequence): everything that is per token —
+ * projections, norms, hyper-connections, MoE — runs as batched products over
+ * all T tokens; only what touches a sequence's own state (compressors, the
+ * indexer, attention, ring updates) is dispatched per segment. The whole pass
+ * goes into one command buffer and the host waits once, at the end.
+ * Activations are f32 buffers holding exactly the values the official code
+ * holds (bf16-rounded where it keeps bf16, FP8 quant-dequantized before every
+ * FP8/FP4 GEMM), so the numerics follow inference/model.py and the rounding
+ * of kernel_tilelang.py. */
+#include "engine/forward.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- push constants, mirrored from the shaders ---- */
+typedef struct { uint32_t M, N, K, ldx, ldy, x_off, y_off, w_row0, flags, s_cols, w_estride, s_estride, e0, e1, tiles_off, rowmap_off; } pc_gemm;
+typedef struct { uint32_t rows, ldx, ldy, col0, bs, mode; } pc_aq;
+typedef struct { uint32_t D, ldx, ldy, x_off, y_off; float eps; } pc_rms;
+typedef struct { uint32_t D, hc, iters, x_ld; float norm_eps, hc_eps; } pc_hcpre;
+typedef struct { uint32_t D, hc; } pc_hcpost;
+typedef struct { uint32_t D, rd, ldx, x_off, flags, pos_base, pos_step; float eps; } pc_hp;
+typedef struct { uint32_t d, ratio, overlap, i0, p0, t0, ld_out; } pc_comp;
+typedef struct { uint32_t width, lds, ldr, col_off, L, q0, p0, t0, use_ape, ratio; } pc_ring;
+typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; } pc_iscore;
+typedef struct { uint32_t topk, ratio, p0, ld_s, ld_i; } pc_topk;
+typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; } pc_attn;
+typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale; } pc_gate;
+typedef struct { uint32_t T, E, k, rowmap_off, slotpos_off, wsort_off, e_begin_off; } pc_group;
+typedef struct { uint32_t rows, inter, use_w, wsort_off; float limit; } pc_swiglu;
+typedef struct { uint32_t D, k, slotpos_off; } pc_combine;
+typedef struct { uint32_t D, hc, row0; } pc_embed;
+typedef struct { uint32_t D, hc; } pc_add;
+_Static_assert(sizeof(pc_gemm) == 64, "gemm push constants");
+_Static_assert(sizeof(pc_aq) == 24, "act_quant push constants");
+_Static_assert(sizeof(pc_rms) == 24, "rmsnorm push constants");
+_Static_assert(sizeof(pc_hcpre) == 24, "hc_pre push constants");
+_Static_assert(sizeof(pc_hcpost) == 8, "hc_post push constants");
+_Static_assert(sizeof(pc_hp) == 32, "headprep push constants");
+_Static_assert(sizeof(pc_comp) == 28, "compress push constants");
+_Static_assert(sizeof(pc_ring) == 40, "ring_write push constants");
+_Static_assert(sizeof(pc_iscore) == 32, "index_score push constants");
+_Static_assert(sizeof(pc_topk) == 20, "topk push constants");
+_Static_assert(sizeof(pc_attn) == 40, "attn push constants");
+_Static_assert(sizeof(pc_gate) == 28, "moe_gate push constants");
+_Static_assert(sizeof(pc_group) == 28, "moe_group push constants");
+_Static_assert(sizeof(pc_swiglu) == 20, "swiglu push constants");
+_Static_assert(sizeof(pc_combine) == 12, "moe_combine push constants");
+_Static_assert(sizeof(pc_embed) == 12, "embed push constants");
+_Static_assert(sizeof(pc_add) == 8, "add_bcast push constants");
+
+enum { F_RMS_SCALE = 1, F_RMS_W = 2, F_ROPE = 4, F_ROPE_INV = 8, F_HADAMARD = 16, F_FP4 = 32,
+       F_FP8_NOPE = 64, F_POSBUF = 128 };
+
+/* GEMMs with at most this many rows use the SMALL shader variants */
+#define SMALL_ROWS 16
+
+#define ARENA_BYTES ((VkDeviceSize)256 << 20)
+
+static VkDeviceSize align_up(VkDeviceSize x, VkDeviceSize a) { return (x + a - 1) / a * a; }
+static uint32_t cdiv(uint64_t a, uint64_t b) { return (uint32_t)((a + b - 1) / b); }
+
+/* ------------------------------------------------------------ weights */
+
+static int arena_alloc(dsv4_engine *e, VkDeviceSize size, const char *what, vkview *out, char *err, size_t errlen)
+{
+    vkrt *rt = &e->rt;
+    if (size > rt->max_range) {
+        snprintf(err, errlen, "%s: %llu bytes exceed the device's maxStorageBufferRange %llu", what,
+                 (unsigned long long)size, (unsigned long long)rt->max_range);
+        return DSV4_ENOMEM;
+    }
+    if (size == 0) size = 16;
+    if (e->n_arenas == 0 || align_up(e->arena_fill, rt->align) + size > e->arenas[e->n_arenas - 1].size) {
+        if (e->n_arenas >= 64) {
+            snprintf(err, errlen, "%s: out of weight arenas", what);
+            return DSV4_ENOMEM;
+        }
+        VkDeviceSize as = ARENA_BYTES;
+        if (as > rt->max_alloc) as = rt->max_alloc;
+        if (as < size) as = size;
+        int rc = vkbuf_create(rt, as, 1, &e->arenas[e->n_arenas], err, errlen);
+        if (rc) return rc;
+        e->n_arenas++;
+        e->arena_fill = 0;
+    }
+    VkDeviceSize off = align_up(e->arena_fill, rt->align);
+    *out = vkbuf_view(&e->arenas[e->n_arenas - 1], off, align_up(size, 16));
+    e->arena_fill = off + align_up(size, 16);
+    return 0;
+}
+
+static int up_tensor(dsv4_engine *e, const dsv4_tensor *t, vkview *out, char *err, size_t errlen)
+{
+    if (!t->data) {
+        *out = e->dummy;
+        return 0;
+    }
+    int rc = arena_alloc(e, t->nbytes, t->name, out, err, errlen);
+    if (rc) return rc;
+    return vkrt_upload(&e->rt, *out, t->data, t->nbytes, err, errlen);
+}
+
+static int up_weight(dsv4_engine *e, const dsv4_weight *w, gw *g, char *err, size_t errlen)
+{
+    memset(g, 0, sizeof *g);
+    g->q = w->q;
+    g->out = (uint32_t)w->out;
+    g->in = (uint32_t)w->in;
+    g->s_cols = w->q == DSV4_WQ_FP8 ? cdiv(w->in, 128) : w->q == DSV4_WQ_FP4 ? (uint32_t)(w->in / 32) : 0;
+    int rc = up_tensor(e, &w->w, &g->w, err, errlen);
+    if (rc) return rc;
+    if (w->scale.data) return up_tensor(e, &w->scale, &g->s, err, errlen);
+    g->s = e->dummy;
+    return 0;
+}
+
+static int up_hc(dsv4_engine *e, const dsv4_hc_w *h, ghc *g, char *err, size_t errlen)
+{
+    int rc = up_tensor(e, &h->fn, &g->fn, err, errlen);
+    if (!rc) rc = up_tensor(e, &h->base, &g->base, err, errlen);
+    if (!rc) rc = up_tensor(e, &h->scale, &g->scale, err, errlen);
+    return rc;
+}
+
+/* All routed experts' matrix j (0: w1, 1: w2, 2: w3) of a block, contiguous,
+ * so one grouped GEMM dispatch reaches every expert through one binding. */
+static int up_experts(dsv4_engine *e, const dsv4_ffn_w *f, int n_exp, gblock *g, char *err, size_t errlen)
+{
+    for (int j = 0; j < 3; j++) {
+        const dsv4_weight *w0 = j == 0 ? &f->experts[0].w1 : j == 1 ? &f->experts[0].w2 : &f->experts[0].w3;
+        uint64_t wb = w0->w.nbytes, sb = w0->scale.data ? w0->scale.nbytes : 0;
+        char what[96];
+        snprintf(what, sizeof what, "%s and the other experts of its layer", w0->w.name);
+        int rc = arena_alloc(e, wb * (uint64_t)n_exp, what, &g->ex_w[j], err, errlen);
+        if (rc) return rc;
+        if (sb) {
+            rc = arena_alloc(e, sb * (uint64_t)n_exp, what, &g->ex_s[j], err, errlen);
+            if (rc) return rc;
+        } else {
+            g->ex_s[j] = e->dummy;
+        }
+        g->ex_wstride[j] = (uint32_t)wb;
+        g->ex_sstride[j] = (uint32_t)sb;
+        for (int x = 0; x < n_exp; x++) {
+            const dsv4_weight *w = j == 0 ? &f->experts[x].w1 : j == 1 ? &f->experts[x].w2 : &f->experts[x].w3;
+            if (w->w.nbytes != wb || (sb && w->scale.nbytes != sb)) {
+                snprintf(err, errlen, "%s: size differs from expert 0", w->w.name);
+                return DSV4_EINVAL;
+            }
+            vkview v = g->ex_w[j];
+            v.off += wb * (uint64_t)x;
+            rc = vkrt_upload(&e->rt, v, w->w.data, wb, err, errlen);
+            if (!rc && sb) {
+                v = g->ex_s[j];
+                v.off += sb * (uint64_t)x;
+                rc = vkrt_upload(&e->rt, v, w->scale.data, sb, err, errlen);
+            }
+            if (rc) return rc;
+        }
+    }
+    g->ex_q = f->experts[0].w1.q;
+    return 0;
+}
+
+static void rope_freqs(const dsv4_config *c, int yarn, float *out)
+{
+    /* precompute_freqs_cis of model.py, in f32 as torch computes it */
+    int dim = c->qk_rope_head_dim;
+    double base = yarn ? c->compress_rope_theta : c->rope_theta;
+    for (int i = 0; i < dim / 2; i++) out[i] = (float)(1.0 / pow(base, (double)(2 * i) / dim));
+    if (yarn && c->original_max_position_embeddings > 0) {
+        double osl = (double)c->original_max_position_embeddings;
+        double lo = floor(dim * log(osl / (c->beta_fast * 2 * M_PI)) / (2 * log(base)));
+        double hi = ceil(dim * log(osl / (c->beta_slow * 2 * M_PI)) / (2 * log(base)));
+        if (lo < 0) lo = 0;
+        if (hi > dim - 1) hi = dim - 1;
+        if (lo == hi) hi += 0.001;
+        for (int i = 0; i < dim / 2; i++) {
+            float ramp = (float)(((double)i - lo) / (hi - lo));
+            if (ramp < 0) ramp = 0;
+            if (ramp > 1) ramp = 1;
+            float smooth = 1.0f - ramp;
+            out[i] = out[i] / (float)c->rope_factor * (1.0f - smooth) + out[i] * smooth;
+        }
+    }
+}
+
+static int up_block(dsv4_engine *e, const dsv4_block_w *b, gblock *g, char *err, size_t errlen)
+{
+    const dsv4_config *c = &e->m->cfg;
+    int rc = 0;
+    g->layer_id = b->layer_id;
+    g->is_mtp = b->is_mtp;
+    g->ratio = b->attn.compress_ratio;
+    g->overlap = g->ratio == 4;
+    g->hash = b->ffn.hash;
+#define T_(t, v) if (!rc) rc = up_tensor(e, &(t), &(v), err, errlen)
+#define W_(w, v) if (!rc) rc = up_weight(e, &(w), &(v), err, errlen)
+    T_(b->attn_norm, g->attn_norm); T_(b->ffn_norm, g->ffn_norm);
+    if (!rc) rc = up_hc(e, &b->hc_attn, &g->hc_attn, err, errlen);
+    if (!rc) rc = up_hc(e, &b->hc_ffn, &g->hc_ffn, err, errlen);
+    T_(b->attn.attn_sink, g->attn_sink); T_(b->attn.q_norm, g->q_norm); T_(b->attn.kv_norm, g->kv_norm);
+    W_(b->attn.wq_a, g->wq_a); W_(b->attn.wq_b, g->wq_b); W_(b->attn.wkv, g->wkv);
+    W_(b->attn.wo_a, g->wo_a); W_(b->attn.wo_b, g->wo_b);
+    if (b->attn.has_compressor) {
+        W_(b->attn.compressor.wkv, g->c_wkv); W_(b->attn.compressor.wgate, g->c_wgate);
+        T_(b->attn.compressor.ape, g->c_ape); T_(b->attn.compressor.norm, g->c_norm);
+    }
+    if (b->attn.has_indexer) {
+        W_(b->attn.indexer.wq_b, g->i_wq_b); W_(b->attn.indexer.weights_proj, g->i_wproj);
+        W_(b->attn.indexer.compressor.wkv, g->ic_wkv); W_(b->attn.indexer.compressor.wgate, g->ic_wgate);
+        T_(b->attn.indexer.compressor.ape, g->ic_ape); T_(b->attn.indexer.compressor.norm, g->ic_norm);
+    }
+    W_(b->ffn.gate, g->gate);
+    T_(b->ffn.gate_bias, g->gate_bias);
+    T_(b->ffn.tid2eid, g->tid2eid);
+    if (!rc) rc = up_experts(e, &b->ffn, c->n_routed_experts, g, err, errlen);
+    W_(b->ffn.shared.w1, g->sh[0]); W_(b->ffn.shared.w2, g->sh[1]); W_(b->ffn.shared.w3, g->sh[2]);
+    if (b->is_mtp) {
+        W_(b->e_proj, g->e_proj); W_(b->h_proj, g->h_proj);
+        T_(b->enorm, g->enorm); T_(b->hnorm, g->hnorm); T_(b->norm, g->norm);
+        if (!rc) rc = up_hc(e, &b->hc_head, &g->hc_head, err, errlen);
+    }
+#undef T_
+#undef W_
+    return rc;
+}
+
+int fwd_upload_weights(dsv4_engine *e, char *err, size_t errlen)
+{
+    const dsv4_model *m = e->m;
+    const dsv4_config *c = &m->cfg;
+    int rc = arena_alloc(e, 256, "dummy", &e->dummy, err, errlen);
+    if (rc) return rc;
+    e->n_blocks = dsv4_config_n_blocks(c);
+    e->blk = calloc((size_t)e->n_blocks, sizeof *e->blk);
+    if (!e->blk) return DSV4_ENOMEM;
+    for (int i = 0; i < e->n_blocks && !rc; i++)
+        rc = up_block(e, i < c->num_hidden_layers ? &m->layers[i] : &m->mtp[i - c->num_hidden_layers], &e->blk[i],
+                      err, errlen);
+    if (!rc) rc = up_tensor(e, &m->embed, &e->embed, err, errlen);
+    if (!rc) rc = up_tensor(e, &m->head, &e->head, err, errlen);
+    if (!rc) rc = up_tensor(e, &m->norm, &e->norm, err, errlen);
+    if (!rc) rc = up_hc(e, &m->hc_head, &e->hc_head, err, errlen);
+    float fr[2][512];
+    if (c->qk_rope_head_dim > 1024 || c->qk_rope_head_dim % 2) {
+        snprintf(err, errlen, "config.json: qk_rope_head_dim %d not supported", c->qk_rope_head_dim);
+        return DSV4_EINVAL;
+    }
+    rope_freqs(c, 0, fr[0]);
+    rope_freqs(c, c->rope_scaling_yarn, fr[1]);
+    for (int i = 0; i < 2 && !rc; i++) {
+        rc = arena_alloc(e, 2048, "rope", &e->freq[i], err, errlen);
+        if (!rc) rc = vkrt_upload(&e->rt, e->freq[i], fr[i], sizeof fr[i], err, errlen);
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------ scratch */
+
+static int sbuf(dsv4_engine *e, vkview *v, uint64_t bytes, char *err, size_t errlen)
+{
+    fscratch *s = &e->s;
+    if (s->nbufs >= 64) {
+        snprintf(err, errlen, "engine: too many scratch buffers");
+        return DSV4_ENOMEM;
+    }
+    if (bytes > e->rt.max_range) {
+        snprintf(err, errlen, "engine: scratch of %llu bytes exceeds maxStorageBufferRange (lower the chunk)",
+                 (unsigned long long)bytes);
+        return DSV4_ENOMEM;
+    }
+    int rc = vkbuf_create(&e->rt, bytes, 1, &s->bufs[s->nbufs], err, errlen);
+    if (rc) return rc;
+    *v = vkbuf_view(&s->bufs[s->nbufs], 0, s->bufs[s->nbufs].size);
+    s->nbufs++;
+    return 0;
+}
+
+int fwd_alloc_scratch(dsv4_engine *e, char *err, size_t errlen)
+{
+    const dsv4_config *c = &e->m->cfg;
+    fscratch *s = &e->s;
+    uint64_t C = (uint64_t)e->chunk, D = c->hidden_size, hc = c->hc_mult, H = c->num_attention_heads,
+             hd = c->head_dim, ql = c->q_lora_rank, ihd = c->index_head_dim, inh = c->index_n_heads,
+             E = c->n_routed_experts, k = c->num_experts_per_tok, inter = c->moe_intermediate_size,
+             GR = (uint64_t)c->o_groups * c->o_lora_rank, V = c->vocab_size, f = 4;
+    uint64_t hdmax = hd > ihd ? hd : ihd;
+    e->head_rows = (int)(e->rt.max_range / (V * f));
+    if (e->head_rows > e->chunk) e->head_rows = e->chunk;
+    if (e->head_rows < 1) {
+        snprintf(err, errlen, "engine: one row of logits exceeds maxStorageBufferRange");
+        return DSV4_ENOMEM;
+    }
+    s->route_tiles_max = cdiv(C * k, 32) + (uint32_t)E;
+    uint32_t rbase = 4 + 4 * s->route_tiles_max;
+    s->rowmap_off = rbase;
+    s->slotpos_off = rbase + (uint32_t)(C * k);
+    s->wsort_off = s->slotpos_off + (uint32_t)(C * k);
+    s->ebegin_off = s->wsort_off + (uint32_t)(C * k);
+    uint64_t route_words = s->ebegin_off + E;
+    int rc = 0;
+#define S_(v, n) if (!rc) rc = sbuf(e, &s->v, (n) * f, err, errlen)
+    S_(xa, C * hc * D); S_(xb, C * hc * D); S_(x2, C * hc * D); S_(hx, C * D); S_(xn, C * D);
+    S_(mix, C * (hc + hc * hc)); S_(xq, C * hc * D); S_(qr, C * ql); S_(qrq, C * ql); S_(q, C * H * hd);
+    S_(kv, C * hd); S_(ckv, C * 2 * hdmax); S_(csc, C * 2 * hdmax); S_(ikv, C * 2 * ihd); S_(isc, C * 2 * ihd);
+    S_(iq, C * inh * ihd); S_(iw, C * inh); S_(idx, C * (uint64_t)(c->index_topk > 0 ? c->index_topk : 1));
+    S_(o, C * H * hd); S_(oa, C * GR); S_(oaq, C * GR); S_(ao, C * D); S_(gl, C * E); S_(sel, C * k);
+    S_(wgt, C * k); S_(route, route_words); S_(h1, C * k * inter); S_(h3, C * k * inter);
+    S_(hs, C * k * inter); S_(hsq, C * k * inter); S_(ys, C * k * D); S_(s1, C * inter); S_(s3, C * inter);
+    S_(ss, C * inter); S_(ssq, C * inter); S_(sy, C * D); S_(fo, C * D); S_(hy, C * D); S_(hn, C * D);
+    S_(logits, (uint64_t)e->head_rows * V); S_(e1, C * D); S_(e2, C * hc * D);
+#undef S_
+    if (rc) return rc;
+    s->io_tok = 0;
+    s->io_pos = align_up(C * 4, 256);
+    s->io_logits = s->io_pos + align_up(C * 4, 256);
+    s->io_size = s->io_logits + C * V * f;
+    rc = vkbuf_create(&e->rt, s->io_size, 0, &s->io, err, errlen);
+    if (rc) return rc;
+    s->tok = vkbuf_view(&s->io, s->io_tok, C * 4);
+    s->pos = vkbuf_view(&s->io, s->io_pos, C * 4);
+    return 0;
+}
+
+void fwd_free(dsv4_engine *e)
+{
+    fscratch *s = &e->s;
+    for (int i = 0; i < s->nbufs; i++) vkbuf_free(&e->rt, &s->bufs[i]);
+    vkbuf_free(&e->rt, &s->iscore_buf);
+    vkbuf_free(&e->rt, &s->io);
+    for (int i = 0; i < e->n_arenas; i++) vkbuf_free(&e->rt, &e->arenas[i]);
+    free(e->blk);
+}
+
+/* ------------------------------------------------------------ state */
+
+static void lstate_layout(dsv4_engine *e, int block, int64_t cap_rows, lstate *ls)
+{
+    const dsv4_config *c = &e->m->cfg;
+    const gblock *g = &e->blk[block];
+    VkDeviceSize a = e->rt.align, hd = (VkDeviceSize)c->head_dim, ihd = (VkDeviceSize)c->index_head_dim;
+    VkDeviceSize off = 0;
+    ls->ring_off = off;
+    off = align_up(off + (VkDeviceSize)c->sliding_window * hd * 4, a);
+    ls->cring_off = off;
+    if (g->ratio) {
+        VkDeviceSize coff = g->overlap ? 2 : 1;
+        off = align_up(off + coff * g->ratio * 2 * coff * hd * 4, a);
+    }
+    ls->iring_off = off;
+    if (g->ratio == 4) off = align_up(off + 8 * 2 * 2 * ihd * 4, a);
+    ls->kv_off = off;
+    if (g->ratio) off = align_up(off + (VkDeviceSize)cap_rows * hd * 4, a);
+    ls->ikv_off = off;
+    if (g->ratio == 4) off = align_up(off + (VkDeviceSize)cap_rows * ihd * 4, a);
+    ls->end = off;
+    ls->cap_rows = cap_rows;
+}
+
+int lstate_init(dsv4_engine *e, lstate *ls, int block, int64_t cap_tokens, char *err, size_t errlen)
+{
+    const gblock *g = &e->blk[block];
+    int64_t rows = g->ratio ? (cap_tokens + g->ratio - 1) / g->ratio : 0;
+    if (g->ratio && rows < 16) rows = 16;
+    memset(ls, 0, sizeof *ls);
+    lstate_layout(e, block, rows, ls);
+    int rc = vkbuf_create(&e->rt, ls->end, 1, &ls->buf, err, errlen);
+    if (rc) return rc;
+    /* rings start empty: scores of never-written slots are never read (only
+       positions >= 0 are pooled), so zero is enough */
+    rc = vkrt_begin(&e->rt, err, errlen);
+    if (rc) return rc;
+    vkrt_fill(&e->rt, vkbuf_view(&ls->buf, 0, ls->buf.size), ls->buf.size, 0);
+    return vkrt_submit_wait(&e->rt, err, errlen);
+}
+
+void lstate_free(dsv4_engine *e, lstate *ls)
+{
+    if (ls) vkbuf_free(&e->rt, &ls->buf);
+}
+
+/* Grows a block's state (by doubling) to hold the compressed rows of `tokens`. */
+int lstate_reserve(dsv4_engine *e, lstate *ls, int block, int64_t tokens, char *err, size_t errlen)
+{
+    const gblock *g = &e->blk[block];
+    if (!g->ratio) return 0;
+    int64_t need = tokens / g->ratio + 1;
+    if (need <= ls->cap_rows) return 0;
+    int64_t cap = ls->cap_rows * 2;
+    if (cap < need) cap = need;
+    lstate nl;
+    memset(&nl, 0, sizeof nl);
+    lstate_layout(e, block, cap, &nl);
+    int rc = vkbuf_create(&e->rt, nl.end, 1, &nl.buf, err, errlen);
+    if (rc) return rc;
+    const dsv4_config *c = &e->m->cfg;
+    rc = vkrt_begin(&e->rt, err, errlen);
+    if (rc) goto fail;
+    vkrt_fill(&e->rt, vkbuf_view(&nl.buf, 0, nl.buf.size), nl.buf.size, 0);
+    vkrt_copy(&e->rt, vkbuf_view(&ls->buf, 0, ls->kv_off), vkbuf_view(&nl.buf, 0, ls->kv_off), ls->kv_off);
+    VkDeviceSize kvb = (VkDeviceSize)ls->cap_rows * c->head_dim * 4;
+    vkrt_copy(&e->rt, vkbuf_view(&ls->buf, ls->kv_off, kvb), vkbuf_view(&nl.buf, nl.kv_off, kvb), kvb);
+    if (g->ratio == 4) {
+        VkDeviceSize ib = (VkDeviceSize)ls->cap_rows * c->index_head_dim * 4;
+        vkrt_copy(&e->rt, vkbuf_view(&ls->buf, ls->ikv_off, ib), vkbuf_view(&nl.buf, nl.ikv_off, ib), ib);
+    }
+    rc = vkrt_submit_wait(&e->rt, err, errlen);
+    if (rc) goto fail;
+    vkbuf_free(&e->rt, &ls->buf);
+    *ls = nl;
+    return 0;
+fail:
+    vkbuf_free(&e->rt, &nl.buf);
+    return rc;
+}
+
+/* ------------------------------------------------------------ recording */
+
+static void gemm(dsv4_engine *e, const gw *w, vkview X, uint32_t ldx, uint32_t x_off, vkview Y, uint32_t ldy,
+                 uint32_t y_off, uint32_t M, uint32_t flags, uint32_t w_row0, uint32_t N)
+{
+    vk_pipe_id p = w->q == DSV4_WQ_FP8 ? P_GEMM_FP8 : w->q == DSV4_WQ_FP4 ? P_GEMM_FP4
+                 : w->q == DSV4_WQ_F32 ? P_GEMM_F32 : P_GEMM_BF16;
+    pc_gemm pc = {M, N ? N : w->out, w->in, ldx, ldy, x_off, y_off, w_row0, flags, w->s_cols, 0, 0, 0, 0, 0, 0};
+    vkview v[5] = {X, w->w, w->s, Y, e->dummy};
+    if (M <= (uint32_t)e->small_rows)
+        vkrt_dispatch(&e->rt, p + P_GEMM_SMALL_FIRST, v, 5, &pc, sizeof pc, cdiv(pc.N, 64), cdiv(M, 8), 1);
+    else
+        vkrt_dispatch(&e->rt, p, v, 5, &pc, sizeof pc, cdiv(pc.N, 32), cdiv(M, 32), 1);
+}
+
+/* FP8/FP4 weights: quantize the activations first (linear() in model.py). */
+static void qlinear(dsv4_engine *e, const gw *w, vkview X, vkview Xq, uint32_t M, vkview Y, uint32_t flags)
+{
+    if (w->q == DSV4_WQ_FP8 || w->q == DSV4_WQ_FP4) {
+        pc_aq a = {M, w->in, w->in, 0, 128, 0};
+        vkview v[2] = {X, Xq};
+        vkrt_dispatch(&e->rt, P_ACT_QUANT, v, 2, &a, sizeof a, w->in / 128, M, 1);
+        gemm(e, w, Xq, w->in, 0, Y, w->out, 0, M, flags, 0, 0);
+    } else {
+        gemm(e, w, X, w->in, 0, Y, w->out, 0, M, flags, 0, 0);
+    }
+}
+
+static void act_quant(dsv4_engine *e, vkview X, vkview Y, uint32_t rows, uint32_t cols)
+{
+    pc_aq a = {rows, cols, cols, 0, 128, 0};
+    vkview v[2] = {X, Y};
+    vkrt_dispatch(&e->rt, P_ACT_QUANT, v, 2, &a, sizeof a, cols / 128, rows, 1);
+}
+
+static void rmsnorm(dsv4_engine *e, vkview X, vkview W, vkview Y, uint32_t rows, uint32_t D)
+{
+    pc_rms pc = {D, D, D, 0, 0, (float)e->m->cfg.rms_norm_eps};
+    vkview v[3] = {X, W, Y};
+    vkrt_dispatch(&e->rt, P_RMSNORM, v, 3, &pc, sizeof pc, rows, 1, 1);
+}
+
+static void headprep(dsv4_engine *e, vkview X, vkview NW, int yarn, uint32_t D, uint32_t ldx, uint32_t x_off,
+                     uint32_t flags, uint32_t rows, uint32_t heads, uint32_t pos_base, uint32_t pos_step)
+{
+    pc_hp pc = {D, (uint32_t)e->m->cfg.qk_rope_head_dim, ldx, x_off, flags, pos_base, pos_step,
+                (float)e->m->cfg.rms_norm_eps};
+    vkview v[4] = {X, NW, e->freq[yarn], e->s.pos};
+    vkrt_dispatch(&e->rt, P_HEADPREP, v, 4, &pc, sizeof pc, rows, heads, 1);
+}
+
+static void hc_pre(dsv4_engine *e, const ghc *h, vkview X, vkview Y, vkview MIX, uint32_t T, int head)
+{
+    const dsv4_config *c = &e->m->cfg;
+    pc_hcpre pc = {(uint32_t)c->hidden_size, (uint32_t)c->hc_mult, (uint32_t)c->hc_sinkhorn_iters,
+                   (uint32_t)(c->hc_mult * c->hidden_size), (float)c->rms_norm_eps, (float)c->hc_eps};
+    vkview v[6] = {X, h->fn, h->base, h->scale, Y, MIX};
+    vkrt_dispatch(&e->rt, head ? P_HC_HEAD : P_HC_PRE, v, 6, &pc, sizeof pc, T, 1, 1);
+}
+
+static void hc_post(dsv4_engine *e, vkview X, vkview RES, vkview MIX, vkview O, uint32_t T)
+{
+    const dsv4_config *c = &e->m->cfg;
+    pc_hcpost pc = {(uint32_t)c->hidden_size, (uint32_t)c->hc_mult};
+    vkview v[4] = {X, RES, MIX, O};
+    vkrt_dispatch(&e->rt, P_HC_POST, v, 4, &pc, sizeof pc, T, 1, 1);
+}
+
+static void ring_write(dsv4_engine *e, vkview SRC, vkview RING, vkview APE, uint32_t width, uint32_t lds,
+                       uint32_t ldr, uint32_t col_off, uint32_t L, const fseg *sg, int use_ape, uint32_t ratio)
+{
+    int64_t p1 = sg->p0 + sg->n;
+    int64_t q0 = p1 - L > sg->p0 ? p1 - L : sg->p0;
+    pc_ring pc = {width, lds, ldr, col_off, L, (uint32_t)q0, (uint32_t)sg->p0, sg->t0, (uint32_t)use_ape, ratio};
+    vkview v[3] = {SRC, RING, APE};
+    vkrt_dispatch(&e->rt, P_RING_WRITE, v, 3, &pc, sizeof pc, (uint32_t)(p1 - q0), 1, 1);
+}
+
+/* One compressor (attention's or the indexer's) over a segment: new entries
+ * pooled into the cache, normalised, rotated and quantized, then the ring. */
+static void compressor(dsv4_engine *e, const fseg *sg, lstate *ls, uint32_t ratio, int overlap, uint32_t d,
+                       vkview KV, vkview SC, VkDeviceSize ring_off, VkDeviceSize cache_off, vkview ape,
+                       vkview norm, int rotate)
+{
+    vkbuf *b = &ls->buf;
+    uint32_t coff = overlap ? 2 : 1, w = coff * d, L = coff * ratio;
+    int64_t p1 = sg->p0 + sg->n;
+    uint32_t i0 = (uint32_t)(sg->p0 / ratio), i1 = (uint32_t)(p1 / ratio);
+    vkview ring = vkbuf_view(b, ring_off, (VkDeviceSize)L * 2 * w * 4);
+    vkview cache = vkbuf_view(b, cache_off, (VkDeviceSize)ls->cap_rows * d * 4);
+    if (i1 > i0) {
+        pc_comp pc = {d, ratio, (uint32_t)overlap, i0, (uint32_t)sg->p0, sg->t0, d};
+        vkview v[5] = {KV, SC, ring, ape, cache};
+        vkrt_dispatch(&e->rt, P_COMPRESS, v, 5, &pc, sizeof pc, i1 - i0, cdiv(d, 64), 1);
+        uint32_t fl = F_RMS_W | F_ROPE | (rotate ? F_HADAMARD | F_FP4 : F_FP8_NOPE);
+        headprep(e, cache, norm, 1, d, d, i0 * d, fl, i1 - i0, 1, i0 * ratio, ratio);
+    }
+    ring_write(e, KV, ring, ape, w, w, 2 * w, 0, L, sg, 0, ratio);
+    ring_write(e, SC, ring, ape, w, w, 2 * w, w, L, sg, 1, ratio);
+}
+
+static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, const fseg *segs, int nsegs)
+{
+    const dsv4_config *c = &e->m->cfg;
+    fscratch *s = &e->s;
+    gblock *g = &e->blk[bi];
+    uint32_t D = c->hidden_size, H = c->num_attention_heads, hd = c->head_dim, rd = c->qk_rope_head_dim,
+             ihd = c->index_head_dim, inh = c->index_n_heads, win = c->sliding_window;
+    int yarn = g->ratio ? 1 : 0;
+    (void)rd;
+
+    /* ---- attention half (Block.forward) ---- */
+    vkrt_op(&e->rt, "hc_pre");
+    hc_pre(e, &g->hc_attn, X, s->hx, s->mix, T, 0);
+    vkrt_op(&e->rt, "norm");
+    rmsnorm(e, s->hx, g->attn_norm, s->xn, T, D);
+    vkrt_op(&e->rt, "attn_proj");
+    act_quant(e, s->xn, s->xq, T, D);
+    gemm(e, &g->wq_a, s->xq, D, 0, s->qrq, g->wq_a.out, 0, T, 1, 0, 0);
+    rmsnorm(e, s->qrq, g->q_norm, s->qr, T, g->wq_a.out);
+    act_quant(e, s->qr, s->qrq, T, g->wq_a.out);
+    gemm(e, &g->wq_b, s->qrq, g->wq_a.out, 0, s->q, H * hd, 0, T, 1, 0, 0);
+    headprep(e, s->q, e->dummy, yarn, hd, H * hd, 0, F_RMS_SCALE | F_ROPE | F_POSBUF, T, H, 0, 0);
+    gemm(e, &g->wkv, s->xq, D, 0, s->kv, hd, 0, T, 1, 0, 0);
+    headprep(e, s->kv, g->kv_norm, yarn, hd, hd, 0, F_RMS_W | F_ROPE | F_FP8_NOPE | F_POSBUF, T, 1, 0, 0);
+    uint32_t coff = g->overlap ? 2 : 1;
+    if (g->ratio) {
+        vkrt_op(&e->rt, "compressor_proj");
+        gemm(e, &g->c_wkv, s->xn, D, 0, s->ckv, coff * hd, 0, T, 0, 0, 0);
+        gemm(e, &g->c_wgate, s->xn, D, 0, s->csc, coff * hd, 0, T, 0, 0, 0);
+    }
+    if (g->ratio == 4) {
+        vkrt_op(&e->rt, "indexer_proj");
+        gemm(e, &g->i_wq_b, s->qrq, g->wq_a.out, 0, s->iq, inh * ihd, 0, T, 1, 0, 0);
+        headprep(e, s->iq, e->dummy, 1, ihd, inh * ihd, 0, F_ROPE | F_HADAMARD | F_FP4 | F_POSBUF, T, inh, 0, 0);
+        gemm(e, &g->i_wproj, s->xn, D, 0, s->iw, inh, 0, T, 1, 0, 0);
+        gemm(e, &g->ic_wkv, s->xn, D, 0, s->ikv, 2 * ihd, 0, T, 0, 0, 0);
+        gemm(e, &g->ic_wgate, s->xn, D, 0, s->isc, 2 * ihd, 0, T, 0, 0, 0);
+    }
+    for (int si = 0; si < nsegs; si++) {
+        const fseg *sg = &segs[si];
+        lstate *ls = &sg->seq->ls[bi];
+        int64_t p1 = sg->p0 + sg->n;
+        vkview ring = vkbuf_view(&ls->buf, ls->ring_off, (VkDeviceSize)win * hd * 4);
+        vkview cache = g->ratio ? vkbuf_view(&ls->buf, ls->kv_off, (VkDeviceSize)ls->cap_rows * hd * 4) : e->dummy;
+        if (g->ratio) {
+            vkrt_op(&e->rt, "compressor");
+            compressor(e, sg, ls, g->ratio, g->overlap, hd, s->ckv, s->csc, ls->cring_off, ls->kv_off, g->c_ape,
+                       g->c_norm, 0);
+        }
+        uint32_t topk = 0;
+        if (g->ratio == 4) {
+            vkrt_op(&e->rt, "indexer");
+            compressor(e, sg, ls, 4, 1, ihd, s->ikv, s->isc, ls->iring_off, ls->ikv_off, g->ic_ape, g->ic_norm, 1);
+            uint32_t n_max = (uint32_t)(p1 / 4);
+            topk = (uint32_t)c->index_topk;
+            if (n_max > 0) {
+                pc_iscore pi = {inh, ihd, 4, sg->t0, (uint32_t)sg->p0, (uint32_t)s->iscore_cap, n_max,
+                                (float)(pow(ihd, -0.5) * pow(inh, -0.5))};
+                vkview v[4] = {s->iq, s->iw, vkbuf_view(&ls->buf, ls->ikv_off, (VkDeviceSize)ls->cap_rows * ihd * 4),
+                               s->iscore};
+                vkrt_dispatch(&e->rt, P_INDEX_SCORE, v, 4, &pi, sizeof pi, cdiv(n_max, 64), sg->n, 1);
+            }
+            pc_topk pt = {topk, 4, (uint32_t)sg->p0, (uint32_t)s->iscore_cap, topk};
+            vkview v2[2] = {s->iscore, s->idx};
+            vkrt_dispatch(&e->rt, P_TOPK, v2, 2, &pt, sizeof pt, sg->n, 1, 1);
+        }
+        vkrt_op(&e->rt, "attention");
+        pc_attn pa = {hd, H, win, sg->t0, (uint32_t)sg->p0, (uint32_t)(g->ratio ? g->ratio : 1),
+                      g->ratio == 0 ? 0u : g->ratio == 4 ? 2u : 1u, topk, topk, (float)(1.0 / sqrt((double)hd))};
+        vkview va[7] = {s->q, s->kv, ring, cache, s->idx, g->attn_sink, s->o};
+        vkrt_dispatch(&e->rt, P_ATTN, va, 7, &pa, sizeof pa, sg->n, H, 1);
+        ring_write(e, s->kv, ring, e->dummy, hd, hd, hd, 0, win, sg, 0, 1);
+    }
+    vkrt_op(&e->rt, "attn_out");
+    headprep(e, s->o, e->dummy, yarn, hd, H * hd, 0, F_ROPE_INV | F_POSBUF, T, H, 0, 0);
+    uint32_t G = c->o_groups, R = c->o_lora_rank, gin = H * hd / G;
+    for (uint32_t gi = 0; gi < G; gi++) /* wo_a: bf16 einsum per group, no activation quant */
+        gemm(e, &g->wo_a, s->o, H * hd, gi * gin, s->oa, G * R, gi * R, T, 1, gi * R, R);
+    act_quant(e, s->oa, s->oaq, T, G * R);
+    gemm(e, &g->wo_b, s->oaq, G * R, 0, s->ao, D, 0, T, 1, 0, 0);
+    vkrt_op(&e->rt, "hc_post");
+    hc_post(e, s->ao, X, s->mix, s->x2, T);
+
+    /* ---- MoE half ---- */
+    vkrt_op(&e->rt, "hc_pre");
+    hc_pre(e, &g->hc_ffn, s->x2, s->hx, s->mix, T, 0);
+    vkrt_op(&e->rt, "norm");
+    rmsnorm(e, s->hx, g->ffn_norm, s->xn, T, D);
+    vkrt_op(&e->rt, "moe_gate");
+    gemm(e, &g->gate, s->xn, D, 0, s->gl, c->n_routed_experts, 0, T, 0, 0, 0);
+    uint32_t E = c->n_routed_experts, k = c->num_experts_per_tok, inter = c->moe_intermediate_size;
+    pc_gate pg = {T, E, k, (uint32_t)c->scoring_func == DSV4_SCORE_SQRTSOFTPLUS ? 0u
+                           : c->scoring_func == DSV4_SCORE_SOFTMAX            ? 1u : 2u,
+                  (uint32_t)g->hash, g->gate_bias.buf != e->dummy.buf || g->gate_bias.off != e->dummy.off,
+                  (float)c->routed_scaling_factor};
+    vkview vg[6] = {s->gl, g->gate_bias, g->tid2eid, s->tok, s->sel, s->wgt};
+    vkrt_dispatch(&e->rt, P_MOE_GATE, vg, 6, &pg, sizeof pg, cdiv(T, 64), 1, 1);
+    pc_group pgr = {T, E, k, s->rowmap_off, s->slotpos_off, s->wsort_off, s->ebegin_off};
+    vkview vr[3] = {s->sel, s->wgt, s->route};
+    vkrt_dispatch(&e->rt, P_MOE_GROUP, vr, 3, &pgr, sizeof pgr, 1, 1, 1);
+    vkrt_op(&e->rt, "experts");
+    act_quant(e, s->xn, s->xq, T, D);
+    int fp4 = g->ex_q == DSV4_WQ_FP4;
+    vk_pipe_id pgath = fp4 ? P_GEMM_FP4_GATHER : g->ex_q == DSV4_WQ_FP8 ? P_GEMM_FP8_GATHER : P_GEMM_BF16_GATHER;
+    vk_pipe_id pgrp = fp4 ? P_GEMM_FP4_GROUPED : g->ex_q == DSV4_WQ_FP8 ? P_GEMM_FP8_GROUPED : P_GEMM_BF16_GROUPED;
+    uint32_t scols_in = fp4 ? D / 32 : cdiv(D, 128), scols_mid = fp4 ? inter / 32 : cdiv(inter, 128);
+    int small = T * k <= 4 * (uint32_t)e->small_rows;
+    if (small) {
+        pgath += P_GEMM_SMALL_FIRST;
+        pgrp += P_GEMM_SMALL_FIRST;
+    }
+    uint32_t gx_in = small ? cdiv(inter, 64) : cdiv(inter, 32), gx_out = small ? cdiv(D, 64) : cdiv(D, 32);
+    for (int j = 0; j < 3; j += 2) {
+        pc_gemm pc = {0, inter, D, D, inter, 0, 0, 0, 1, scols_in, g->ex_wstride[j], g->ex_sstride[j], 0, E, 0,
+                      s->rowmap_off};
+        vkview v[5] = {s->xq, g->ex_w[j], g->ex_s[j], j == 0 ? s->h1 : s->h3, s->route};
+        vkrt_dispatch(&e->rt, pgath, v, 5, &pc, sizeof pc, gx_in, s->route_tiles_max, 1);
+    }
+    pc_swiglu psw = {T * k, inter, 1, s->wsort_off, (float)c->swiglu_limit};
+    vkview vs[4] = {s->h1, s->h3, s->route, s->hs};
+    vkrt_dispatch(&e->rt, P_SWIGLU, vs, 4, &psw, sizeof psw, T * k, 1, 1);
+    act_quant(e, s->hs, s->hsq, T * k, inter);
+    {
+        pc_gemm pc = {0, D, inter, inter, D, 0, 0, 0, 1, scols_mid, g->ex_wstride[1], g->ex_sstride[1], 0, E, 0,
+                      s->rowmap_off};
+        vkview v[5] = {s->hsq, g->ex_w[1], g->ex_s[1], s->ys, s->route};
+        vkrt_dispatch(&e->rt, pgrp, v, 5, &pc, sizeof pc, gx_out, s->route_tiles_max, 1);
+    }
+    vkrt_op(&e->rt, "shared_expert");
+    gemm(e, &g->sh[0], s->xq, D, 0, s->s1, inter, 0, T, 1, 0, 0);
+    gemm(e, &g->sh[2], s->xq, D, 0, s->s3, inter, 0, T, 1, 0, 0);
+    pc_swiglu psh = {T, inter, 0, 0, (float)c->swiglu_limit};
+    vkview vsh[4] = {s->s1, s->s3, s->route, s->ss};
+    vkrt_dispatch(&e->rt, P_SWIGLU, vsh, 4, &psh, sizeof psh, T, 1, 1);
+    qlinear(e, &g->sh[1], s->ss, s->ssq, T, s->sy, 1);
+    vkrt_op(&e->rt, "moe_combine");
+    pc_combine pcb = {D, k, s->slotpos_off};
+    vkview vc[5] = {s->ys, s->sy, s->sel, s->route, s->fo};
+    vkrt_dispatch(&e->rt, P_MOE_COMBINE, vc, 5, &pcb, sizeof pcb, T, 1, 1);
+    vkrt_op(&e->rt, "hc_post");
+    hc_post(e, s->fo, s->x2, s->mix, Y, T);
+    return 0;
+}
+
+static void record_head(dsv4_engine *e, const ghc *hch, vkview normw, vkview X, int r0, int n)
+{
+    const dsv4_config *c = &e->m->cfg;
+    fscratch *s = &e->s;
+    uint32_t D = c->hidden_size, V = c->vocab_size;
+    VkDeviceSize rowb = (VkDeviceSize)c->hc_mult * D * 4;
+    vkrt_op(&e->rt, "head");
+    for (int a = 0; a < n; a += e->head_rows) {
+        int m = n - a < e->head_rows ? n - a : e->head_rows;
+        vkview xr = X;
+        xr.off += (VkDeviceSize)(r0 + a) * rowb;
+        xr.size = (VkDeviceSize)m * rowb;
+        hc_pre(e, hch, xr, s->hy, s->mix, (uint32_t)m, 1);
+        rmsnorm(e, s->hy, normw, s->hn, (uint32_t)m, D);
+        gw hw = {DSV4_WQ_BF16, V, D, 0, e->head, e->dummy};
+        gemm(e, &hw, s->hn, D, 0, s->logits, V, 0, (uint32_t)m, 0, 0, 0);
+        vkrt_copy(&e->rt, s->logits, vkbuf_view(&s->io, s->io_logits + (VkDeviceSize)a * V * 4, (VkDeviceSize)m * V * 4),
+                  (VkDeviceSize)m * V * 4);
+    }
+}
+
+int fwd_run(dsv4_engine *e, const fpass *fp, char *err, size_t errlen)
+{
+    const dsv4_config *c = &e->m->cfg;
+    fscratch *s = &e->s;
+    uint32_t T = (uint32_t)fp->T, D = c->hidden_size, hc = c->hc_mult;
+    int rc;
+    /* state capacity and indexer score rows, before recording */
+    int64_t max_entries = 1;
+    for (int i = 0; i < fp->nsegs; i++) {
+        const fseg *sg = &fp->segs[i];
+        for (int b = fp->b0; b < fp->b1; b++) {
+            rc = lstate_reserve(e, &sg->seq->ls[b], b, sg->p0 + sg->n, err, errlen);
+            if (rc) return rc;
+        }
+        if ((sg->p0 + sg->n) / 4 > max_entries) max_entries = (sg->p0 + sg->n) / 4;
+    }
+    if (max_entries > s->iscore_cap) {
+        int64_t cap = s->iscore_cap ? s->iscore_cap : 256;
+        while (cap < max_entries) cap *= 2;
+        uint64_t bytes = (uint64_t)cap * (uint64_t)e->chunk * 4;
+        if (bytes > e->rt.max_range) {
+            snprintf(err, errlen, "engine: indexer scores of %lld entries x %d tokens exceed maxStorageBufferRange",
+                     (long long)cap, e->chunk);
+            return DSV4_ENOMEM;
+        }
+        vkDeviceWaitIdle(e->rt.dev);
+        vkbuf_free(&e->rt, &s->iscore_buf);
+        rc = vkbuf_create(&e->rt, bytes, 1, &s->iscore_buf, err, errlen);
+        if (rc) return rc;
+        s->iscore = vkbuf_view(&s->iscore_buf, 0, s->iscore_buf.size);
+        s->iscore_cap = cap;
+    }
+    VkDeviceSize xbytes = (VkDeviceSize)T * hc * D * 4;
+    if (fp->x_in) {
+        rc = vkrt_upload(&e->rt, fp->mtp ? s->e2 : s->xa, fp->x_in, xbytes, err, errlen);
+        if (rc) return rc;
+    }
+    rc = vkrt_begin(&e->rt, err, errlen);
+    if (rc) return rc;
+    vkview X = s->xa, Y = s->xb;
+    if (fp->mtp) {
+        const gblock *g = &e->blk[fp->b0];
+        vkrt_op(&e->rt, "mtp_in");
+        pc_embed pe = {D, 1, 0};
+        vkview ve[3] = {e->embed, s->tok, s->hx};
+        vkrt_dispatch(&e->rt, P_EMBED, ve, 3, &pe, sizeof pe, T, 1, 1);
+        rmsnorm(e, s->hx, g->enorm, s->xn, T, D);
+        qlinear(e, &g->e_proj, s->xn, s->xq, T, s->e1, 1);
+        rmsnorm(e, s->e2, g->hnorm, s->x2, T * hc, D);
+        qlinear(e, &g->h_proj, s->x2, s->xq, T * hc, s->xb, 1);
+        pc_add pa = {D, hc};
+        vkview va[3] = {s->e1, s->xb, s->xa};
+        vkrt_dispatch(&e->rt, P_ADD_BCAST, va, 3, &pa, sizeof pa, T, 1, 1);
+    } else if (!fp->x_in) {
+        vkrt_op(&e->rt, "embed");
+        pc_embed pe = {D, hc, 0};
+        vkview ve[3] = {e->embed, s->tok, s->xa};
+        vkrt_dispatch(&e->rt, P_EMBED, ve, 3, &pe, sizeof pe, T, 1, 1);
+    }
+    for (int b = fp->b0; b < fp->b1; b++) {
+        record_block(e, b, X, Y, T, fp->segs, fp->nsegs);
+        vkview t = X; X = Y; Y = t;
+    }
+    if (fp->head == 1) record_head(e, &e->hc_head, e->norm, X, fp->head_r0, fp->head_n);
+    if (fp->head == 2) record_head(e, &e->blk[fp->b0].hc_head, e->blk[fp->b0].norm, X, fp->head_r0, fp->head_n);
+    rc = vkrt_submit_wait(&e->rt, err, errlen);
+    if (rc) return rc;
+    if (fp->head && fp->logits)
+        memcpy(fp->logits, (uint8_t *)s->io.map + s->io_logits, (size_t)fp->head_n * c->vocab_size * 4);
+    if (fp->x_out) return vkrt_download(&e->rt, X, fp->x_out, xbytes, err, errlen);
+    return 0;
+}

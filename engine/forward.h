@@ -1,0 +1,114 @@
+/* engine/forward.h: engine-private structures shared by engine/engine.c (the
+ * public API: sequences, state export/import) and engine/forward.c (weights
+ * on the GPU and the recording of forward passes). */
+#ifndef DSV4_ENGINE_FORWARD_H
+#define DSV4_ENGINE_FORWARD_H
+
+#include "engine/dsv4_engine.h"
+#include "engine/model.h"
+#include "engine/vk.h"
+
+/* A linear layer's weight on the GPU, still in its stored format. */
+typedef struct gw {
+    dsv4_wq q;
+    uint32_t out, in, s_cols;
+    vkview w, s;
+} gw;
+
+typedef struct ghc { vkview fn, base, scale; } ghc;
+
+typedef struct gblock {
+    int layer_id, ratio, overlap, is_mtp, hash;
+    vkview attn_norm, ffn_norm, q_norm, kv_norm, attn_sink;
+    ghc hc_attn, hc_ffn;
+    gw wq_a, wq_b, wkv, wo_a, wo_b;
+    gw c_wkv, c_wgate; vkview c_ape, c_norm;             /* compressor */
+    gw i_wq_b, i_wproj, ic_wkv, ic_wgate; vkview ic_ape, ic_norm; /* indexer */
+    gw gate; vkview gate_bias, tid2eid;
+    vkview ex_w[3], ex_s[3];    /* routed experts w1, w2, w3: all experts contiguous */
+    uint32_t ex_wstride[3], ex_sstride[3];
+    dsv4_wq ex_q;
+    gw sh[3];
+    gw e_proj, h_proj; vkview enorm, hnorm, norm; ghc hc_head; /* MTP */
+} gblock;
+
+/* Per-sequence state of one block on the GPU. */
+typedef struct lstate {
+    vkbuf buf;
+    int64_t cap_rows;            /* rows of the compressed caches */
+    VkDeviceSize ring_off, cring_off, iring_off, kv_off, ikv_off, end;
+} lstate;
+
+typedef struct fscratch {
+    vkbuf bufs[64];
+    int nbufs;
+    vkview xa, xb, x2, hx, xn, mix, xq, qr, qrq, q, kv, ckv, csc, ikv, isc, iq, iw, idx, o, oa, oaq, ao,
+        gl, sel, wgt, route, h1, h3, hs, hsq, ys, s1, s3, ss, ssq, sy, fo, hy, hn, logits, tok, pos, e1, e2;
+    vkview iscore; vkbuf iscore_buf; int64_t iscore_cap; /* [CH][entries], grows */
+    vkbuf io;                   /* host-visible: tokens, positions, logits readback */
+    VkDeviceSize io_tok, io_pos, io_logits, io_size;
+    uint32_t route_tiles_max, rowmap_off, slotpos_off, wsort_off, ebegin_off;
+} fscratch;
+
+struct dsv4_engine {
+    vkrt rt;
+    dsv4_model *m;
+    dsv4_model_info info;
+    dsv4_state_layout layout;
+    int n_blocks;                /* main layers + MTP */
+    gblock *blk;                 /* [n_blocks]: layers then mtp */
+    vkview embed, head, norm;
+    ghc hc_head;
+    vkview freq[2];              /* rope freqs: [0] rope_theta, no YaRN; [1] compress_rope_theta + YaRN */
+    vkbuf arenas[64];
+    int n_arenas;
+    VkDeviceSize arena_fill;
+    vkview dummy;
+    int chunk;                   /* tokens per pass */
+    int small_rows;              /* GEMMs of at most this many rows use the SMALL variants */
+    int head_rows;               /* rows per head pass (vocab slice fits a binding) */
+    fscratch s;
+    char name[256];
+};
+
+struct dsv4_seq {
+    dsv4_engine *e;
+    int64_t pos;
+    int64_t import_end;          /* import: end of the rows restored so far */
+    lstate *ls;                  /* [n_blocks] */
+};
+
+/* One run of consecutive tokens of one sequence inside a pass. */
+typedef struct fseg {
+    dsv4_seq *seq;
+    uint32_t t0, n;
+    int64_t p0;
+} fseg;
+
+int fwd_upload_weights(dsv4_engine *e, char *err, size_t errlen);
+int fwd_alloc_scratch(dsv4_engine *e, char *err, size_t errlen);
+void fwd_free(dsv4_engine *e);
+int lstate_init(dsv4_engine *e, lstate *ls, int block, int64_t cap_tokens, char *err, size_t errlen);
+void lstate_free(dsv4_engine *e, lstate *ls);
+int lstate_reserve(dsv4_engine *e, lstate *ls, int block, int64_t tokens, char *err, size_t errlen);
+
+/* Records and runs one pass over T tokens (tokens/positions already in the io
+ * buffer) made of segments; blocks [b0, b1) starting from X (when x_in is not
+ * NULL, x_in[T][hc][D] is uploaded as the input of block b0 instead of the
+ * embedding); head: 0 none, else logits of rows [head_r0, head_r0 + head_n)
+ * into out_logits (host), or x_out gets the last block's output. */
+typedef struct fpass {
+    int T;
+    const fseg *segs;
+    int nsegs;
+    int b0, b1;
+    const float *x_in;
+    float *x_out;
+    int head;                   /* 0 none, 1 main head, 2 MTP head (block b0) */
+    int head_r0, head_n;
+    float *logits;
+    int mtp;                    /* input is MTP: x_in = h, tokens = next tokens */
+} fpass;
+int fwd_run(dsv4_engine *e, const fpass *fp, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,459 @@
+/* engine/vk.c: the Vulkan runtime behind engine/vk.h.
+ *
+ * Device choice: DSV4_DEVICE / the caller's selector (an index, or a
+ * substring of the device name), else the first discrete GPU, else the first
+ * device (lavapipe on machines without a GPU). The features the shaders need
+ * are checked up front and a missing one is named in the error: compute
+ * queue, VK_KHR_push_descriptor, shaderFloat64 (RoPE range reduction),
+ * 128 push-constant bytes. Everything else is plain storage buffers of
+ * 32-bit words, so lavapipe (Mesa 22.3) runs every shader. */
+#include "engine/vk.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/dsv4_engine.h"
+#include "shaders/dsv4_shaders.h"
+
+static const struct {
+    const char *shader;
+    int nbind;
+} pipe_info[P_COUNT] = {
+    [P_GEMM_BF16] = {"gemm_bf16", 5},           [P_GEMM_F32] = {"gemm_f32", 5},
+    [P_GEMM_FP8] = {"gemm_fp8", 5},             [P_GEMM_FP4] = {"gemm_fp4", 5},
+    [P_GEMM_FP4_GATHER] = {"gemm_fp4_gather", 5}, [P_GEMM_FP4_GROUPED] = {"gemm_fp4_grouped", 5},
+    [P_GEMM_FP8_GATHER] = {"gemm_fp8_gather", 5}, [P_GEMM_FP8_GROUPED] = {"gemm_fp8_grouped", 5},
+    [P_GEMM_BF16_GATHER] = {"gemm_bf16_gather", 5}, [P_GEMM_BF16_GROUPED] = {"gemm_bf16_grouped", 5},
+    [P_GEMM_SMALL_FIRST + 0] = {"gemm_bf16_small", 5}, [P_GEMM_SMALL_FIRST + 1] = {"gemm_f32_small", 5},
+    [P_GEMM_SMALL_FIRST + 2] = {"gemm_fp8_small", 5},  [P_GEMM_SMALL_FIRST + 3] = {"gemm_fp4_small", 5},
+    [P_GEMM_SMALL_FIRST + 4] = {"gemm_fp4_gather_small", 5}, [P_GEMM_SMALL_FIRST + 5] = {"gemm_fp4_grouped_small", 5},
+    [P_GEMM_SMALL_FIRST + 6] = {"gemm_fp8_gather_small", 5}, [P_GEMM_SMALL_FIRST + 7] = {"gemm_fp8_grouped_small", 5},
+    [P_GEMM_SMALL_FIRST + 8] = {"gemm_bf16_gather_small", 5}, [P_GEMM_SMALL_FIRST + 9] = {"gemm_bf16_grouped_small", 5},
+    [P_ACT_QUANT] = {"act_quant", 2},           [P_RMSNORM] = {"rmsnorm", 3},
+    [P_HC_PRE] = {"hc_pre", 6},                 [P_HC_HEAD] = {"hc_head", 6},
+    [P_HC_POST] = {"hc_post", 4},               [P_HEADPREP] = {"headprep", 4},
+    [P_COMPRESS] = {"compress", 5},             [P_RING_WRITE] = {"ring_write", 3},
+    [P_INDEX_SCORE] = {"index_score", 4},       [P_TOPK] = {"topk", 2},
+    [P_ATTN] = {"attn", 7},                     [P_MOE_GATE] = {"moe_gate", 6},
+    [P_MOE_GROUP] = {"moe_group", 3},           [P_SWIGLU] = {"swiglu", 4},
+    [P_MOE_COMBINE] = {"moe_combine", 5},       [P_EMBED] = {"embed", 3},
+    [P_ADD_BCAST] = {"add_bcast", 3},
+};
+
+int vkrt_pipe_bindings(vk_pipe_id p) { return pipe_info[p].nbind; }
+
+#define VKCHK(call, what)                                                          \
+    do {                                                                           \
+        VkResult r_ = (call);                                                      \
+        if (r_ != VK_SUCCESS) {                                                    \
+            snprintf(err, errlen, "vulkan: %s failed (VkResult %d)", what, (int)r_); \
+            return r_ == VK_ERROR_OUT_OF_DEVICE_MEMORY || r_ == VK_ERROR_OUT_OF_HOST_MEMORY \
+                       ? DSV4_ENOMEM : DSV4_EVULKAN;                                \
+        }                                                                          \
+    } while (0)
+
+static int has_ext(VkPhysicalDevice pd, const char *name)
+{
+    uint32_t n = 0;
+    vkEnumerateDeviceExtensionProperties(pd, NULL, &n, NULL);
+    VkExtensionProperties *e = calloc(n ? n : 1, sizeof *e);
+    if (!e) return 0;
+    vkEnumerateDeviceExtensionProperties(pd, NULL, &n, e);
+    int ok = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (strcmp(e[i].extensionName, name) == 0) ok = 1;
+    free(e);
+    return ok;
+}
+
+static int pick_device(VkPhysicalDevice *pds, uint32_t n, const char *sel)
+{
+    if (sel && *sel) {
+        char *end;
+        long idx = strtol(sel, &end, 10);
+        if (*end == 0 && idx >= 0 && (uint32_t)idx < n) return (int)idx;
+        for (uint32_t i = 0; i < n; i++) {
+            VkPhysicalDeviceProperties pr;
+            vkGetPhysicalDeviceProperties(pds[i], &pr);
+            if (strstr(pr.deviceName, sel)) return (int)i;
+        }
+        return -1;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        VkPhysicalDeviceProperties pr;
+        vkGetPhysicalDeviceProperties(pds[i], &pr);
+        if (pr.deviceType == VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU) return (int)i;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        VkPhysicalDeviceProperties pr;
+        vkGetPhysicalDeviceProperties(pds[i], &pr);
+        if (pr.deviceType == VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU) return (int)i;
+    }
+    return 0;
+}
+
+int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *err, size_t errlen)
+{
+    memset(rt, 0, sizeof *rt);
+    VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
+                             .pApplicationName = "dsv4-batch",
+                             .apiVersion = VK_API_VERSION_1_2};
+    VkInstanceCreateInfo ici = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO, .pApplicationInfo = &app};
+    VkResult r = vkCreateInstance(&ici, NULL, &rt->inst);
+    if (r != VK_SUCCESS) {
+        snprintf(err, errlen, "vulkan: no Vulkan driver (vkCreateInstance: %d)", (int)r);
+        rt->inst = VK_NULL_HANDLE;
+        return DSV4_EDEVICE;
+    }
+    uint32_t n = 0;
+    vkEnumeratePhysicalDevices(rt->inst, &n, NULL);
+    if (n == 0) {
+        snprintf(err, errlen, "vulkan: no Vulkan device found");
+        return DSV4_EDEVICE;
+    }
+    VkPhysicalDevice pds[16];
+    if (n > 16) n = 16;
+    vkEnumeratePhysicalDevices(rt->inst, &n, pds);
+    const char *sel = device_sel ? device_sel : getenv("DSV4_DEVICE");
+    int di = pick_device(pds, n, sel);
+    if (di < 0) {
+        snprintf(err, errlen, "vulkan: no device matches '%s' (%u devices)", sel, n);
+        return DSV4_EDEVICE;
+    }
+    rt->phys = pds[di];
+    vkGetPhysicalDeviceProperties(rt->phys, &rt->props);
+    vkGetPhysicalDeviceMemoryProperties(rt->phys, &rt->memprops);
+    const char *dn = rt->props.deviceName;
+    if (!has_ext(rt->phys, VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME)) {
+        snprintf(err, errlen, "vulkan: device '%s' lacks %s", dn, VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME);
+        return DSV4_EDEVICE;
+    }
+    VkPhysicalDeviceFeatures feat;
+    vkGetPhysicalDeviceFeatures(rt->phys, &feat);
+    if (!feat.shaderFloat64) {
+        snprintf(err, errlen, "vulkan: device '%s' lacks shaderFloat64", dn);
+        return DSV4_EDEVICE;
+    }
+    if (rt->props.limits.maxPushConstantsSize < 128) {
+        snprintf(err, errlen, "vulkan: device '%s' has only %u push-constant bytes (need 128)", dn,
+                 rt->props.limits.maxPushConstantsSize);
+        return DSV4_EDEVICE;
+    }
+    uint32_t nq = 0;
+    vkGetPhysicalDeviceQueueFamilyProperties(rt->phys, &nq, NULL);
+    VkQueueFamilyProperties qf[16];
+    if (nq > 16) nq = 16;
+    vkGetPhysicalDeviceQueueFamilyProperties(rt->phys, &nq, qf);
+    rt->qfam = UINT32_MAX;
+    for (uint32_t i = 0; i < nq; i++)
+        if (qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT) {
+            rt->qfam = i;
+            break;
+        }
+    if (rt->qfam == UINT32_MAX) {
+        snprintf(err, errlen, "vulkan: device '%s' has no compute queue", dn);
+        return DSV4_EDEVICE;
+    }
+    VkPhysicalDeviceMaintenance3Properties m3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
+    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &m3};
+    vkGetPhysicalDeviceProperties2(rt->phys, &p2);
+    rt->max_alloc = m3.maxMemoryAllocationSize;
+    rt->max_range = rt->props.limits.maxStorageBufferRange;
+    rt->align = rt->props.limits.minStorageBufferOffsetAlignment;
+    if (rt->align < 256) rt->align = 256;
+
+    float prio = 1.0f;
+    VkDeviceQueueCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
+                                   .queueFamilyIndex = rt->qfam, .queueCount = 1, .pQueuePriorities = &prio};
+    const char *exts[] = {VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME};
+    VkPhysicalDeviceFeatures want = {.shaderFloat64 = VK_TRUE, .shaderInt64 = feat.shaderInt64};
+    VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
+                              .queueCreateInfoCount = 1, .pQueueCreateInfos = &qci,
+                              .enabledExtensionCount = 1, .ppEnabledExtensionNames = exts,
+                              .pEnabledFeatures = &want};
+    VKCHK(vkCreateDevice(rt->phys, &dci, NULL, &rt->dev), "vkCreateDevice");
+    vkGetDeviceQueue(rt->dev, rt->qfam, 0, &rt->queue);
+    rt->push_desc = (PFN_vkCmdPushDescriptorSetKHR)vkGetDeviceProcAddr(rt->dev, "vkCmdPushDescriptorSetKHR");
+    if (!rt->push_desc) {
+        snprintf(err, errlen, "vulkan: vkCmdPushDescriptorSetKHR not found on '%s'", dn);
+        return DSV4_EDEVICE;
+    }
+    VkCommandPoolCreateInfo cpi = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
+                                   .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,
+                                   .queueFamilyIndex = rt->qfam};
+    VKCHK(vkCreateCommandPool(rt->dev, &cpi, NULL, &rt->pool), "vkCreateCommandPool");
+    VkCommandBufferAllocateInfo cai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
+                                       .commandPool = rt->pool, .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
+                                       .commandBufferCount = 1};
+    VKCHK(vkAllocateCommandBuffers(rt->dev, &cai, &rt->cmd), "vkAllocateCommandBuffers");
+    VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+    VKCHK(vkCreateFence(rt->dev, &fci, NULL, &rt->fence), "vkCreateFence");
+
+    for (int i = 0; i < P_COUNT; i++) {
+        const dsv4_spirv *sp = dsv4_spirv_find(pipe_info[i].shader);
+        if (!sp) {
+            snprintf(err, errlen, "shader '%s' is not embedded (shaders/shaders.list)", pipe_info[i].shader);
+            return DSV4_EINVAL;
+        }
+        VkDescriptorSetLayoutBinding b[8];
+        for (int j = 0; j < pipe_info[i].nbind; j++)
+            b[j] = (VkDescriptorSetLayoutBinding){.binding = (uint32_t)j,
+                                                  .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                                  .descriptorCount = 1,
+                                                  .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
+        VkDescriptorSetLayoutCreateInfo dli = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
+                                               .flags = VK_DESCRIPTOR_SET_LAYOUT_CREATE_PUSH_DESCRIPTOR_BIT_KHR,
+                                               .bindingCount = (uint32_t)pipe_info[i].nbind, .pBindings = b};
+        VKCHK(vkCreateDescriptorSetLayout(rt->dev, &dli, NULL, &rt->dsl[i]), "vkCreateDescriptorSetLayout");
+        VkPushConstantRange pcr = {.stageFlags = VK_SHADER_STAGE_COMPUTE_BIT, .offset = 0, .size = 128};
+        VkPipelineLayoutCreateInfo pli = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
+                                          .setLayoutCount = 1, .pSetLayouts = &rt->dsl[i],
+                                          .pushConstantRangeCount = 1, .pPushConstantRanges = &pcr};
+        VKCHK(vkCreatePipelineLayout(rt->dev, &pli, NULL, &rt->pl[i]), "vkCreatePipelineLayout");
+        VkShaderModuleCreateInfo smi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
+                                        .codeSize = sp->size, .pCode = sp->code};
+        VkShaderModule sm;
+        VKCHK(vkCreateShaderModule(rt->dev, &smi, NULL, &sm), "vkCreateShaderModule");
+        VkComputePipelineCreateInfo cci = {
+            .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
+            .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
+                      .stage = VK_SHADER_STAGE_COMPUTE_BIT, .module = sm, .pName = "main"},
+            .layout = rt->pl[i]};
+        VkResult pr = vkCreateComputePipelines(rt->dev, VK_NULL_HANDLE, 1, &cci, NULL, &rt->pipe[i]);
+        vkDestroyShaderModule(rt->dev, sm, NULL);
+        if (pr != VK_SUCCESS) {
+            snprintf(err, errlen, "vulkan: pipeline '%s' failed (VkResult %d)", pipe_info[i].shader, (int)pr);
+            return DSV4_EVULKAN;
+        }
+    }
+    rt->profile = profile;
+    if (profile) {
+        VkQueryPoolCreateInfo qpi = {.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO,
+                                     .queryType = VK_QUERY_TYPE_TIMESTAMP, .queryCount = VK_MAX_QUERIES};
+        VKCHK(vkCreateQueryPool(rt->dev, &qpi, NULL, &rt->qpool), "vkCreateQueryPool");
+    }
+    int rc = vkbuf_create(rt, 64u << 20, 0, &rt->stage, err, errlen);
+    if (rc) return rc;
+    if (verbose)
+        fprintf(stderr, "dsv4: Vulkan device %d of %u: %s (%s), maxStorageBufferRange %llu, maxMemoryAllocationSize %llu\n",
+                di, n, dn,
+                rt->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU ? "discrete GPU"
+                : rt->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU      ? "CPU"
+                                                                            : "GPU",
+                (unsigned long long)rt->max_range, (unsigned long long)rt->max_alloc);
+    return 0;
+}
+
+void vkrt_close(vkrt *rt)
+{
+    if (!rt) return;
+    if (rt->dev) {
+        vkDeviceWaitIdle(rt->dev);
+        vkbuf_free(rt, &rt->stage);
+        for (int i = 0; i < P_COUNT; i++) {
+            if (rt->pipe[i]) vkDestroyPipeline(rt->dev, rt->pipe[i], NULL);
+            if (rt->pl[i]) vkDestroyPipelineLayout(rt->dev, rt->pl[i], NULL);
+            if (rt->dsl[i]) vkDestroyDescriptorSetLayout(rt->dev, rt->dsl[i], NULL);
+        }
+        if (rt->qpool) vkDestroyQueryPool(rt->dev, rt->qpool, NULL);
+        if (rt->fence) vkDestroyFence(rt->dev, rt->fence, NULL);
+        if (rt->pool) vkDestroyCommandPool(rt->dev, rt->pool, NULL);
+        vkDestroyDevice(rt->dev, NULL);
+    }
+    if (rt->inst) vkDestroyInstance(rt->inst, NULL);
+    memset(rt, 0, sizeof *rt);
+}
+
+static int find_mem(vkrt *rt, uint32_t bits, VkMemoryPropertyFlags want)
+{
+    for (uint32_t i = 0; i < rt->memprops.memoryTypeCount; i++)
+        if ((bits & (1u << i)) && (rt->memprops.memoryTypes[i].propertyFlags & want) == want) return (int)i;
+    return -1;
+}
+
+int vkbuf_create(vkrt *rt, VkDeviceSize size, int device_local, vkbuf *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    if (size < 16) size = 16;
+    size = (size + 15) & ~(VkDeviceSize)15;
+    if (size > rt->max_alloc) {
+        snprintf(err, errlen, "vulkan: buffer of %llu bytes exceeds maxMemoryAllocationSize %llu",
+                 (unsigned long long)size, (unsigned long long)rt->max_alloc);
+        return DSV4_ENOMEM;
+    }
+    VkBufferCreateInfo bci = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO, .size = size,
+                              .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
+                                       VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+                              .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
+    VKCHK(vkCreateBuffer(rt->dev, &bci, NULL, &out->buf), "vkCreateBuffer");
+    VkMemoryRequirements req;
+    vkGetBufferMemoryRequirements(rt->dev, out->buf, &req);
+    int mt = device_local ? find_mem(rt, req.memoryTypeBits, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT)
+                          : find_mem(rt, req.memoryTypeBits, VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT |
+                                                                 VK_MEMORY_PROPERTY_HOST_COHERENT_BIT |
+                                                                 VK_MEMORY_PROPERTY_HOST_CACHED_BIT);
+    if (mt < 0 && !device_local)
+        mt = find_mem(rt, req.memoryTypeBits, VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT);
+    if (mt < 0) mt = find_mem(rt, req.memoryTypeBits, 0);
+    VkMemoryAllocateInfo mai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, .allocationSize = req.size,
+                                .memoryTypeIndex = (uint32_t)mt};
+    VkResult r = vkAllocateMemory(rt->dev, &mai, NULL, &out->mem);
+    if (r != VK_SUCCESS) {
+        vkDestroyBuffer(rt->dev, out->buf, NULL);
+        memset(out, 0, sizeof *out);
+        snprintf(err, errlen, "vulkan: cannot allocate %llu bytes of %s memory (VkResult %d)",
+                 (unsigned long long)size, device_local ? "device" : "host-visible", (int)r);
+        return DSV4_ENOMEM;
+    }
+    VKCHK(vkBindBufferMemory(rt->dev, out->buf, out->mem, 0), "vkBindBufferMemory");
+    out->size = size;
+    if (!device_local) VKCHK(vkMapMemory(rt->dev, out->mem, 0, VK_WHOLE_SIZE, 0, &out->map), "vkMapMemory");
+    return 0;
+}
+
+void vkbuf_free(vkrt *rt, vkbuf *b)
+{
+    if (!b || !rt->dev) return;
+    if (b->buf) vkDestroyBuffer(rt->dev, b->buf, NULL);
+    if (b->mem) vkFreeMemory(rt->dev, b->mem, NULL);
+    memset(b, 0, sizeof *b);
+}
+
+int vkrt_begin(vkrt *rt, char *err, size_t errlen)
+{
+    VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+                                   .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
+    VKCHK(vkResetCommandBuffer(rt->cmd, 0), "vkResetCommandBuffer");
+    VKCHK(vkBeginCommandBuffer(rt->cmd, &bi), "vkBeginCommandBuffer");
+    rt->recording = 1;
+    rt->nq = 0;
+    if (rt->profile) vkCmdResetQueryPool(rt->cmd, rt->qpool, 0, VK_MAX_QUERIES);
+    return 0;
+}
+
+void vkrt_op(vkrt *rt, const char *name) { rt->cur_op = name; }
+
+static int prof_slot(vkrt *rt, const char *name)
+{
+    for (int i = 0; i < rt->n_prof; i++)
+        if (strcmp(rt->prof_name[i], name) == 0) return i;
+    if (rt->n_prof >= VK_MAX_PROF_OPS) return VK_MAX_PROF_OPS - 1;
+    snprintf(rt->prof_name[rt->n_prof], 32, "%s", name);
+    return rt->n_prof++;
+}
+
+static void barrier(vkrt *rt)
+{
+    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+                          .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
+                          .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT |
+                                           VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT};
+    vkCmdPipelineBarrier(rt->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
+                         VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT, 0, 1, &mb, 0,
+                         NULL, 0, NULL);
+}
+
+void vkrt_dispatch(vkrt *rt, vk_pipe_id p, const vkview *views, int nviews, const void *push,
+                   size_t push_size, uint32_t gx, uint32_t gy, uint32_t gz)
+{
+    if (gx == 0 || gy == 0 || gz == 0) return;
+    VkDescriptorBufferInfo bi[8];
+    VkWriteDescriptorSet w[8];
+    for (int i = 0; i < nviews; i++) {
+        bi[i] = (VkDescriptorBufferInfo){views[i].buf, views[i].off, views[i].size};
+        w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, .dstBinding = (uint32_t)i,
+                                      .descriptorCount = 1, .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                      .pBufferInfo = &bi[i]};
+    }
+    vkCmdBindPipeline(rt->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, rt->pipe[p]);
+    rt->push_desc(rt->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, rt->pl[p], 0, (uint32_t)nviews, w);
+    if (push_size) vkCmdPushConstants(rt->cmd, rt->pl[p], VK_SHADER_STAGE_COMPUTE_BIT, 0, (uint32_t)push_size, push);
+    int prof = rt->profile && rt->nq + 2 <= VK_MAX_QUERIES;
+    if (prof) {
+        rt->q_op[rt->nq / 2] = prof_slot(rt, rt->cur_op ? rt->cur_op : "other");
+        vkCmdWriteTimestamp(rt->cmd, VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT, rt->qpool, rt->nq);
+    }
+    vkCmdDispatch(rt->cmd, gx, gy, gz);
+    if (prof) {
+        vkCmdWriteTimestamp(rt->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, rt->qpool, rt->nq + 1);
+        rt->nq += 2;
+    }
+    barrier(rt);
+}
+
+void vkrt_copy(vkrt *rt, vkview src, vkview dst, VkDeviceSize n)
+{
+    if (n == 0) return;
+    VkBufferCopy c = {src.off, dst.off, n};
+    vkCmdCopyBuffer(rt->cmd, src.buf, dst.buf, 1, &c);
+    barrier(rt);
+}
+
+void vkrt_fill(vkrt *rt, vkview dst, VkDeviceSize n, uint32_t value)
+{
+    if (n == 0) return;
+    vkCmdFillBuffer(rt->cmd, dst.buf, dst.off, n, value);
+    barrier(rt);
+}
+
+int vkrt_submit_wait(vkrt *rt, char *err, size_t errlen)
+{
+    rt->recording = 0;
+    VKCHK(vkEndCommandBuffer(rt->cmd), "vkEndCommandBuffer");
+    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &rt->cmd};
+    VKCHK(vkResetFences(rt->dev, 1, &rt->fence), "vkResetFences");
+    VKCHK(vkQueueSubmit(rt->queue, 1, &si, rt->fence), "vkQueueSubmit");
+    VKCHK(vkWaitForFences(rt->dev, 1, &rt->fence, VK_TRUE, UINT64_MAX), "vkWaitForFences");
+    if (rt->profile && rt->nq) {
+        uint64_t *ts = malloc(rt->nq * sizeof *ts);
+        if (ts && vkGetQueryPoolResults(rt->dev, rt->qpool, 0, rt->nq, rt->nq * sizeof *ts, ts, sizeof *ts,
+                                        VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT) == VK_SUCCESS) {
+            double per = rt->props.limits.timestampPeriod * 1e-6;
+            for (uint32_t i = 0; i + 1 < rt->nq; i += 2) {
+                int s = rt->q_op[i / 2];
+                rt->prof_ms[s] += (double)(ts[i + 1] - ts[i]) * per;
+                rt->prof_calls[s]++;
+            }
+        }
+        free(ts);
+    }
+    return 0;
+}
+
+int vkrt_upload(vkrt *rt, vkview dst, const void *src, size_t n, char *err, size_t errlen)
+{
+    size_t done = 0;
+    while (done < n) {
+        size_t k = n - done;
+        if (k > rt->stage.size) k = rt->stage.size;
+        memcpy(rt->stage.map, (const uint8_t *)src + done, k);
+        int rc = vkrt_begin(rt, err, errlen);
+        if (rc) return rc;
+        VkBufferCopy c = {0, dst.off + done, (k + 3) & ~(size_t)3};
+        if (dst.off + done + c.size > dst.off + dst.size && k % 4) c.size = k; /* tail */
+        vkCmdCopyBuffer(rt->cmd, rt->stage.buf, dst.buf, 1, &c);
+        rc = vkrt_submit_wait(rt, err, errlen);
+        if (rc) return rc;
+        done += k;
+    }
+    return 0;
+}
+
+int vkrt_download(vkrt *rt, vkview src, void *dst, size_t n, char *err, size_t errlen)
+{
+    size_t done = 0;
+    while (done < n) {
+        size_t k = n - done;
+        if (k > rt->stage.size) k = rt->stage.size;
+        int rc = vkrt_begin(rt, err, errlen);
+        if (rc) return rc;
+        VkBufferCopy c = {src.off + done, 0, k};
+        vkCmdCopyBuffer(rt->cmd, src.buf, rt->stage.buf, 1, &c);
+        rc = vkrt_submit_wait(rt, err, errlen);
+        if (rc) return rc;
+        memcpy((uint8_t *)dst + done, rt->stage.map, k);
+        done += k;
+    }
+    return 0;
+}

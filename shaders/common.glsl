@@ -1,0 +1,75 @@
+/* Shared GLSL helpers: bf16/e4m3/e2m1/e8m0 decoding from packed uint words and
+ * the rounding the official kernels apply (kernel_tilelang.py act_quant,
+ * fp4_quant: power-of-two block scales, round-to-nearest-even casts). Weights
+ * arrive as raw bytes in uint arrays so no 8/16-bit storage feature is needed. */
+#ifndef DSV4_COMMON_GLSL
+#define DSV4_COMMON_GLSL
+
+/* torch's .to(bfloat16): round to nearest even (NaN passes through). */
+float bf16r(float f)
+{
+    uint u = floatBitsToUint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return f;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return uintBitsToFloat(u & 0xffff0000u);
+}
+
+float bf16_at(uint w, uint half_idx) /* half_idx 0: low 16 bits */
+{
+    return uintBitsToFloat(half_idx == 0u ? (w << 16) : (w & 0xffff0000u));
+}
+
+float e4m3_decode(uint b)
+{
+    uint s = b >> 7, e = (b >> 3) & 15u, m = b & 7u;
+    float v;
+    if (e == 0u) v = float(m) * (1.0 / 512.0);
+    else v = uintBitsToFloat(((e + 120u) << 23) | (m << 20));
+    return s != 0u ? -v : v;
+}
+
+float e8m0_decode(uint b)
+{
+    return b == 0u ? uintBitsToFloat(0x00400000u) : uintBitsToFloat(b << 23);
+}
+
+float e2m1_decode(uint c)
+{
+    uint m = c & 7u;
+    float v = m < 2u ? 0.5 * float(m) : (m < 4u ? 1.0 + 0.5 * float(m - 2u) : (m < 6u ? 2.0 + float(m - 4u) : 4.0 + 2.0 * float(m - 6u)));
+    return (c & 8u) != 0u ? -v : v;
+}
+
+/* Smallest power of two >= x (fast_round_scale in kernel_tilelang.py). */
+float pow2_ceil(float x)
+{
+    uint u = floatBitsToUint(x);
+    int e = int((u >> 23) & 0xffu) - 127 + ((u & 0x7fffffu) != 0u ? 1 : 0);
+    return uintBitsToFloat(uint(e + 127) << 23);
+}
+
+/* Round v (already divided by its scale and clamped) to a float format with
+ * mant_bits mantissa bits and smallest quantum min_q: e4m3 is (3, 2^-9), e2m1
+ * (1, 0.5). Round to nearest even as the CUDA cast does. */
+float round_minifloat(float v, int mant_bits, float min_q)
+{
+    float a = abs(v);
+    if (a == 0.0) return v;
+    int e = int((floatBitsToUint(a) >> 23) & 0xffu) - 127;
+    float q = max(uintBitsToFloat(uint(e - mant_bits + 127) << 23), min_q);
+    return sign(v) * roundEven(a / q) * q;
+}
+
+float fp8_qdq(float x, float s) /* quant-dequant with power-of-two scale s */
+{
+    return round_minifloat(clamp(x / s, -448.0, 448.0), 3, 1.0 / 512.0) * s;
+}
+
+float fp4_qdq(float x, float s)
+{
+    return round_minifloat(clamp(x / s, -6.0, 6.0), 1, 0.5) * s;
+}
+
+float silu(float x) { return x / (1.0 + exp(-x)); }
+
+#endif

@@ -1,0 +1,6 @@
+/* libFuzzer target: ingest/ epub entry point (see targets.h). Built with
+ * `make fuzz`; replayed over tests/fuzz/corpus/epub by tests/test_fuzz_replay. */
+#include "tests/fuzz/targets.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return fuzz_epub(data, size); }
