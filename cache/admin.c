@@ -377,14 +377,14 @@ static int verify_one(dsv4_cache *c, void *vctx, const char *path, const char *n
         v->tokens = t;
         v->tokens_cap = n;
     }
-    if (rec_section_read(c, fd, &h, SEC_TOKENS, (uint8_t *)v->tokens, problem, sizeof problem) != 0) goto bad;
+    if (rec_section_read(&c->rd[0], fd, &h, SEC_TOKENS, (uint8_t *)v->tokens, problem, sizeof problem) != 0) goto bad;
     cache_key_compute(h.fingerprint, h.version, h.layout_digest, &h.parent, h.pos0, v->tokens, (int64_t)n, &k);
     if (memcmp(k.b, h.key.b, 32) != 0) {
         snprintf(problem, sizeof problem, "key does not match the record's model, parent and tokens");
         goto bad;
     }
     for (uint32_t s = 1; s < h.n_streams + 2; s++)
-        if (rec_section_read(c, fd, &h, s, NULL, problem, sizeof problem) != 0) goto bad;
+        if (rec_section_read(&c->rd[0], fd, &h, s, NULL, problem, sizeof problem) != 0) goto bad;
     v->ok++;
     rec_header_free(&h);
     close(fd);

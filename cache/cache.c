@@ -13,7 +13,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,6 +100,10 @@ int dsv4_cache_open(const char *dir, const uint8_t fingerprint[32], const dsv4_s
                    ZSTD_maxCLevel());
         return DSV4_CACHE_EINVAL;
     }
+    if (opt && (opt->read_threads < 0 || opt->read_threads > CACHE_MAX_READ_THREADS)) {
+        cache_errf(err, errlen, "cache: %d read threads: 0 to %d", opt->read_threads, CACHE_MAX_READ_THREADS);
+        return DSV4_CACHE_EINVAL;
+    }
     if (opt && (opt->zstd_workers < 0 || opt->zstd_workers > 64)) {
         cache_errf(err, errlen, "cache: %d zstd workers: 0 to 64", opt->zstd_workers);
         return DSV4_CACHE_EINVAL;
@@ -116,6 +122,16 @@ int dsv4_cache_open(const char *dir, const uint8_t fingerprint[32], const dsv4_s
     c->io_buf2 = malloc(REC_IO_BLOCK);
     c->shuf_buf = malloc(REC_SHUFFLE_BLOCK);
     if (!c->dir || !c->cctx || !c->dctx || !c->io_buf || !c->io_buf2 || !c->shuf_buf) goto fail;
+    c->rd[0] = (rec_reader){c->dctx, c->io_buf, c->io_buf2};
+    c->n_readers = 1;
+    for (int t = 1; t < c->opt.read_threads; t++) {
+        rec_reader *r = &c->rd[t];
+        r->dctx = ZSTD_createDCtx();
+        r->in_buf = malloc(REC_IO_BLOCK);
+        r->out_buf = malloc(REC_IO_BLOCK);
+        c->n_readers++; /* counted first, so close frees a partial one */
+        if (!r->dctx || !r->in_buf || !r->out_buf) goto fail;
+    }
     ZSTD_CCtx_setParameter(c->cctx, ZSTD_c_compressionLevel, c->opt.zstd_level);
     ZSTD_CCtx_setParameter(c->cctx, ZSTD_c_checksumFlag, 1);
     ZSTD_CCtx_setParameter(c->cctx, ZSTD_c_contentSizeFlag, 1);
@@ -146,6 +162,11 @@ void dsv4_cache_close(dsv4_cache *c)
     free(c->dir);
     free(c->layout.streams);
     ZSTD_freeCCtx(c->cctx);
+    for (int t = 1; t < c->n_readers; t++) {
+        ZSTD_freeDCtx(c->rd[t].dctx);
+        free(c->rd[t].in_buf);
+        free(c->rd[t].out_buf);
+    }
     ZSTD_freeDCtx(c->dctx);
     free(c->io_buf);
     free(c->io_buf2);
@@ -349,25 +370,125 @@ nomem:
     return DSV4_CACHE_ENOMEM;
 }
 
+/* One record's sections shared out between read threads: each takes the
+ * next section (largest first) until none is left or one has failed. */
+typedef struct read_job {
+    dsv4_cache *c;
+    int fd;
+    const rec_header *hdr;
+    uint32_t *secs;
+    uint8_t **dsts;
+    int n;
+    atomic_int next, failed;
+    int rc[CACHE_MAX_READ_THREADS];
+    char problem[CACHE_MAX_READ_THREADS][320];
+} read_job;
+
+typedef struct read_arg {
+    read_job *job;
+    int t;
+} read_arg;
+
+static void *read_worker(void *arg)
+{
+    read_arg *a = arg;
+    read_job *j = a->job;
+    int k;
+    while (!atomic_load(&j->failed) && (k = atomic_fetch_add(&j->next, 1)) < j->n) {
+        int rc = rec_section_read(&j->c->rd[a->t], j->fd, j->hdr, j->secs[k], j->dsts[k], j->problem[a->t],
+                                  sizeof j->problem[a->t]);
+        if (rc) {
+            j->rc[a->t] = rc;
+            atomic_store(&j->failed, 1);
+        }
+    }
+    return NULL;
+}
+
+static int cmp_sec_desc(const void *a, const void *b, void *vh)
+{
+    const rec_header *h = vh;
+    uint64_t x = h->sections[*(const uint32_t *)a].raw, y = h->sections[*(const uint32_t *)b].raw;
+    return x > y ? -1 : x < y;
+}
+
+/* Reads the wanted sections of record fd (rows, and the boundary when
+ * chunk->boundary is set), in parallel when the handle has read threads and
+ * the record is large; 0 or the first failure's code with its problem. */
+static int read_sections(dsv4_cache *c, int fd, const rec_header *hdr, dsv4_state_chunk *chunk, char *problem,
+                         size_t plen)
+{
+    read_job *j = calloc(1, sizeof *j);
+    uint32_t *secs = calloc(hdr->n_streams + 1, sizeof *secs);
+    uint8_t **dsts = calloc(hdr->n_streams + 1, sizeof *dsts);
+    int rc = 0;
+    if (!j || !secs || !dsts) {
+        snprintf(problem, plen, "out of memory");
+        rc = DSV4_CACHE_ENOMEM;
+        goto out;
+    }
+    uint64_t total = 0;
+    int n = 0;
+    for (uint32_t s = 0; s < hdr->n_streams; s++)
+        if (hdr->sections[s + 1].raw) {
+            secs[n++] = s + 1;
+            total += hdr->sections[s + 1].raw;
+        }
+    if (chunk->boundary && hdr->sections[hdr->n_streams + 1].raw) {
+        secs[n++] = hdr->n_streams + 1;
+        total += hdr->boundary_bytes;
+    }
+    qsort_r(secs, (size_t)n, sizeof *secs, cmp_sec_desc, (void *)hdr);
+    for (int k = 0; k < n; k++) dsts[k] = secs[k] == hdr->n_streams + 1 ? chunk->boundary : chunk->rows[secs[k] - 1];
+    j->c = c;
+    j->fd = fd;
+    j->hdr = hdr;
+    j->secs = secs;
+    j->dsts = dsts;
+    j->n = n;
+    atomic_init(&j->next, 0);
+    atomic_init(&j->failed, 0);
+    int n_threads = total >= CACHE_PARALLEL_MIN_BYTES ? c->n_readers : 1;
+    if (n_threads > n) n_threads = n > 0 ? n : 1;
+    pthread_t th[CACHE_MAX_READ_THREADS];
+    read_arg args[CACHE_MAX_READ_THREADS];
+    int started = 1;
+    for (int t = 1; t < n_threads; t++) {
+        args[t] = (read_arg){j, t};
+        if (pthread_create(&th[t], NULL, read_worker, &args[t]) != 0) break; /* fewer threads still work */
+        started++;
+    }
+    args[0] = (read_arg){j, 0};
+    read_worker(&args[0]);
+    for (int t = 1; t < started; t++) pthread_join(th[t], NULL);
+    for (int t = 0; t < started; t++)
+        if (j->rc[t] && (rc == 0 || j->rc[t] == DSV4_CACHE_ECORRUPT)) {
+            rc = j->rc[t];
+            snprintf(problem, plen, "%s", j->problem[t]);
+            if (rc == DSV4_CACHE_ECORRUPT) break;
+        }
+out:
+    free(j);
+    free(secs);
+    free(dsts);
+    return rc;
+}
+
 int dsv4_cache_read(dsv4_cache *c, const dsv4_cache_hit *h, int i, dsv4_state_chunk *chunk,
                     char *err, size_t errlen)
 {
     char problem[320];
-    int rc = 0;
     if (!h || i < 0 || i >= h->n || !chunk || !chunk->rows) {
         cache_errf(err, errlen, "cache: read: bad arguments");
         return DSV4_CACHE_EINVAL;
     }
     const rec_header *hdr = &h->hdrs[i];
-    for (uint32_t s = 0; s < hdr->n_streams && rc == 0; s++) {
+    for (uint32_t s = 0; s < hdr->n_streams; s++)
         if (hdr->sections[s + 1].raw && !chunk->rows[s]) {
             cache_errf(err, errlen, "cache: read: no buffer for stream '%s'", hdr->streams[s].name);
             return DSV4_CACHE_EINVAL;
         }
-        rc = rec_section_read(c, h->fds[i], hdr, s + 1, chunk->rows[s], problem, sizeof problem);
-    }
-    if (rc == 0 && chunk->boundary)
-        rc = rec_section_read(c, h->fds[i], hdr, hdr->n_streams + 1, chunk->boundary, problem, sizeof problem);
+    int rc = read_sections(c, h->fds[i], hdr, chunk, problem, sizeof problem);
     if (rc == DSV4_CACHE_ECORRUPT) {
         cache_discard(c, h->paths[i], h->fds[i], problem);
         cache_errf(err, errlen, "cache: %s: %s (record deleted)", h->paths[i], problem);

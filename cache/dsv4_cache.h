@@ -96,6 +96,9 @@ typedef struct dsv4_cache_options {
     int zstd_level;       /* 0: DSV4_CACHE_DEFAULT_LEVEL; negative levels allowed */
     int zstd_workers;     /* compression threads for put (zstd's own); 0: compress in
                              the calling thread. Records are the same either way. */
+    int read_threads;     /* threads that read the sections of one record at once
+                             (records over 8 MiB); 0 or 1: the calling thread only.
+                             At most 16; each extra thread holds 8 MiB of buffers. */
     /* Where reports of bad records go (one line, no newline); NULL: stderr. */
     void (*report)(void *ctx, const char *msg);
     void *report_ctx;

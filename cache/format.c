@@ -332,7 +332,7 @@ VECTORIZE void cache_unshuffle4(uint8_t *restrict dst, const uint8_t *restrict s
  * full block (the last one shorter) is un-transposed or copied into dst, so
  * the block boundaries match the writer's. Output past raw bytes lands in a
  * second scratch area and proves the frame too long. */
-int rec_section_read(dsv4_cache *c, int fd, const rec_header *h, uint32_t sec, uint8_t *dst,
+int rec_section_read(rec_reader *r, int fd, const rec_header *h, uint32_t sec, uint8_t *dst,
                      char *problem, size_t plen)
 {
     const rec_section *s = &h->sections[sec];
@@ -346,31 +346,31 @@ int rec_section_read(dsv4_cache *c, int fd, const rec_header *h, uint32_t sec, u
     EVP_MD_CTX *m = EVP_MD_CTX_new();
     if (!m) { snprintf(problem, plen, "out of memory"); return DSV4_CACHE_ENOMEM; }
     EVP_DigestInit_ex(m, EVP_sha256(), NULL);
-    ZSTD_DCtx_reset(c->dctx, ZSTD_reset_session_only);
+    ZSTD_DCtx_reset(r->dctx, ZSTD_reset_session_only);
     uint64_t produced = 0, done = 0;
-    ZSTD_outBuffer out = {c->io_buf2, s->raw < REC_SHUFFLE_BLOCK ? s->raw : REC_SHUFFLE_BLOCK, 0};
-    uint8_t *overflow = c->io_buf2 + REC_SHUFFLE_BLOCK;
+    ZSTD_outBuffer out = {r->out_buf, s->raw < REC_SHUFFLE_BLOCK ? s->raw : REC_SHUFFLE_BLOCK, 0};
+    uint8_t *overflow = r->out_buf + REC_SHUFFLE_BLOCK;
     size_t zr = 1;
     int first = 1;
     while (done < s->stored) {
         size_t n = s->stored - done < REC_IO_BLOCK ? (size_t)(s->stored - done) : REC_IO_BLOCK;
-        if (pread_full(fd, c->io_buf, n, s->offset + done) != 0) {
+        if (pread_full(fd, r->in_buf, n, s->offset + done) != 0) {
             snprintf(problem, plen, "%s: read failed: %s", name, errno ? strerror(errno) : "short file");
             rc = DSV4_CACHE_EIO;
             goto out;
         }
-        EVP_DigestUpdate(m, c->io_buf, n);
+        EVP_DigestUpdate(m, r->in_buf, n);
         if (first) {
             first = 0;
-            unsigned long long fcs = ZSTD_getFrameContentSize(c->io_buf, n);
+            unsigned long long fcs = ZSTD_getFrameContentSize(r->in_buf, n);
             if (fcs != s->raw && !zerr[0])
                 snprintf(zerr, sizeof zerr, "zstd frame does not declare %llu bytes",
                          (unsigned long long)s->raw);
         }
-        ZSTD_inBuffer in = {c->io_buf, n, 0};
+        ZSTD_inBuffer in = {r->in_buf, n, 0};
         while (!zerr[0] && in.pos < in.size) {
             if (zr == 0) { snprintf(zerr, sizeof zerr, "data after the zstd frame"); break; }
-            zr = ZSTD_decompressStream(c->dctx, &out, &in);
+            zr = ZSTD_decompressStream(r->dctx, &out, &in);
             if (ZSTD_isError(zr)) {
                 snprintf(zerr, sizeof zerr, "zstd: %s", ZSTD_getErrorName(zr));
                 break;

@@ -59,6 +59,17 @@ typedef struct rec_header {
     rec_section *sections;      /* [n_streams + 2], owned */
 } rec_header;
 
+/* What one thread needs to read sections: reader 0 is the handle's own, the
+ * others exist when options.read_threads > 1. */
+typedef struct rec_reader {
+    ZSTD_DCtx *dctx;
+    uint8_t *in_buf;  /* REC_IO_BLOCK */
+    uint8_t *out_buf; /* REC_IO_BLOCK: one transposition block + an overflow area */
+} rec_reader;
+
+#define CACHE_MAX_READ_THREADS 16
+#define CACHE_PARALLEL_MIN_BYTES ((uint64_t)8 << 20) /* below this a record is read by one thread */
+
 struct dsv4_cache {
     char *dir;
     int has_model;
@@ -71,6 +82,8 @@ struct dsv4_cache {
     uint8_t *io_buf;            /* REC_IO_BLOCK, for reads */
     uint8_t *io_buf2;           /* REC_IO_BLOCK, decompressor scratch / write staging */
     uint8_t *shuf_buf;          /* REC_SHUFFLE_BLOCK, transposition scratch */
+    rec_reader rd[CACHE_MAX_READ_THREADS]; /* rd[0] aliases dctx, io_buf, io_buf2 */
+    int n_readers;
     uint64_t approx_bytes;      /* records' size as of the last scan plus our puts */
     int approx_known;
 };
@@ -97,7 +110,7 @@ int rec_header_read(int fd, uint64_t file_bytes, rec_header *h, char *problem, s
 void rec_header_free(rec_header *h);
 /* Reads section sec of fd, checking stored SHA-256, the zstd frame (checksum,
  * exact size). dst: raw bytes (NULL: decompressed into scratch and dropped). */
-int rec_section_read(dsv4_cache *c, int fd, const rec_header *h, uint32_t sec, uint8_t *dst,
+int rec_section_read(rec_reader *r, int fd, const rec_header *h, uint32_t sec, uint8_t *dst,
                      char *problem, size_t plen);
 int cache_path_of(const dsv4_cache *c, const dsv4_cache_key *k, char *out, size_t outlen);
 int cache_hex_to_key(const char *hex, dsv4_cache_key *out);

@@ -45,14 +45,6 @@ int dsv4_tok_large_bpe_heap_only = 0;
 #define CACHE_KEY_ARENA (1u << 22)
 #define CACHE_ID_ARENA (1u << 20)
 
-#define PAIR_CACHE_BITS 14
-
-typedef struct pair_slot {
-    uint64_t key; /* left << 32 | right; UINT64_MAX empty */
-    uint32_t rank;
-    int32_t id;
-} pair_slot;
-
 typedef struct cache_slot {
     uint64_t hash; /* 0 = empty */
     uint32_t key_off, ids_off;
@@ -61,7 +53,6 @@ typedef struct cache_slot {
 
 struct dsv4_tok_encoder {
     const dsv4_tokenizer *tok;
-    pair_slot *pairs; /* 1 << PAIR_CACHE_BITS */
     cache_slot *slots;
     unsigned char *keys;
     int32_t *ids;
@@ -117,7 +108,6 @@ static void free_scratch(dsv4_tok_encoder *e)
 void dsv4_tok_encoder_free(dsv4_tok_encoder *e)
 {
     if (!e) return;
-    free(e->pairs);
     free(e->slots);
     free(e->keys);
     free(e->ids);
@@ -153,10 +143,7 @@ static int cache_init(dsv4_tok_encoder *e)
     e->slots = calloc(e->slot_cap, sizeof *e->slots);
     e->keys = malloc(e->key_cap);
     e->ids = malloc(e->ids_cap * sizeof *e->ids);
-    e->pairs = malloc(((size_t)1 << PAIR_CACHE_BITS) * sizeof *e->pairs);
-    if (!e->slots || !e->keys || !e->ids || !e->pairs) return -1;
-    for (size_t i = 0; i < ((size_t)1 << PAIR_CACHE_BITS); i++) e->pairs[i].key = UINT64_MAX;
-    return 0;
+    return e->slots && e->keys && e->ids ? 0 : -1;
 }
 
 static const cache_slot *cache_get(const dsv4_tok_encoder *e, const unsigned char *p, size_t n, uint64_t h)
@@ -237,31 +224,22 @@ static void cache_put(dsv4_tok_encoder *e, const unsigned char *p, size_t n, uin
 
 /* ---- BPE ---- */
 
-/* Rank and merged id of a pair (rank UINT32_MAX: no merge), through a small
- * direct-mapped cache: the same pairs recur constantly (the bytes of common
- * characters) and the full merge table (4 MB) does not stay in cache. */
-static inline void pair_lookup(dsv4_tok_encoder *e, int32_t left, int32_t right, uint32_t *rank, int32_t *id)
+/* Rank and merged id of a pair; rank UINT32_MAX when there is no merge. (A
+ * small per-encoder cache of pairs in front of this was measured: no gain.) */
+static inline void pair_lookup(const dsv4_tokenizer *t, int32_t left, int32_t right, uint32_t *rank, int32_t *id)
 {
-    uint64_t key = (uint64_t)(uint32_t)left << 32 | (uint32_t)right;
-    pair_slot *s = &e->pairs[(size_t)((key * 0x9E3779B97F4A7C15ull) >> (64 - PAIR_CACHE_BITS))];
-    if (s->key != key) {
-        s->key = key;
-        if (dsv4_tok_merge_lookup(e->tok, left, right, &s->rank, &s->id) < 0) s->rank = UINT32_MAX;
-    }
-    *rank = s->rank;
-    *id = s->id;
+    if (dsv4_tok_merge_lookup(t, left, right, rank, id) < 0) *rank = UINT32_MAX;
 }
 
 /* Quadratic BPE for n <= SMALL_MAX symbols; writes the ids to out. The
  * arrays are shifted by hand: the sizes are small, a memmove call costs more. */
-static size_t bpe_small(dsv4_tok_encoder *e, const unsigned char *p, size_t n, int32_t *out)
+static size_t bpe_small(const dsv4_tokenizer *t, const unsigned char *p, size_t n, int32_t *out)
 {
-    const dsv4_tokenizer *t = e->tok;
     int32_t sym[SMALL_MAX], mid[SMALL_MAX];
     uint32_t rk[SMALL_MAX];
     size_t m = n;
     for (size_t i = 0; i < n; i++) sym[i] = t->byte_id[p[i]];
-    for (size_t i = 0; i + 1 < m; i++) pair_lookup(e, sym[i], sym[i + 1], &rk[i], &mid[i]);
+    for (size_t i = 0; i + 1 < m; i++) pair_lookup(t, sym[i], sym[i + 1], &rk[i], &mid[i]);
     while (m > 1) {
         uint32_t best = UINT32_MAX;
         size_t bi = 0;
@@ -279,8 +257,8 @@ static size_t bpe_small(dsv4_tok_encoder *e, const unsigned char *p, size_t n, i
             mid[i] = mid[i + 1];
         }
         m--;
-        if (bi > 0) pair_lookup(e, sym[bi - 1], sym[bi], &rk[bi - 1], &mid[bi - 1]);
-        if (bi + 1 < m) pair_lookup(e, sym[bi], sym[bi + 1], &rk[bi], &mid[bi]);
+        if (bi > 0) pair_lookup(t, sym[bi - 1], sym[bi], &rk[bi - 1], &mid[bi - 1]);
+        if (bi + 1 < m) pair_lookup(t, sym[bi], sym[bi + 1], &rk[bi], &mid[bi]);
     }
     memcpy(out, sym, m * sizeof *sym);
     return m;
@@ -335,8 +313,9 @@ static void init_symbols(const dsv4_tokenizer *t, const unsigned char *p, size_t
     }
 }
 
-/* Merges the pair at pos if it is still the pair of that rank; pushes the
- * two new pairs through push(). Returns 1 if merged. */
+/* Merges the pair at pos if it is still the pair of that rank (an entry is
+ * stale once either symbol changed), then hands the two new pairs to PUSH.
+ * Shared by the heap and the bucket BPE, which differ only in the queue. */
 #define MERGE_AT(pos, rank, PUSH)                                                                       \
     do {                                                                                                \
         uint32_t r_;                                                                                    \
@@ -517,13 +496,13 @@ static int encode_piece(dsv4_tok_encoder *e, const unsigned char *p, size_t n, d
         const cache_slot *s = cache_get(e, p, n, h);
         if (s) return dsv4_tokens_append(out, e->ids + s->ids_off, s->n_ids);
         int32_t ids[CACHE_MAX_PIECE];
-        size_t m = bpe_small(e, p, n, ids);
+        size_t m = bpe_small(t, p, n, ids);
         cache_put(e, p, n, h, ids, m);
         return dsv4_tokens_append(out, ids, m);
     }
     if (n <= limit) {
         int32_t ids[SMALL_MAX];
-        size_t m = bpe_small(e, p, n, ids);
+        size_t m = bpe_small(t, p, n, ids);
         return dsv4_tokens_append(out, ids, m);
     }
     size_t m;

@@ -32,7 +32,8 @@ static void usage(FILE *f)
             "       dsv4-batch cache gc [--max-size SIZE] [--dry-run]\n"
             "       dsv4-batch cache verify [--dry-run]\n"
             "       dsv4-batch cache bench --config config.json [--tokens N] [--span N] [--level L]\n"
-            "                              [--dtype bf16|f32] [--workers N] [--dir DIR] [--drop-caches] [--json]\n\n"
+            "                              [--dtype bf16|f32] [--workers N] [--read-threads N] [--dir DIR]\n"
+            "                              [--drop-caches] [--json]\n\n"
             "The prefix cache lives in HOME/cache; HOME is --home, else $DSV4_HOME, else\n"
             "$XDG_DATA_HOME/dsv4-batch, else ~/.local/share/dsv4-batch.\n\n"
             "  ls      one line per record: key, parent, token span, size, last use, model\n"
@@ -45,7 +46,9 @@ static void usage(FILE *f)
             "  bench   write and restore a synthetic state of N tokens (default 65536) with\n"
             "          the layout of config.json in DIR (default a temporary directory under\n"
             "          /tmp, removed afterwards); --drop-caches empties the page cache before\n"
-            "          the restore (needs root)\n");
+            "          the restore (needs root); --dtype: the rows' type (the engine exports\n"
+            "          bf16); --workers: zstd compression threads; --read-threads: threads\n"
+            "          reading one record's sections\n");
 }
 
 /* "20G", "1.5T", "500M", "4096" -> bytes; -1 when malformed. */
@@ -474,7 +477,7 @@ static int cmd_bench(int argc, char **argv)
 {
     const char *config = NULL, *dir_opt = NULL;
     int64_t n_tokens = 65536, span = DSV4_CACHE_DEFAULT_SPAN;
-    int level = DSV4_CACHE_DEFAULT_LEVEL, workers = 0, json = 0, drop = 0, rc = DSV4_EXIT_FAIL, elem = 2;
+    int level = DSV4_CACHE_DEFAULT_LEVEL, workers = 0, read_threads = 0, json = 0, drop = 0, rc = DSV4_EXIT_FAIL, elem = 2;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) config = argv[++i];
         else if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc) dir_opt = argv[++i];
@@ -482,6 +485,7 @@ static int cmd_bench(int argc, char **argv)
         else if (strcmp(argv[i], "--span") == 0 && i + 1 < argc) span = atoll(argv[++i]);
         else if (strcmp(argv[i], "--level") == 0 && i + 1 < argc) level = atoi(argv[++i]);
         else if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc) workers = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--read-threads") == 0 && i + 1 < argc) read_threads = atoi(argv[++i]);
         else if (strcmp(argv[i], "--json") == 0) json = 1;
         else if (strcmp(argv[i], "--dtype") == 0 && i + 1 < argc && !strcmp(argv[i + 1], "bf16")) elem = 2, i++;
         else if (strcmp(argv[i], "--dtype") == 0 && i + 1 < argc && !strcmp(argv[i + 1], "f32")) elem = 4, i++;
@@ -512,6 +516,7 @@ static int cmd_bench(int argc, char **argv)
     o.span_tokens = span;
     o.zstd_level = level;
     o.zstd_workers = workers;
+    o.read_threads = read_threads;
     uint8_t fp[32] = "dsv4-batch cache bench";
     dsv4_cache *c = NULL;
     dsv4_state_chunk *ch = NULL, *rd = NULL;

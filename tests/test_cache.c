@@ -38,6 +38,7 @@ static const uint8_t fp_b[32] = {9, 9, 9};
 
 static char reports[8192];
 static int quiet; /* no messages for failures a case provokes on purpose */
+static int read_threads; /* for handles opened by open_cache */
 static int n_reports;
 
 static void on_report(void *ctx, const char *msg)
@@ -119,6 +120,7 @@ static dsv4_cache *open_cache(const char *dir, const uint8_t *fp, int64_t span, 
     char err[256];
     o.span_tokens = span;
     o.max_bytes = max_bytes;
+    o.read_threads = read_threads;
     o.report = on_report;
     if (dsv4_cache_open(dir, fp, fp ? &layout : NULL, &o, &c, err, sizeof err) != 0) {
         printf("  open: %s\n", err);
@@ -390,6 +392,34 @@ static void parallel_reads_of_one_hit(void)
     for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
     CHECK(jobs[0].ok && jobs[1].ok);
     dsv4_cache_hit_free(h);
+    dsv4_cache_close(c);
+    rm_rf(dir);
+}
+
+/* A record over 8 MiB read by several threads of one handle: bit-exact, and
+ * a damaged section is still found, reported and deleted. */
+static void threaded_read_of_a_large_record(void)
+{
+    enum { N_TOK = 262144 };
+    char *dir = temp_dir(), path[4200];
+    static int32_t t[N_TOK];
+    dsv4_cache_key k;
+    make_tokens(t, N_TOK, 13);
+    read_threads = 4;
+    dsv4_cache *c = open_cache(dir, fp_a, N_TOK, 0);
+    read_threads = 0;
+    if (!c) { CHECK(0); return; }
+    CHECK(write_chain(c, t, N_TOK, NULL, 0, &k) == 1);
+    CHECK(restore_and_compare(c, t, N_TOK, NULL, 0, NULL) == N_TOK);
+    record_path(dir, &k, path, sizeof path);
+    CHECK(file_size(path) > 8 << 20);
+    CHECK(flip_byte(path, file_size(path) / 3) == 0);
+    reports_clear();
+    quiet = 1;
+    CHECK(restore_and_compare(c, t, N_TOK, NULL, 0, NULL) == -1);
+    quiet = 0;
+    CHECKF(n_reports == 1 && strstr(reports, "SHA-256") && access(path, F_OK) != 0, "%s", reports);
+    CHECK(restore_and_compare(c, t, N_TOK, NULL, 0, NULL) == 0);
     dsv4_cache_close(c);
     rm_rf(dir);
 }
@@ -877,6 +907,7 @@ int main(void)
     RUN(round_trip_at_every_kind_of_boundary);
     RUN(changed_token_reuses_exactly_the_records_before_it);
     RUN(parallel_reads_of_one_hit);
+    RUN(threaded_read_of_a_large_record);
     RUN(bad_records_are_rejected_reported_and_deleted);
     RUN(concurrent_writers_leave_one_valid_record_per_key);
     RUN(kill_9_mid_write_leaves_no_visible_record);

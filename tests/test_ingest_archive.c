@@ -169,7 +169,17 @@ static void zstd_bomb_keeps_rss_small(void)
     CHECKF(WIFEXITED(status) && WEXITSTATUS(status) == 1, "status %d", status);
     long peak_kb = ru.ru_maxrss;
     printf("  dsv4-batch ingest on a 10 GiB zstd bomb: peak RSS %ld KiB\n", peak_kb);
-    CHECKF(peak_kb < 64 * 1024, "peak RSS %ld KiB", peak_kb);
+    /* 20 MiB measured in a normal build, 49 MiB under AddressSanitizer
+     * (shadow memory and quarantine); decompressing the bomb would be 10 GiB */
+    long limit_kb = 64 * 1024;
+#if defined(__SANITIZE_ADDRESS__)
+    limit_kb = 160 * 1024;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+    limit_kb = 160 * 1024;
+#endif
+#endif
+    CHECKF(peak_kb < limit_kb, "peak RSS %ld KiB, limit %ld", peak_kb, limit_kb);
     char *err = read_all(err_path, NULL);
     CHECK(err && strstr(err, "input stopped:") && strstr(err, "over max_ratio (200)") && strstr(err, "bomb.zst"));
     if (err) printf("  stderr: %s", err);
