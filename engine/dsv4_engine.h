@@ -44,8 +44,10 @@ typedef struct dsv4_model_info {
     int bos_token_id, eos_token_id;
     int64_t max_position_embeddings;
     uint8_t fingerprint[32]; /* SHA-256 over config.json and the weights' identity
-                                (tensor names, dtypes, shapes, file sizes and a hash of
-                                each tensor's bytes); equal model -> equal fingerprint */
+                                (tensor names, dtypes, shapes, sizes and the first and
+                                last 4 KiB of each tensor's bytes: hashing all of a
+                                149 GB checkpoint at every open would take minutes);
+                                equal model -> equal fingerprint */
 } dsv4_model_info;
 
 int dsv4_engine_open(const char *model_dir, const dsv4_engine_options *opt,
