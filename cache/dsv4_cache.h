@@ -49,11 +49,12 @@
  * write a message naming the file and the failed check into err[errlen].
  * Reports about records found bad and deleted along the way (which are not
  * errors of the call) go to options.report, default stderr. A dsv4_cache
- * handle is used by one thread at a time; a hit is read-only after lookup, so
- * several threads may read different records of one hit at once, each with
- * its own handle opened on the same directory (a parallel restore: a record
- * costs about 1 CPU second per 0.5 GB of state here, see
- * docs/cache-format.md). */
+ * handle is used by one thread at a time. Restoring costs about one CPU
+ * second per 0.5-0.9 GB of state (docs/cache-format.md), so on machines with
+ * cores to spare a restore can go wider: options.read_threads reads the
+ * sections of one record in parallel, and a hit is read-only after lookup, so
+ * several threads may also read different records of one hit at once, each
+ * with its own handle on the same directory. */
 #ifndef DSV4_CACHE_H
 #define DSV4_CACHE_H
 
@@ -75,7 +76,7 @@ enum {
 /* The on-disk format version written by this build (docs/cache-format.md). */
 #define DSV4_CACHE_FORMAT_VERSION 1u
 #define DSV4_CACHE_DEFAULT_SPAN 16384 /* boundary per record vs reuse granularity: docs/cache-format.md */
-#define DSV4_CACHE_DEFAULT_LEVEL 1 /* zstd level: measured fastest with the same ratio */
+#define DSV4_CACHE_DEFAULT_LEVEL 1 /* zstd level; the measured choice: docs/cache-format.md */
 
 /* Hard limits a record must respect; checked on write and on read. */
 #define DSV4_CACHE_MAX_STREAMS 4096u

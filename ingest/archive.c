@@ -83,12 +83,14 @@ static int read_entry(ing_ctx *c, struct archive *a, const char *ename, buf *b)
 {
     const dsv4_ingest_options *o = ctx_opts(c);
     guard_acct *A = c->acct;
+    int n_warn = 0;
     for (;;) {
         if (buf_reserve(b, 65536)) return DSV4_INGEST_ENOMEM;
         la_ssize_t r = archive_read_data(a, b->p + b->n, 65536);
         if (r == 0) break;
         if (r < 0) {
-            if (r == ARCHIVE_WARN) continue;
+            /* a warning is retried, but never forever */
+            if (r == ARCHIVE_WARN && ++n_warn < 64) continue;
             const char *m = errstr(a);
             dsv4_skip_reason why = strcasestr(m, "encrypt") || strcasestr(m, "passphrase")
                                        ? DSV4_SKIP_ENCRYPTED : DSV4_SKIP_CORRUPT;
@@ -317,6 +319,7 @@ int zip_collect(ing_ctx *c, const uint8_t *p, size_t n, int (*want)(const char *
     if (!a) return DSV4_INGEST_ENOMEM;
     zentry *v = NULL;
     size_t nv = 0;
+    uint64_t total = 0;
     int rc = 0;
     int own_top = c->acct->top == NULL;
     if (archive_read_open_memory(a, p, n) != ARCHIVE_OK) {
@@ -355,6 +358,14 @@ int zip_collect(ing_ctx *c, const uint8_t *p, size_t n, int (*want)(const char *
         int rr = read_entry(c, a, raw, &v[nv - 1].data);
         if (rr) {
             rc = rr < 0 ? rr : 1;
+            goto done;
+        }
+        /* the parts are held together until parsed: bound their sum too */
+        total += v[nv - 1].data.n;
+        if (total > o->max_entry_bytes) {
+            rc = ctx_skip(c, NULL, DSV4_SKIP_TOO_LARGE, "container parts over max_entry_bytes (%llu) in all",
+                          (unsigned long long)o->max_entry_bytes);
+            if (rc >= 0) rc = 1;
             goto done;
         }
         if (buf_reserve(&v[nv - 1].data, 0)) { rc = DSV4_INGEST_ENOMEM; goto done; }

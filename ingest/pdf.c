@@ -59,12 +59,6 @@ int pdf_process(ing_ctx *c, const uint8_t *p, size_t n)
     g_free(title);
     g_free(author);
     int n_pages = poppler_document_get_n_pages(pd);
-    /* The text of a text PDF is usually about its file size: one allocation
-     * up front instead of a chain of doubling copies. */
-    if (buf_reserve(&d.text, n < (64u << 20) ? n : (64u << 20))) {
-        rc = DSV4_INGEST_ENOMEM;
-        goto done;
-    }
     for (int i = 0; i < n_pages && rc == 0; i++) {
         uint64_t off = d.text.n;
         PopplerPage *page = poppler_document_get_page(pd, i);

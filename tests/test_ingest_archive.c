@@ -248,7 +248,8 @@ static void hostile_names_and_links(void)
     CHECK(sh("cd %s/src && printf 'latin\\n' > \"$(printf 'caf\\351.txt')\" && "
              "bsdtar --format=ustar -cf ../names.tar \"$(printf 'caf\\351.txt')\" && "
              "bsdtar -P -cf ../dots.tar -s ',^,../../etc/,' a.txt && bsdtar -P -cf ../abs.tar -s ',^,/etc/,' sub/b.md && "
-             "ln -sf /etc/passwd link && bsdtar -cf ../links.tar link a.txt", dir) == 0);
+             "ln -sf /etc/passwd link && ln -f a.txt hard.txt && bsdtar -cf ../links.tar link a.txt hard.txt && rm hard.txt",
+             dir) == 0);
     collected c;
     CHECK(ingest_collect(P("names.tar"), NULL, 0, 0, NULL, &c) == DSV4_INGEST_OK);
     CHECK(c.n_docs == 1 && c.docs[0]->chain_len == 1 && strcmp(c.docs[0]->chain[0], "caf\xC3\xA9.txt") == 0);
@@ -267,6 +268,7 @@ static void hostile_names_and_links(void)
     collected_free(&c);
     CHECK(ingest_collect(P("links.tar"), NULL, 0, 0, NULL, &c) == DSV4_INGEST_OK);
     CHECK(c.n_docs == 1 && find_event(&c, DSV4_SKIP_LINK, "links.tar :: link", "never followed") != NULL);
+    CHECK(find_event(&c, DSV4_SKIP_LINK, "links.tar :: hard.txt", "never followed") != NULL);
     collected_free(&c);
     /* globs apply to entry names */
     dsv4_ingest_options o;
