@@ -780,6 +780,11 @@ int dsv4_pipeline_run_job(dsv4_jobs *db, int64_t job_id, const dsv4_worker_ctx *
         dsv4_cache_options co = {0};
         co.max_bytes = spec->cache.max_size > 0 ? (uint64_t)spec->cache.max_size : 0;
         co.span_tokens = spec->cache.span_tokens;
+        /* Restores and stores sit between GPU work: spread them over the
+         * machine's cores (zstd and SHA-256 are the cost). */
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        co.read_threads = cpus > 8 ? 8 : (int)(cpus > 1 ? cpus : 1);
+        co.zstd_workers = cpus > 2 ? (int)(cpus / 2 > 8 ? 8 : cpus / 2) : 0;
         co.report = report_to_events;
         co.report_ctx = (void *)ctx;
         char cerr[512];
