@@ -444,6 +444,11 @@ static int bpe_buckets(dsv4_tok_encoder *e, size_t n)
             MERGE_AT(pos, cur, BUCKET_PUSH);
         }
         bn[cur] = 0;
+        if (bcap[cur] > 4096) { /* a rank is done for this piece: give back big lists now */
+            free(bucket[cur]);
+            bucket[cur] = NULL;
+            bcap[cur] = 0;
+        }
     }
 #undef BUCKET_PUSH
     /* leave every bucket empty for the next piece */

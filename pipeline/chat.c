@@ -846,7 +846,13 @@ int dsv4_chat_prompt_parts(const char *system, const char *context, size_t conte
     dsv4_chat *c = dsv4_chat_new();
     if (!c || content.oom || tail.oom) goto fail;
     if (system && (rc = dsv4_chat_add(c, "system", system, err, errlen)) < 0) goto fail;
-    if ((rc = dsv4_chat_add(c, "user", content.p, err, errlen)) < 0) goto fail;
+    /* the context is document text: any bytes, NULs included, are taken as they
+     * are (the tokenizer handles invalid UTF-8 too), so no UTF-8 check here */
+    if ((rc = dsv4_chat_add(c, "user", NULL, err, errlen)) < 0) goto fail;
+    rc = DSV4_CHAT_ENOMEM;
+    if (json_object_set_new(json_array_get(c->msgs, json_array_size(c->msgs) - 1), "content",
+                            json_stringn_nocheck(content.p, content.n)) != 0)
+        goto fail;
     if ((rc = dsv4_chat_render(c, opts, &full, &full_len, err, errlen)) < 0) goto fail;
     if (full_len < tail.n || memcmp(full + full_len - tail.n, tail.p, tail.n) != 0) {
         set_err(err, errlen, "chat: internal error: the rendering does not end with the question");

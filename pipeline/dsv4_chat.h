@@ -38,7 +38,7 @@ typedef struct dsv4_chat dsv4_chat;
 dsv4_chat *dsv4_chat_new(void);
 void dsv4_chat_free(dsv4_chat *c);
 
-/* Appends a message; content may be NULL (absent). */
+/* Appends a message; content may be NULL (absent) and must be valid UTF-8. */
 int dsv4_chat_add(dsv4_chat *c, const char *role, const char *content, char *err, size_t errlen);
 /* These set fields of the last message added. */
 int dsv4_chat_set_reasoning(dsv4_chat *c, const char *reasoning_content, char *err, size_t errlen);
@@ -67,7 +67,9 @@ int dsv4_chat_render(const dsv4_chat *c, const dsv4_chat_opts *opts, char **out,
  * context_len is 0); the function renders it and splits it:
  *   prefix = BOS [+ effort preamble] + system + "<｜User｜>" [+ context + "\n\n"]
  *   suffix = question + "<｜Assistant｜>" + ("<think>" or "</think>")
- * so prefix + suffix is exactly the full rendering. Leading CR/LF characters
+ * so prefix + suffix is exactly the full rendering. The context may hold any
+ * bytes (NULs, invalid UTF-8: taken as they are); system and question are C
+ * strings. Leading CR/LF characters
  * of the question are removed first: the cut then falls right after a newline
  * (or after the <｜User｜> marker) that is followed by something other than a
  * newline, where the pre-tokenizer always ends a piece, so

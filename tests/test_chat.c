@@ -253,6 +253,21 @@ static void test_prompt_parts_token_boundary(void)
     CHECK(n_checked == 2 * 3 * 14 * 13);
 }
 
+/* Document bytes that are not text (a NUL, invalid UTF-8) reach the prompt intact. */
+static void test_prompt_parts_binary_context(void)
+{
+    char err[256], *pre = NULL, *suf = NULL;
+    size_t pl = 0, sl = 0;
+    const char ctx[] = "a\0b\xff\xfe end";
+    int rc = dsv4_chat_prompt_parts(NULL, ctx, sizeof ctx - 1, "Q?", NULL, &pre, &pl, &suf, &sl, err, sizeof err);
+    CHECKF(rc == 0, "%s", err);
+    const char expect[] = B U "a\0b\xff\xfe end\n\n";
+    CHECK(pre && pl == sizeof expect - 1 && memcmp(pre, expect, pl) == 0);
+    CHECK(suf && strcmp(suf, "Q?" A "</think>") == 0 && sl == strlen(suf));
+    free(pre);
+    free(suf);
+}
+
 static void test_bad_input(void)
 {
     char err[256];
@@ -282,6 +297,7 @@ int main(void)
     RUN(test_builder_and_modes);
     RUN(test_tool_calls_and_json);
     RUN(test_prompt_parts_token_boundary);
+    RUN(test_prompt_parts_binary_context);
     RUN(test_bad_input);
     dsv4_tokenizer_close(tok);
     CHECK_EXIT();
