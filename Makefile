@@ -6,82 +6,105 @@
 CC      ?= cc
 PREFIX  ?= /usr/local
 PKGS    := libarchive poppler-glib libxml-2.0 sqlite3 vulkan libzstd yaml-0.1 libpcre2-8 jansson libcrypto
+# Output folders. `make asan` sets them to build-asan/ and bin-asan/ so a
+# sanitizer build never mixes its objects with a normal one. Set with := so
+# only the command line changes them, never a stray environment variable.
+BUILD_DIR := build
+BIN_DIR   := bin
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -MMD -MP -I. -Ibuild \
+# override: flags given on the command line (make CFLAGS=... or CC=clang) are
+# kept and these are added, so `make CFLAGS="-O1 -fsanitize=address"` works.
+override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -MMD -MP -I. -I$(BUILD_DIR) \
            $(shell pkg-config --cflags $(PKGS))
 LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lm -lpthread
 GLSLC   ?= glslc
 
 MODULES   := engine ingest cache jobs pipeline
 LIB_SRCS  := $(filter-out pipeline/main.c,$(wildcard $(addsuffix /*.c,$(MODULES))))
-LIB_OBJS  := $(LIB_SRCS:%.c=build/%.o) build/shaders/embedded.o
+LIB_OBJS  := $(LIB_SRCS:%.c=$(BUILD_DIR)/%.o) $(BUILD_DIR)/shaders/embedded.o
 TEST_SRCS := $(wildcard tests/test_*.c)
-TEST_BINS := $(TEST_SRCS:tests/%.c=build/tests/%)
+TEST_BINS := $(TEST_SRCS:tests/%.c=$(BUILD_DIR)/tests/%)
 TEST_SUPPORT := $(filter-out tests/runner.c $(TEST_SRCS),$(wildcard tests/*.c))
-TEST_SUPPORT_OBJS := $(TEST_SUPPORT:%.c=build/%.o)
+TEST_SUPPORT_OBJS := $(TEST_SUPPORT:%.c=$(BUILD_DIR)/%.o)
 SHADER_SRCS := $(wildcard shaders/*.comp shaders/*.glsl) shaders/shaders.list
 
-all: bin/dsv4-batch
+all: $(BIN_DIR)/dsv4-batch
 
-bin/dsv4-batch: build/pipeline/main.o build/libdsv4.a
+$(BIN_DIR)/dsv4-batch: $(BUILD_DIR)/pipeline/main.o $(BUILD_DIR)/libdsv4.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-build/libdsv4.a: $(LIB_OBJS)
+$(BUILD_DIR)/libdsv4.a: $(LIB_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
 
-build/%.o: %.c
+$(BUILD_DIR)/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 # Every shader is compiled to SPIR-V and embedded, so the installed program
 # needs no shader files at run time.
-build/shaders/embedded.c: $(SHADER_SRCS) scripts/build-shaders.sh
-	GLSLC=$(GLSLC) scripts/build-shaders.sh shaders build/shaders
+$(BUILD_DIR)/shaders/embedded.c: $(SHADER_SRCS) scripts/build-shaders.sh
+	GLSLC=$(GLSLC) scripts/build-shaders.sh shaders $(BUILD_DIR)/shaders
 
-build/shaders/embedded.o: build/shaders/embedded.c
+$(BUILD_DIR)/shaders/embedded.o: $(BUILD_DIR)/shaders/embedded.c
 	$(CC) $(CFLAGS) -Wno-overlength-strings -c -o $@ $<
 
-build/ingest/tokenizer_embed.o: models/deepseek-v4-tokenizer/tokenizer.json
+$(BUILD_DIR)/ingest/tokenizer_embed.o: models/deepseek-v4-tokenizer/tokenizer.json
 
-build/tests/runner: tests/runner.c
+$(BUILD_DIR)/tests/runner: tests/runner.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS)
 
-build/tests/%: build/tests/%.o $(TEST_SUPPORT_OBJS) build/libdsv4.a
+$(BUILD_DIR)/tests/%: $(BUILD_DIR)/tests/%.o $(TEST_SUPPORT_OBJS) $(BUILD_DIR)/libdsv4.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-# CPU reference code must round the same way everywhere.
-build/tests/ref_%.o: CFLAGS += -ffp-contract=off
+# Keep the test objects: without this make deletes them as intermediates
+# after a first build and compiles them all again on the next one.
+.SECONDARY: $(TEST_BINS:=.o) $(TEST_SUPPORT_OBJS)
 
-tests: $(TEST_BINS) build/tests/runner bin/dsv4-batch
+# CPU reference code must round the same way everywhere.
+$(BUILD_DIR)/tests/ref_%.o: override CFLAGS += -ffp-contract=off
+
+tests: $(TEST_BINS) $(BUILD_DIR)/tests/runner $(BIN_DIR)/dsv4-batch
 
 deps:
 	scripts/install-deps.sh
 
 test: deps
-	$(MAKE) tests
-	build/tests/runner $(TEST_BINS)
+	$(MAKE) -j$$(nproc) tests
+	$(BUILD_DIR)/tests/runner $(TEST_BINS)
 
+# Sanitizers: everything is built again into build-asan/ and bin-asan/ with
+# ASan+UBSan, and every test runs from build-asan/root, a tree of links to
+# this one in which bin/ is bin-asan/ (the tests run bin/dsv4-batch), so the
+# CLI processes the tests start are checked too. Leaks are reported;
+# tests/lsan.supp silences only leaks inside the Vulkan driver (Mesa/LLVM).
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer
+SAN_ENV   := ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+             LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
 asan:
-	$(MAKE) BUILD_ASAN=1 CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
-	        LDFLAGS="-fsanitize=address,undefined" tests
-	build/tests/runner $(TEST_BINS)
+	$(MAKE) BUILD_DIR=build-asan BIN_DIR=bin-asan CFLAGS="-O1 -g $(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)" tests
+	@rm -rf build-asan/root && mkdir -p build-asan/root
+	@for f in * .[!.]*; do case "$$f" in bin|bin-asan|build|build-asan|.git) ;; \
+	    *) ln -s "$(CURDIR)/$$f" "build-asan/root/$$f" ;; esac; done
+	@ln -s "$(CURDIR)/bin-asan" build-asan/root/bin
+	cd build-asan/root && $(SAN_ENV) $(CURDIR)/build-asan/tests/runner \
+	    $(patsubst $(BUILD_DIR)/%,$(CURDIR)/build-asan/%,$(TEST_BINS))
 
 demo: deps
-	$(MAKE) all
+	$(MAKE) -j$$(nproc) all
 	scripts/demo.sh
 
-install: bin/dsv4-batch
+install: $(BIN_DIR)/dsv4-batch
 	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 755 bin/dsv4-batch $(DESTDIR)$(PREFIX)/bin/dsv4-batch
+	install -m 755 $(BIN_DIR)/dsv4-batch $(DESTDIR)$(PREFIX)/bin/dsv4-batch
 
 clean:
-	rm -rf build bin
+	rm -rf build bin build-asan bin-asan
 
 .PHONY: all tests test deps asan demo install clean
--include $(shell find build -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD_DIR) -name '*.d' 2>/dev/null)
 
 # ---- fuzzing (ingest/) ----------------------------------------------------
 # `make fuzz` builds one libFuzzer program per parser entry point
@@ -120,7 +143,7 @@ fuzz-smoke: fuzz
 	@mkdir -p build/fuzz/artifacts; for t in $(FUZZ_NAMES); do \
 	    mkdir -p build/fuzz/corpus/$$t; \
 	    echo "fuzz-smoke: $$t for $(FUZZ_SECONDS) s"; \
-	    build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=2048 \
+	    build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=2048 -malloc_limit_mb=8192 \
 	        -max_len=262144 -print_final_stats=1 -artifact_prefix=build/fuzz/artifacts/$$t- \
 	        build/fuzz/corpus/$$t tests/fuzz/corpus/$$t > build/fuzz/$$t.log 2>&1 \
 	        || { tail -40 build/fuzz/$$t.log; echo "fuzz-smoke: $$t FAILED"; exit 1; }; \

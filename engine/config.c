@@ -9,6 +9,7 @@
  * checkpoints append draft-layer entries); the extra entries are ignored. */
 #include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,8 +62,11 @@ static int get_int(parser *p, json_t *obj, const char *field, int64_t lo, int64_
     int64_t x;
     if (json_is_integer(v)) {
         x = (int64_t)json_integer_value(v);
-    } else if (json_is_real(v) && json_real_value(v) == (double)(int64_t)json_real_value(v)) {
-        x = (int64_t)json_real_value(v); /* 32.0 written by some tools */
+    } else if (json_is_real(v) && fabs(json_real_value(v)) < 0x1p62 &&
+               json_real_value(v) == (double)(int64_t)json_real_value(v)) {
+        /* 32.0 written by some tools; the range test first, because casting
+         * a double beyond int64_t (1e30) to int64_t is undefined behaviour */
+        x = (int64_t)json_real_value(v);
     } else {
         return fail(p, field, "is not an integer");
     }

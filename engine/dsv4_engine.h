@@ -130,4 +130,28 @@ typedef struct dsv4_profile_entry {
 } dsv4_profile_entry;
 int dsv4_engine_profile(dsv4_engine *e, dsv4_profile_entry *out, int cap);
 
+/* ---- synthetic weights (benchmarks) ---- */
+
+/* Opens an engine from config_path (a config.json) alone, with deterministic
+ * pseudo-random weights written directly on the GPU in the release's formats
+ * (FP8/FP4 codes and ue8m0 scales, bf16/f32 of sane magnitude, valid tid2eid
+ * expert ids): for timing the real sizes without a checkpoint. Its outputs are
+ * noise. It has no MTP block (dsv4_engine_run_mtp fails).
+ *
+ * Layers: max_layers > 0 keeps that many (at most num_hidden_layers);
+ * max_layers == 0 keeps as many as fit the device-local memory budget
+ * (VK_EXT_memory_budget, else 90% of the heap) after the embedding, head and
+ * scratch; max_layers < 0 does the same reserving (-max_layers) MiB per kept
+ * layer for sequence state. The kept layers are a sample of the config's
+ * layers in which every compress ratio keeps its share, spread over depth,
+ * renumbered 0..n-1 (dsv4_engine_info's num_hidden_layers is n), so time per
+ * layer scales to the whole model.
+ *
+ * On success err (when errlen > 0) receives one line
+ * "layers=N/L weight_bytes=B budget_bytes=M selected=i,j,..." (the original
+ * indices of the kept layers); on failure the usual message (DSV4_EINVAL bad
+ * config, DSV4_ENOMEM not even one layer fits, DSV4_EDEVICE no device). */
+int dsv4_engine_open_synthetic(const char *config_path, int max_layers, const dsv4_engine_options *opt,
+                               dsv4_engine **out, char *err, size_t errlen);
+
 #endif

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "engine/forward.h"
+#include "engine/bench.h"
 
 #define DEFAULT_CHUNK 256
 #define INITIAL_CAP_TOKENS 1024
@@ -67,27 +68,50 @@ int dsv4_engine_open(const char *model_dir, const dsv4_engine_options *opt, dsv4
     if (rc) goto fail;
     rc = vkrt_open(&e->rt, opt ? opt->device : NULL, opt ? opt->verbose : 0, opt ? opt->profile : 0, err, errlen);
     if (rc) goto fail;
+    rc = engine_open_finish(e, opt, model_dir, err, errlen);
+    if (rc) goto fail;
+    *out = e;
+    return 0;
+fail:
+    dsv4_engine_close(e);
+    return rc;
+}
+
+/* The rest of an open once e->m and e->rt exist; engine/bench_weights.c
+   (synthetic weights) shares it. On failure the caller closes e. */
+int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const char *model_dir, char *err,
+                       size_t errlen)
+{
+    int rc;
     const dsv4_config *c = &e->m->cfg;
     if (c->head_dim > 1024 || c->index_head_dim > 1024 || c->num_experts_per_tok > 16 || c->hc_mult > 6 ||
         c->n_routed_experts < 1 || (c->index_head_dim & (c->index_head_dim - 1))) {
         snprintf(err, errlen, "%s/config.json: sizes outside what the shaders support (head_dim <= 1024, "
                  "power-of-two index_head_dim, <= 16 experts per token, hc_mult <= 6)", model_dir);
-        rc = DSV4_EINVAL;
-        goto fail;
+        return DSV4_EINVAL;
+    }
+    for (int b = 0; b < dsv4_config_n_blocks(c); b++) {
+        int r = c->compress_ratios[b];
+        if (r < 0 || (r == 4 ? 8 : r) > 256) { /* compress.comp pools at most 256 rows per entry */
+            snprintf(err, errlen, "%s/config.json: compress_ratios[%d] = %d not supported (0, 4 or up to 256)",
+                     model_dir, b, r);
+            return DSV4_EINVAL;
+        }
     }
     const char *ch = getenv("DSV4_CHUNK");
     e->chunk = ch && atoi(ch) > 0 ? atoi(ch) : DEFAULT_CHUNK;
     /* a CPU driver runs barrier-free one-column-per-invocation GEMMs fastest
        at every size; GPUs want shared-memory tiles beyond a few rows */
-    e->small_rows = e->rt.props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU ? 1 << 30 : 16;
+    e->cpu_device = e->rt.props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
+    e->small_rows = e->cpu_device ? 1 << 30 : 16;
     const char *sr = getenv("DSV4_SMALL_ROWS");
     if (sr && *sr) e->small_rows = atoi(sr);
     rc = fwd_upload_weights(e, err, errlen);
-    if (rc) goto fail;
+    if (rc) return rc;
     rc = fwd_alloc_scratch(e, err, errlen);
-    if (rc) goto fail;
+    if (rc) return rc;
     rc = build_layout(e);
-    if (rc) goto fail;
+    if (rc) return rc;
     e->info.vocab_size = c->vocab_size;
     e->info.hidden_size = c->hidden_size;
     e->info.num_hidden_layers = c->num_hidden_layers;
@@ -102,11 +126,7 @@ int dsv4_engine_open(const char *model_dir, const dsv4_engine_options *opt, dsv4
         fprintf(stderr, "dsv4: %d blocks, weights in %d arena(s) of %llu MiB total, chunk %d tokens\n", e->n_blocks,
                 e->n_arenas, (unsigned long long)(w >> 20), e->chunk);
     }
-    *out = e;
     return 0;
-fail:
-    dsv4_engine_close(e);
-    return rc;
 }
 
 void dsv4_engine_close(dsv4_engine *e)

@@ -13,6 +13,7 @@
  * FP8/FP4 GEMM), so the numerics follow inference/model.py and the rounding
  * of kernel_tilelang.py. */
 #include "engine/forward.h"
+#include "engine/bench.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -29,13 +30,13 @@ typedef struct { uint32_t D, rd, ldx, x_off, flags, pos_base, pos_step; float ep
 typedef struct { uint32_t d, ratio, overlap, i0, p0, t0, ld_out; } pc_comp;
 typedef struct { uint32_t width, lds, ldr, col_off, L, q0, p0, t0, use_ape, ratio; } pc_ring;
 typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; } pc_iscore;
-typedef struct { uint32_t topk, ratio, p0, ld_s, ld_i; } pc_topk;
-typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; } pc_attn;
+typedef struct { uint32_t topk, ratio, p0, ld_s, ld_i, i_row0; } pc_topk;
+typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok; } pc_attn;
 typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale; } pc_gate;
 typedef struct { uint32_t T, E, k, rowmap_off, slotpos_off, wsort_off, e_begin_off; } pc_group;
 typedef struct { uint32_t rows, inter, use_w, wsort_off; float limit; } pc_swiglu;
 typedef struct { uint32_t D, k, slotpos_off; } pc_combine;
-typedef struct { uint32_t D, hc, row0; } pc_embed;
+typedef struct { uint32_t D, hc, row0, rows; } pc_embed;
 typedef struct { uint32_t D, hc; } pc_add;
 _Static_assert(sizeof(pc_gemm) == 64, "gemm push constants");
 _Static_assert(sizeof(pc_aq) == 24, "act_quant push constants");
@@ -46,13 +47,13 @@ _Static_assert(sizeof(pc_hp) == 32, "headprep push constants");
 _Static_assert(sizeof(pc_comp) == 28, "compress push constants");
 _Static_assert(sizeof(pc_ring) == 40, "ring_write push constants");
 _Static_assert(sizeof(pc_iscore) == 32, "index_score push constants");
-_Static_assert(sizeof(pc_topk) == 20, "topk push constants");
-_Static_assert(sizeof(pc_attn) == 40, "attn push constants");
+_Static_assert(sizeof(pc_topk) == 24, "topk push constants");
+_Static_assert(sizeof(pc_attn) == 44, "attn push constants");
 _Static_assert(sizeof(pc_gate) == 28, "moe_gate push constants");
 _Static_assert(sizeof(pc_group) == 28, "moe_group push constants");
 _Static_assert(sizeof(pc_swiglu) == 20, "swiglu push constants");
 _Static_assert(sizeof(pc_combine) == 12, "moe_combine push constants");
-_Static_assert(sizeof(pc_embed) == 12, "embed push constants");
+_Static_assert(sizeof(pc_embed) == 16, "embed push constants");
 _Static_assert(sizeof(pc_add) == 8, "add_bcast push constants");
 
 enum { F_RMS_SCALE = 1, F_RMS_W = 2, F_ROPE = 4, F_ROPE_INV = 8, F_HADAMARD = 16, F_FP4 = 32,
@@ -78,7 +79,7 @@ static int arena_alloc(dsv4_engine *e, VkDeviceSize size, const char *what, vkvi
     }
     if (size == 0) size = 16;
     if (e->n_arenas == 0 || align_up(e->arena_fill, rt->align) + size > e->arenas[e->n_arenas - 1].size) {
-        if (e->n_arenas >= 64) {
+        if (e->n_arenas >= (int)(sizeof e->arenas / sizeof e->arenas[0])) {
             snprintf(err, errlen, "%s: out of weight arenas", what);
             return DSV4_ENOMEM;
         }
@@ -96,15 +97,23 @@ static int arena_alloc(dsv4_engine *e, VkDeviceSize size, const char *what, vkvi
     return 0;
 }
 
+/* A named tensor without file data is synthetic: engine/bench_weights.c fills
+   it on the GPU instead of an upload. */
+static int up_data(dsv4_engine *e, vkview dst, const dsv4_tensor *t, char *err, size_t errlen)
+{
+    if (!t->data) return bench_fill_tensor(e, dst, t, err, errlen);
+    return vkrt_upload(&e->rt, dst, t->data, t->nbytes, err, errlen);
+}
+
 static int up_tensor(dsv4_engine *e, const dsv4_tensor *t, vkview *out, char *err, size_t errlen)
 {
-    if (!t->data) {
+    if (!t->data && !t->name) {
         *out = e->dummy;
         return 0;
     }
     int rc = arena_alloc(e, t->nbytes, t->name, out, err, errlen);
     if (rc) return rc;
-    return vkrt_upload(&e->rt, *out, t->data, t->nbytes, err, errlen);
+    return up_data(e, *out, t, err, errlen);
 }
 
 static int up_weight(dsv4_engine *e, const dsv4_weight *w, gw *g, char *err, size_t errlen)
@@ -116,7 +125,7 @@ static int up_weight(dsv4_engine *e, const dsv4_weight *w, gw *g, char *err, siz
     g->s_cols = w->q == DSV4_WQ_FP8 ? cdiv(w->in, 128) : w->q == DSV4_WQ_FP4 ? (uint32_t)(w->in / 32) : 0;
     int rc = up_tensor(e, &w->w, &g->w, err, errlen);
     if (rc) return rc;
-    if (w->scale.data) return up_tensor(e, &w->scale, &g->s, err, errlen);
+    if (w->scale.data || w->scale.name) return up_tensor(e, &w->scale, &g->s, err, errlen);
     g->s = e->dummy;
     return 0;
 }
@@ -129,23 +138,41 @@ static int up_hc(dsv4_engine *e, const dsv4_hc_w *h, ghc *g, char *err, size_t e
     return rc;
 }
 
-/* All routed experts' matrix j (0: w1, 1: w2, 2: w3) of a block, contiguous,
- * so one grouped GEMM dispatch reaches every expert through one binding. */
+/* All routed experts' matrix j (0: w1, 1: w2, 2: w3) of a block, contiguous
+ * in groups that each fit one binding, so a grouped GEMM dispatch per group
+ * reaches all of its experts (one group unless a block's experts exceed
+ * maxStorageBufferRange). */
 static int up_experts(dsv4_engine *e, const dsv4_ffn_w *f, int n_exp, gblock *g, char *err, size_t errlen)
 {
+    uint64_t maxb = 1;
     for (int j = 0; j < 3; j++) {
         const dsv4_weight *w0 = j == 0 ? &f->experts[0].w1 : j == 1 ? &f->experts[0].w2 : &f->experts[0].w3;
-        uint64_t wb = w0->w.nbytes, sb = w0->scale.data ? w0->scale.nbytes : 0;
+        if (w0->w.nbytes > maxb) maxb = w0->w.nbytes;
+    }
+    uint64_t per = e->rt.max_range / maxb;
+    if (per > (uint64_t)n_exp) per = (uint64_t)n_exp;
+    const char *lim = getenv("DSV4_EXPERTS_PER_GROUP"); /* tests: force several groups */
+    if (lim && atoi(lim) > 0 && (uint64_t)atoi(lim) < per) per = (uint64_t)atoi(lim);
+    if (per < 1 || (n_exp + per - 1) / per > DSV4_MAX_EXGROUPS) {
+        snprintf(err, errlen, "%s: %d experts do not fit %d bindings of maxStorageBufferRange",
+                 f->experts[0].w1.w.name, n_exp, DSV4_MAX_EXGROUPS);
+        return DSV4_ENOMEM;
+    }
+    g->ex_per_group = (int)per;
+    g->n_exgroups = (int)((n_exp + per - 1) / per);
+    for (int j = 0; j < 3; j++) {
+        const dsv4_weight *w0 = j == 0 ? &f->experts[0].w1 : j == 1 ? &f->experts[0].w2 : &f->experts[0].w3;
+        uint64_t wb = w0->w.nbytes, sb = w0->scale.data || w0->scale.name ? w0->scale.nbytes : 0;
         char what[96];
         snprintf(what, sizeof what, "%s and the other experts of its layer", w0->w.name);
-        int rc = arena_alloc(e, wb * (uint64_t)n_exp, what, &g->ex_w[j], err, errlen);
-        if (rc) return rc;
-        if (sb) {
-            rc = arena_alloc(e, sb * (uint64_t)n_exp, what, &g->ex_s[j], err, errlen);
-            if (rc) return rc;
-        } else {
-            g->ex_s[j] = e->dummy;
+        int rc = 0;
+        for (int q = 0; q < g->n_exgroups && !rc; q++) {
+            uint64_t cnt = (uint64_t)(q + 1 < g->n_exgroups ? per : n_exp - (uint64_t)q * per);
+            rc = arena_alloc(e, wb * cnt, what, &g->ex_w[j][q], err, errlen);
+            if (!rc && sb) rc = arena_alloc(e, sb * cnt, what, &g->ex_s[j][q], err, errlen);
+            if (!sb) g->ex_s[j][q] = e->dummy;
         }
+        if (rc) return rc;
         g->ex_wstride[j] = (uint32_t)wb;
         g->ex_sstride[j] = (uint32_t)sb;
         for (int x = 0; x < n_exp; x++) {
@@ -154,13 +181,15 @@ static int up_experts(dsv4_engine *e, const dsv4_ffn_w *f, int n_exp, gblock *g,
                 snprintf(err, errlen, "%s: size differs from expert 0", w->w.name);
                 return DSV4_EINVAL;
             }
-            vkview v = g->ex_w[j];
-            v.off += wb * (uint64_t)x;
-            rc = vkrt_upload(&e->rt, v, w->w.data, wb, err, errlen);
+            int q = (int)(x / per);
+            uint64_t xi = (uint64_t)x - (uint64_t)q * per;
+            vkview v = g->ex_w[j][q];
+            v.off += wb * xi;
+            rc = up_data(e, v, &w->w, err, errlen);
             if (!rc && sb) {
-                v = g->ex_s[j];
-                v.off += sb * (uint64_t)x;
-                rc = vkrt_upload(&e->rt, v, w->scale.data, sb, err, errlen);
+                v = g->ex_s[j][q];
+                v.off += sb * xi;
+                rc = up_data(e, v, &w->scale, err, errlen);
             }
             if (rc) return rc;
         }
@@ -233,6 +262,46 @@ static int up_block(dsv4_engine *e, const dsv4_block_w *b, gblock *g, char *err,
     return rc;
 }
 
+/* A [vocab][hidden] bf16 table in row slices that each fit one binding. */
+static int up_vocab(dsv4_engine *e, const dsv4_tensor *t, vkview *out, char *err, size_t errlen)
+{
+    const dsv4_config *c = &e->m->cfg;
+    uint64_t row_bytes = (uint64_t)c->hidden_size * 2;
+    uint64_t rows = e->rt.max_range / row_bytes;
+    if (rows > (uint64_t)c->vocab_size) rows = (uint64_t)c->vocab_size;
+    if (rows > 64) rows -= rows % 64;
+    const char *lim = getenv("DSV4_VSLICE_ROWS"); /* tests: force several slices */
+    if (lim && atoi(lim) > 0 && (uint64_t)atoi(lim) < rows) rows = (uint64_t)atoi(lim);
+    uint64_t n = (c->vocab_size + rows - 1) / rows;
+    if (rows == 0 || n > DSV4_MAX_VSLICES) {
+        snprintf(err, errlen, "%s: %d rows need more than %d slices of maxStorageBufferRange", t->name,
+                 c->vocab_size, DSV4_MAX_VSLICES);
+        return DSV4_ENOMEM;
+    }
+    e->n_vslices = (int)n;
+    e->vslice_rows = (uint32_t)rows;
+    for (uint64_t i = 0; i < n; i++) {
+        dsv4_tensor part = *t;
+        uint64_t r0 = i * rows, r1 = r0 + rows < (uint64_t)c->vocab_size ? r0 + rows : (uint64_t)c->vocab_size;
+        part.data = t->data ? t->data + r0 * row_bytes : NULL; /* NULL: synthetic (bench.h) */
+        part.nbytes = (r1 - r0) * row_bytes;
+        int rc = up_tensor(e, &part, &out[i], err, errlen);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static void record_embed(dsv4_engine *e, vkview X, uint32_t T, uint32_t hc)
+{
+    const dsv4_config *c = &e->m->cfg;
+    for (int i = 0; i < e->n_vslices; i++) {
+        uint32_t r0 = (uint32_t)i * e->vslice_rows;
+        pc_embed pe = {(uint32_t)c->hidden_size, hc, r0, e->vslice_rows};
+        vkview ve[3] = {e->embed[i], e->s.tok, X};
+        vkrt_dispatch(&e->rt, P_EMBED, ve, 3, &pe, sizeof pe, T, 1, 1);
+    }
+}
+
 int fwd_upload_weights(dsv4_engine *e, char *err, size_t errlen)
 {
     const dsv4_model *m = e->m;
@@ -245,8 +314,8 @@ int fwd_upload_weights(dsv4_engine *e, char *err, size_t errlen)
     for (int i = 0; i < e->n_blocks && !rc; i++)
         rc = up_block(e, i < c->num_hidden_layers ? &m->layers[i] : &m->mtp[i - c->num_hidden_layers], &e->blk[i],
                       err, errlen);
-    if (!rc) rc = up_tensor(e, &m->embed, &e->embed, err, errlen);
-    if (!rc) rc = up_tensor(e, &m->head, &e->head, err, errlen);
+    if (!rc) rc = up_vocab(e, &m->embed, e->embed, err, errlen);
+    if (!rc) rc = up_vocab(e, &m->head, e->head, err, errlen);
     if (!rc) rc = up_tensor(e, &m->norm, &e->norm, err, errlen);
     if (!rc) rc = up_hc(e, &m->hc_head, &e->hc_head, err, errlen);
     float fr[2][512];
@@ -578,22 +647,31 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
             compressor(e, sg, ls, 4, 1, ihd, s->ikv, s->isc, ls->iring_off, ls->ikv_off, g->ic_ape, g->ic_norm, 1);
             uint32_t n_max = (uint32_t)(p1 / 4);
             topk = (uint32_t)c->index_topk;
-            if (n_max > 0) {
-                pc_iscore pi = {inh, ihd, 4, sg->t0, (uint32_t)sg->p0, (uint32_t)s->iscore_cap, n_max,
-                                (float)(pow(ihd, -0.5) * pow(inh, -0.5))};
-                vkview v[4] = {s->iq, s->iw, vkbuf_view(&ls->buf, ls->ikv_off, (VkDeviceSize)ls->cap_rows * ihd * 4),
-                               s->iscore};
-                vkrt_dispatch(&e->rt, P_INDEX_SCORE, v, 4, &pi, sizeof pi, cdiv(n_max, 64), sg->n, 1);
+            /* scores and top-k in sub-batches of tokens, so a long history
+               (entries x tokens) stays within one binding */
+            for (uint32_t a = 0; a < sg->n; a += (uint32_t)s->iscore_rows) {
+                uint32_t m = sg->n - a < (uint32_t)s->iscore_rows ? sg->n - a : (uint32_t)s->iscore_rows;
+                if (n_max > 0) {
+                    pc_iscore pi = {inh, ihd, 4, sg->t0 + a, (uint32_t)sg->p0 + a, (uint32_t)s->iscore_cap, n_max,
+                                    (float)(pow(ihd, -0.5) * pow(inh, -0.5))};
+                    vkview v[4] = {s->iq, s->iw,
+                                   vkbuf_view(&ls->buf, ls->ikv_off, (VkDeviceSize)ls->cap_rows * ihd * 4), s->iscore};
+                    vkrt_dispatch(&e->rt, P_INDEX_SCORE, v, 4, &pi, sizeof pi, cdiv(n_max, 64), m, 1);
+                }
+                pc_topk pt = {topk, 4, (uint32_t)sg->p0 + a, (uint32_t)s->iscore_cap, topk, a};
+                vkview v2[2] = {s->iscore, s->idx};
+                vkrt_dispatch(&e->rt, P_TOPK, v2, 2, &pt, sizeof pt, m, 1, 1);
             }
-            pc_topk pt = {topk, 4, (uint32_t)sg->p0, (uint32_t)s->iscore_cap, topk};
-            vkview v2[2] = {s->iscore, s->idx};
-            vkrt_dispatch(&e->rt, P_TOPK, v2, 2, &pt, sizeof pt, sg->n, 1, 1);
         }
         vkrt_op(&e->rt, "attention");
         pc_attn pa = {hd, H, win, sg->t0, (uint32_t)sg->p0, (uint32_t)(g->ratio ? g->ratio : 1),
-                      g->ratio == 0 ? 0u : g->ratio == 4 ? 2u : 1u, topk, topk, (float)(1.0 / sqrt((double)hd))};
+                      g->ratio == 0 ? 0u : g->ratio == 4 ? 2u : 1u, topk, topk, (float)(1.0 / sqrt((double)hd)),
+                      sg->n};
         vkview va[7] = {s->q, s->kv, ring, cache, s->idx, g->attn_sink, s->o};
-        vkrt_dispatch(&e->rt, P_ATTN, va, 7, &pa, sizeof pa, sg->n, H, 1);
+        if (e->cpu_device) /* barrier-free variant: what a CPU driver runs fastest */
+            vkrt_dispatch(&e->rt, P_ATTN_SERIAL, va, 7, &pa, sizeof pa, cdiv((uint64_t)sg->n * H, 16), 1, 1);
+        else
+            vkrt_dispatch(&e->rt, P_ATTN, va, 7, &pa, sizeof pa, sg->n, H, 1);
         ring_write(e, s->kv, ring, e->dummy, hd, hd, hd, 0, win, sg, 0, 1);
     }
     vkrt_op(&e->rt, "attn_out");
@@ -629,27 +707,33 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     vk_pipe_id pgath = fp4 ? P_GEMM_FP4_GATHER : g->ex_q == DSV4_WQ_FP8 ? P_GEMM_FP8_GATHER : P_GEMM_BF16_GATHER;
     vk_pipe_id pgrp = fp4 ? P_GEMM_FP4_GROUPED : g->ex_q == DSV4_WQ_FP8 ? P_GEMM_FP8_GROUPED : P_GEMM_BF16_GROUPED;
     uint32_t scols_in = fp4 ? D / 32 : cdiv(D, 128), scols_mid = fp4 ? inter / 32 : cdiv(inter, 128);
-    int small = T * k <= 4 * (uint32_t)e->small_rows;
+    int small = (uint64_t)T * k <= 4 * (uint64_t)e->small_rows;
     if (small) {
         pgath += P_GEMM_SMALL_FIRST;
         pgrp += P_GEMM_SMALL_FIRST;
     }
     uint32_t gx_in = small ? cdiv(inter, 64) : cdiv(inter, 32), gx_out = small ? cdiv(D, 64) : cdiv(D, 32);
     for (int j = 0; j < 3; j += 2) {
-        pc_gemm pc = {0, inter, D, D, inter, 0, 0, 0, 1, scols_in, g->ex_wstride[j], g->ex_sstride[j], 0, E, 0,
-                      s->rowmap_off};
-        vkview v[5] = {s->xq, g->ex_w[j], g->ex_s[j], j == 0 ? s->h1 : s->h3, s->route};
-        vkrt_dispatch(&e->rt, pgath, v, 5, &pc, sizeof pc, gx_in, s->route_tiles_max, 1);
+        for (int q = 0; q < g->n_exgroups; q++) {
+            uint32_t e0 = (uint32_t)(q * g->ex_per_group), e1 = e0 + (uint32_t)g->ex_per_group < E ? e0 + (uint32_t)g->ex_per_group : E;
+            pc_gemm pc = {0, inter, D, D, inter, 0, 0, 0, 1, scols_in, g->ex_wstride[j], g->ex_sstride[j], e0, e1, 0,
+                          s->rowmap_off};
+            vkview v[5] = {s->xq, g->ex_w[j][q], g->ex_s[j][q], j == 0 ? s->h1 : s->h3, s->route};
+            vkrt_dispatch(&e->rt, pgath, v, 5, &pc, sizeof pc, gx_in, s->route_tiles_max, 1);
+        }
     }
     pc_swiglu psw = {T * k, inter, 1, s->wsort_off, (float)c->swiglu_limit};
     vkview vs[4] = {s->h1, s->h3, s->route, s->hs};
     vkrt_dispatch(&e->rt, P_SWIGLU, vs, 4, &psw, sizeof psw, T * k, 1, 1);
     act_quant(e, s->hs, s->hsq, T * k, inter);
     {
-        pc_gemm pc = {0, D, inter, inter, D, 0, 0, 0, 1, scols_mid, g->ex_wstride[1], g->ex_sstride[1], 0, E, 0,
-                      s->rowmap_off};
-        vkview v[5] = {s->hsq, g->ex_w[1], g->ex_s[1], s->ys, s->route};
-        vkrt_dispatch(&e->rt, pgrp, v, 5, &pc, sizeof pc, gx_out, s->route_tiles_max, 1);
+        for (int q = 0; q < g->n_exgroups; q++) {
+            uint32_t e0 = (uint32_t)(q * g->ex_per_group), e1 = e0 + (uint32_t)g->ex_per_group < E ? e0 + (uint32_t)g->ex_per_group : E;
+            pc_gemm pc = {0, D, inter, inter, D, 0, 0, 0, 1, scols_mid, g->ex_wstride[1], g->ex_sstride[1], e0, e1, 0,
+                          s->rowmap_off};
+            vkview v[5] = {s->hsq, g->ex_w[1][q], g->ex_s[1][q], s->ys, s->route};
+            vkrt_dispatch(&e->rt, pgrp, v, 5, &pc, sizeof pc, gx_out, s->route_tiles_max, 1);
+        }
     }
     vkrt_op(&e->rt, "shared_expert");
     gemm(e, &g->sh[0], s->xq, D, 0, s->s1, inter, 0, T, 1, 0, 0);
@@ -681,8 +765,11 @@ static void record_head(dsv4_engine *e, const ghc *hch, vkview normw, vkview X, 
         xr.size = (VkDeviceSize)m * rowb;
         hc_pre(e, hch, xr, s->hy, s->mix, (uint32_t)m, 1);
         rmsnorm(e, s->hy, normw, s->hn, (uint32_t)m, D);
-        gw hw = {DSV4_WQ_BF16, V, D, 0, e->head, e->dummy};
-        gemm(e, &hw, s->hn, D, 0, s->logits, V, 0, (uint32_t)m, 0, 0, 0);
+        for (int i = 0; i < e->n_vslices; i++) { /* vocab slices of the head */
+            uint32_t r0 = (uint32_t)i * e->vslice_rows, nr = V - r0 < e->vslice_rows ? V - r0 : e->vslice_rows;
+            gw hw = {DSV4_WQ_BF16, nr, D, 0, e->head[i], e->dummy};
+            gemm(e, &hw, s->hn, D, 0, s->logits, V, r0, (uint32_t)m, 0, 0, 0);
+        }
         vkrt_copy(&e->rt, s->logits, vkbuf_view(&s->io, s->io_logits + (VkDeviceSize)a * V * 4, (VkDeviceSize)m * V * 4),
                   (VkDeviceSize)m * V * 4);
     }
@@ -707,12 +794,20 @@ int fwd_run(dsv4_engine *e, const fpass *fp, char *err, size_t errlen)
     if (max_entries > s->iscore_cap) {
         int64_t cap = s->iscore_cap ? s->iscore_cap : 256;
         while (cap < max_entries) cap *= 2;
-        uint64_t bytes = (uint64_t)cap * (uint64_t)e->chunk * 4;
-        if (bytes > e->rt.max_range) {
-            snprintf(err, errlen, "engine: indexer scores of %lld entries x %d tokens exceed maxStorageBufferRange",
-                     (long long)cap, e->chunk);
+        /* all tokens of a chunk at once, unless that exceeds one binding
+           (or the DSV4_ISCORE_KIB test override): then fewer per dispatch */
+        uint64_t limit = e->rt.max_range;
+        const char *lim = getenv("DSV4_ISCORE_KIB");
+        if (lim && atoi(lim) > 0 && ((uint64_t)atoi(lim) << 10) < limit) limit = (uint64_t)atoi(lim) << 10;
+        uint64_t rows = limit / ((uint64_t)cap * 4);
+        if (rows > (uint64_t)e->chunk) rows = (uint64_t)e->chunk;
+        if (rows < 1) {
+            snprintf(err, errlen, "engine: indexer scores of %lld entries exceed maxStorageBufferRange",
+                     (long long)cap);
             return DSV4_ENOMEM;
         }
+        uint64_t bytes = rows * (uint64_t)cap * 4;
+        s->iscore_rows = (int64_t)rows;
         vkDeviceWaitIdle(e->rt.dev);
         vkbuf_free(&e->rt, &s->iscore_buf);
         rc = vkbuf_create(&e->rt, bytes, 1, &s->iscore_buf, err, errlen);
@@ -731,9 +826,7 @@ int fwd_run(dsv4_engine *e, const fpass *fp, char *err, size_t errlen)
     if (fp->mtp) {
         const gblock *g = &e->blk[fp->b0];
         vkrt_op(&e->rt, "mtp_in");
-        pc_embed pe = {D, 1, 0};
-        vkview ve[3] = {e->embed, s->tok, s->hx};
-        vkrt_dispatch(&e->rt, P_EMBED, ve, 3, &pe, sizeof pe, T, 1, 1);
+        record_embed(e, s->hx, T, 1);
         rmsnorm(e, s->hx, g->enorm, s->xn, T, D);
         qlinear(e, &g->e_proj, s->xn, s->xq, T, s->e1, 1);
         rmsnorm(e, s->e2, g->hnorm, s->x2, T * hc, D);
@@ -743,9 +836,7 @@ int fwd_run(dsv4_engine *e, const fpass *fp, char *err, size_t errlen)
         vkrt_dispatch(&e->rt, P_ADD_BCAST, va, 3, &pa, sizeof pa, T, 1, 1);
     } else if (!fp->x_in) {
         vkrt_op(&e->rt, "embed");
-        pc_embed pe = {D, hc, 0};
-        vkview ve[3] = {e->embed, s->tok, s->xa};
-        vkrt_dispatch(&e->rt, P_EMBED, ve, 3, &pe, sizeof pe, T, 1, 1);
+        record_embed(e, s->xa, T, hc);
     }
     for (int b = fp->b0; b < fp->b1; b++) {
         record_block(e, b, X, Y, T, fp->segs, fp->nsegs);

@@ -25,7 +25,11 @@ typedef struct gblock {
     gw c_wkv, c_wgate; vkview c_ape, c_norm;             /* compressor */
     gw i_wq_b, i_wproj, ic_wkv, ic_wgate; vkview ic_ape, ic_norm; /* indexer */
     gw gate; vkview gate_bias, tid2eid;
-    vkview ex_w[3], ex_s[3];    /* routed experts w1, w2, w3: all experts contiguous */
+    /* routed experts w1, w2, w3: contiguous in groups of ex_per_group experts,
+       each group within one binding (maxStorageBufferRange) */
+#define DSV4_MAX_EXGROUPS 64
+    vkview ex_w[3][DSV4_MAX_EXGROUPS], ex_s[3][DSV4_MAX_EXGROUPS];
+    int n_exgroups, ex_per_group;
     uint32_t ex_wstride[3], ex_sstride[3];
     dsv4_wq ex_q;
     gw sh[3];
@@ -44,7 +48,9 @@ typedef struct fscratch {
     int nbufs;
     vkview xa, xb, x2, hx, xn, mix, xq, qr, qrq, q, kv, ckv, csc, ikv, isc, iq, iw, idx, o, oa, oaq, ao,
         gl, sel, wgt, route, h1, h3, hs, hsq, ys, s1, s3, ss, ssq, sy, fo, hy, hn, logits, tok, pos, e1, e2;
-    vkview iscore; vkbuf iscore_buf; int64_t iscore_cap; /* [CH][entries], grows */
+    vkview iscore; vkbuf iscore_buf; int64_t iscore_cap; /* [iscore_rows][iscore_cap entries], grows */
+    int64_t iscore_rows;        /* tokens scored per dispatch (all of a chunk unless the
+                                   history is too long for one binding) */
     vkbuf io;                   /* host-visible: tokens, positions, logits readback */
     VkDeviceSize io_tok, io_pos, io_logits, io_size;
     uint32_t route_tiles_max, rowmap_off, slotpos_off, wsort_off, ebegin_off;
@@ -57,14 +63,21 @@ struct dsv4_engine {
     dsv4_state_layout layout;
     int n_blocks;                /* main layers + MTP */
     gblock *blk;                 /* [n_blocks]: layers then mtp */
-    vkview embed, head, norm;
+    /* embed and head in row slices of vslice_rows rows, each within
+       maxStorageBufferRange (one slice on an H100, several on lavapipe for
+       the released vocabularies) */
+#define DSV4_MAX_VSLICES 64
+    vkview embed[DSV4_MAX_VSLICES], head[DSV4_MAX_VSLICES], norm;
+    int n_vslices;
+    uint32_t vslice_rows;
     ghc hc_head;
     vkview freq[2];              /* rope freqs: [0] rope_theta, no YaRN; [1] compress_rope_theta + YaRN */
-    vkbuf arenas[64];
+    vkbuf arenas[512];
     int n_arenas;
     VkDeviceSize arena_fill;
     vkview dummy;
     int chunk;                   /* tokens per pass */
+    int cpu_device;              /* lavapipe & co: barrier-free shader variants */
     int small_rows;              /* GEMMs of at most this many rows use the SMALL variants */
     int head_rows;               /* rows per head pass (vocab slice fits a binding) */
     fscratch s;

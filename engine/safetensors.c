@@ -284,16 +284,22 @@ static int map_file(dsv4_st_set *s, const char *path, const char *shown, char *e
         spans[n_spans++] = (span){b, e, s->tensors[s->n_tensors - 1].name};
     }
     qsort(spans, n_spans, sizeof *spans, cmp_span);
-    for (size_t i = 1; i < n_spans; i++) {
-        /* empty tensors occupy nothing and may share an offset */
-        if (spans[i].begin < spans[i - 1].end && spans[i].begin != spans[i].end) {
+    /* Compare each span with the non-empty span reaching furthest so far, not
+     * just its sorted neighbour: an empty tensor between two overlapping ones
+     * must not hide their overlap. Empty tensors occupy nothing and may share
+     * an offset. */
+    size_t far = SIZE_MAX;
+    for (size_t i = 0; i < n_spans; i++) {
+        if (spans[i].begin == spans[i].end) continue;
+        if (far != SIZE_MAX && spans[i].begin < spans[far].end) {
             snprintf(err, errlen, "%s: tensors '%s' and '%s' overlap (data_offsets [%llu, %llu] "
-                     "and [%llu, %llu])", shown, spans[i - 1].name, spans[i].name,
-                     (unsigned long long)spans[i - 1].begin, (unsigned long long)spans[i - 1].end,
+                     "and [%llu, %llu])", shown, spans[far].name, spans[i].name,
+                     (unsigned long long)spans[far].begin, (unsigned long long)spans[far].end,
                      (unsigned long long)spans[i].begin, (unsigned long long)spans[i].end);
             rc = DSV4_EINVAL;
             goto fail;
         }
+        if (far == SIZE_MAX || spans[i].end > spans[far].end) far = i;
     }
     rc = 0;
 fail:

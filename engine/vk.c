@@ -39,6 +39,8 @@ static const struct {
     [P_MOE_GROUP] = {"moe_group", 3},           [P_SWIGLU] = {"swiglu", 4},
     [P_MOE_COMBINE] = {"moe_combine", 5},       [P_EMBED] = {"embed", 3},
     [P_ADD_BCAST] = {"add_bcast", 3},
+    [P_ATTN_SERIAL] = {"attn_serial", 7},
+    [P_FILL_RANDOM] = {"fill_random", 1},
 };
 
 int vkrt_pipe_bindings(vk_pipe_id p) { return pipe_info[p].nbind; }

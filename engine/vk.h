@@ -24,6 +24,8 @@ typedef enum {
     P_ACT_QUANT, P_RMSNORM, P_HC_PRE, P_HC_HEAD, P_HC_POST, P_HEADPREP, P_COMPRESS,
     P_RING_WRITE, P_INDEX_SCORE, P_TOPK, P_ATTN, P_MOE_GATE, P_MOE_GROUP, P_SWIGLU,
     P_MOE_COMBINE, P_EMBED, P_ADD_BCAST,
+    P_ATTN_SERIAL,      /* attn, one invocation per (token, head): CPU drivers */
+    P_FILL_RANDOM,      /* synthetic weights for the bench (engine/bench_weights.c) */
     P_COUNT
 } vk_pipe_id;
 

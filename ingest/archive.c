@@ -153,7 +153,7 @@ static char *raw_name(const char *outer)
     return strdup("data");
 }
 
-static int walk(ing_ctx *c, struct archive *a, const char *outer_name)
+static int walk(ing_ctx *c, struct archive *a, const char *outer_name, int *not_archive)
 {
     const dsv4_ingest_options *o = ctx_opts(c);
     int rc = 0;
@@ -167,6 +167,12 @@ static int walk(ing_ctx *c, struct archive *a, const char *outer_name)
             break;
         }
         n_here++;
+        /* raw "format" with no decompression filter: the magic was a false
+         * positive (libarchive's bidders check more than our sniffing) */
+        if (n_here == 1 && archive_format(a) == ARCHIVE_FORMAT_RAW && archive_filter_count(a) <= 1) {
+            *not_archive = 1;
+            break;
+        }
         if (r < ARCHIVE_WARN) {
             const char *m = errstr(a);
             dsv4_skip_reason why = strcasestr(m, "encrypt") ? DSV4_SKIP_ENCRYPTED : DSV4_SKIP_CORRUPT;
@@ -213,20 +219,54 @@ static int walk(ing_ctx *c, struct archive *a, const char *outer_name)
     return rc;
 }
 
-static int open_and_walk(ing_ctx *c, struct archive *a, int r, const char *name)
+/* Some magic numbers are short ("BZh", two bytes of binary cpio) and can
+ * start a text file: bytes that libarchive cannot open and that decode as
+ * text are read as text. p is NULL for a file on disk (read here, bounded). */
+static int not_an_archive(ing_ctx *c, const uint8_t *p, size_t n, const char *path, const char *why)
+{
+    buf b = {0};
+    int rc = 0;
+    if (!p && path && read_path_bounded(path, ctx_opts(c)->max_entry_bytes, &b) == 0) {
+        p = (const uint8_t *)(b.p ? b.p : "");
+        n = b.n;
+    }
+    int looks_text = 0;
+    if (p && n) {
+        buf t = {0};
+        const char *enc;
+        uint64_t bad = 0;
+        int bin = 1;
+        if (text_decode(p, n < 65536 ? n : 65536, &t, &enc, &bad, &bin) == 0 && !bin &&
+            strcmp(enc, "utf-8") == 0 && bad == 0)
+            looks_text = 1;
+        buf_free(&t);
+    }
+    if (looks_text) rc = text_process(c, p, n);
+    else rc = ctx_skip(c, NULL, strcasestr(why, "encrypt") ? DSV4_SKIP_ENCRYPTED : DSV4_SKIP_CORRUPT,
+                       "not a readable archive: %s", why);
+    buf_free(&b);
+    return rc;
+}
+
+static int open_and_walk(ing_ctx *c, struct archive *a, int r, const char *name, const uint8_t *p, size_t n)
 {
     int rc = 0;
     if (r != ARCHIVE_OK) {
-        const char *m = errstr(a);
-        rc = ctx_skip(c, NULL, strcasestr(m, "encrypt") ? DSV4_SKIP_ENCRYPTED : DSV4_SKIP_CORRUPT,
-                      "not a readable archive: %s", m);
+        char why[256];
+        snprintf(why, sizeof why, "%s", errstr(a));
+        archive_read_free(a);
+        return not_an_archive(c, p, n, p ? NULL : name, why);
     } else {
-        int own_top = c->acct->top == NULL;
+        int own_top = c->acct->top == NULL, not_archive = 0;
         if (own_top) c->acct->top = a;
         c->depth++;
-        rc = walk(c, a, name);
+        rc = walk(c, a, name, &not_archive);
         c->depth--;
         if (own_top) c->acct->top = NULL;
+        if (not_archive && rc == 0) {
+            archive_read_free(a);
+            return not_an_archive(c, p, n, p ? NULL : name, "no compression format recognised");
+        }
     }
     archive_read_free(a);
     return rc;
@@ -246,7 +286,7 @@ int archive_process_memory(ing_ctx *c, const uint8_t *p, size_t n, int compresse
     if (ok <= 0) return ok;
     struct archive *a = new_reader(compressed, 0);
     if (!a) return DSV4_INGEST_ENOMEM;
-    return open_and_walk(c, a, archive_read_open_memory(a, p, n), name);
+    return open_and_walk(c, a, archive_read_open_memory(a, p, n), name, p, n);
 }
 
 int archive_process_file(ing_ctx *c, const char *path, int compressed)
@@ -255,7 +295,7 @@ int archive_process_file(ing_ctx *c, const char *path, int compressed)
     if (ok <= 0) return ok;
     struct archive *a = new_reader(compressed, 0);
     if (!a) return DSV4_INGEST_ENOMEM;
-    return open_and_walk(c, a, archive_read_open_filename(a, path, 65536), path);
+    return open_and_walk(c, a, archive_read_open_filename(a, path, 65536), path, NULL, 0);
 }
 
 /* ---- containers (DOCX, ODT, EPUB) ---- */

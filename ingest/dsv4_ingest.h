@@ -35,7 +35,9 @@ enum {
     DSV4_INGEST_OK = 0,
     DSV4_INGEST_INCOMPLETE = 1, /* the input was read, but something in it was
                                    skipped for an error (corrupt, encrypted,
-                                   guard hit, unreadable); see the events */
+                                   guard hit, unreadable), or the input named
+                                   itself gave no document (binary, empty);
+                                   see the events */
     DSV4_INGEST_EINVAL = -1,    /* bad argument or option */
     DSV4_INGEST_ENOMEM = -2,
     DSV4_INGEST_EIO = -3,       /* the input path itself cannot be read */
@@ -56,7 +58,7 @@ typedef struct dsv4_ingest_options {
                                   (default 100000) */
     int max_depth;             /* archive nesting: an archive is depth 1, an
                                   archive inside it depth 2 (default 3; at
-                                  most 14) */
+                                  most 18) */
     uint64_t max_file_bytes;   /* files larger than this in a directory tree are
                                   skipped with a warning (default 256 MiB) */
     /* Globs matched against the path relative to a tree's root or an archive
@@ -68,6 +70,9 @@ typedef struct dsv4_ingest_options {
     const char *const *exclude;
     size_t n_exclude;
     int no_gitignore;          /* 1: do not honour .gitignore / .git/info/exclude */
+    int pdf_threads;           /* threads extracting one PDF's pages: 0 = one
+                                  per online CPU (at most 8) for PDFs of 16 or
+                                  more pages, 1 = the calling thread only */
     int keep_markup;           /* 1: HTML and XML files are documents of their
                                   source text (format "text"), as a code
                                   repository wants; DOCX/ODT/EPUB still become

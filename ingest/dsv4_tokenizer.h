@@ -113,6 +113,20 @@ int dsv4_tokenizer_encode_batch(const dsv4_tokenizer *tok, size_t n_docs, const 
 int dsv4_tokenizer_encode_parallel(const dsv4_tokenizer *tok, const char *text, size_t len,
                                    int n_threads, dsv4_tokens *out, char *err, size_t errlen);
 
+/* Untrusted text. DSV4_TOK_PLAIN: added tokens are not matched, so marker
+ * strings inside a document (a contract that contains "<｜Assistant｜>" or
+ * "</think>") are encoded as the text they are and can never act as control
+ * tokens of the prompt. The pipeline encodes document context this way and
+ * only the chat template's own markers with the default matching. Without
+ * flags the *_ex functions equal the ones above. */
+enum { DSV4_TOK_PLAIN = 1u };
+void dsv4_tok_encoder_set_flags(dsv4_tok_encoder *enc, unsigned flags);
+int dsv4_tokenizer_encode_batch_ex(const dsv4_tokenizer *tok, size_t n_docs, const char *const *texts,
+                                   const size_t *lens, unsigned flags, int n_threads, dsv4_tokens *outs,
+                                   char *err, size_t errlen);
+int dsv4_tokenizer_encode_parallel_ex(const dsv4_tokenizer *tok, const char *text, size_t len, unsigned flags,
+                                      int n_threads, dsv4_tokens *out, char *err, size_t errlen);
+
 /* The largest offset c <= len with c > 0 at which text may be cut so that
  * encode(text[0,c)) + encode(text[c,len)) == encode(text), found by searching
  * back from len; 0 if none. A cut is safe right after a '\n' that is followed

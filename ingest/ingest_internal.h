@@ -78,7 +78,7 @@ typedef struct acct {
     int stopped;        /* a guard tripped: the input stops */
 } guard_acct;
 
-#define ING_MAX_CHAIN 16
+#define ING_MAX_CHAIN 20
 
 typedef struct ing_ctx {
     dsv4_ingest *s;
@@ -106,6 +106,13 @@ int doc_emit(ing_ctx *c, docb *d);
  * name is its file or entry name (for extension hints). 0 or negative. */
 int process_buffer(ing_ctx *c, const uint8_t *p, size_t n, const char *name,
                    dsv4_doc_format hint);
+
+/* Plain text (text.c's decoding) to a document or a BINARY skip. */
+int text_process(ing_ctx *c, const uint8_t *p, size_t n);
+
+/* Reads a whole file of at most limit bytes into b: 0, 1 when larger, or
+ * negative (EIO, ENOMEM). */
+int read_path_bounded(const char *path, uint64_t limit, buf *b);
 
 /* Reads a file found on disk (given, or inside a tree). */
 int process_file(ing_ctx *c, const char *path, uint64_t size);

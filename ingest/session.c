@@ -559,7 +559,7 @@ dsv4_doc_format sniff_format(const uint8_t *p, size_t n, const char *name, int *
     return DSV4_FORMAT_TEXT;
 }
 
-static int text_process(ing_ctx *c, const uint8_t *p, size_t n)
+int text_process(ing_ctx *c, const uint8_t *p, size_t n)
 {
     docb d = {0};
     int is_binary = 0;
@@ -596,6 +596,17 @@ int process_buffer(ing_ctx *c, const uint8_t *p, size_t n, const char *name, dsv
 }
 
 /* Reads a whole file of at most `limit` bytes; 1 when it is larger. */
+static int read_file_bounded(int fd, uint64_t limit, buf *b);
+
+int read_path_bounded(const char *path, uint64_t limit, buf *b)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0) return DSV4_INGEST_EIO;
+    int rc = read_file_bounded(fd, limit, b);
+    close(fd);
+    return rc;
+}
+
 static int read_file_bounded(int fd, uint64_t limit, buf *b)
 {
     for (;;) {

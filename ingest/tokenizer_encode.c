@@ -68,6 +68,7 @@ struct dsv4_tok_encoder {
     /* ids of the current piece */
     int32_t *piece;
     size_t piece_cap;
+    int plain; /* DSV4_TOK_PLAIN: no added-token matching */
 };
 
 static void set_err(char *err, size_t errlen, const char *msg)
@@ -731,7 +732,8 @@ int dsv4_tok_encoder_encode(dsv4_tok_encoder *e, const char *text, size_t len, d
         set_err(err, errlen, "encode: out of memory for the piece cache");
         return DSV4_TOK_ENOMEM;
     }
-    int rc = encode_added(e, (const unsigned char *)text, 0, len, 0, out);
+    int rc = e->plain ? encode_text(e, (const unsigned char *)text, 0, len, out)
+                      : encode_added(e, (const unsigned char *)text, 0, len, 0, out);
     if (rc == DSV4_TOK_ENOMEM) set_err(err, errlen, "encode: out of memory");
     else if (rc < 0) set_err(err, errlen, "encode: a pre-token piece of over 2 GB");
     return rc;
@@ -758,6 +760,7 @@ typedef struct batch {
     const char *const *texts;
     const size_t *lens;
     dsv4_tokens *outs;
+    int plain;
     atomic_size_t next;
     atomic_int rc;
     pthread_mutex_t err_lock;
@@ -774,6 +777,7 @@ static void *batch_worker(void *arg)
         atomic_store(&b->rc, DSV4_TOK_ENOMEM);
         return NULL;
     }
+    e->plain = b->plain;
     for (;;) {
         size_t i = atomic_fetch_add(&b->next, 1);
         if (i >= b->n_docs || atomic_load(&b->rc) < 0) break;
@@ -792,8 +796,20 @@ static void *batch_worker(void *arg)
     return NULL;
 }
 
+void dsv4_tok_encoder_set_flags(dsv4_tok_encoder *e, unsigned flags)
+{
+    e->plain = (flags & DSV4_TOK_PLAIN) != 0;
+}
+
 int dsv4_tokenizer_encode_batch(const dsv4_tokenizer *tok, size_t n_docs, const char *const *texts,
                                 const size_t *lens, int n_threads, dsv4_tokens *outs, char *err, size_t errlen)
+{
+    return dsv4_tokenizer_encode_batch_ex(tok, n_docs, texts, lens, 0, n_threads, outs, err, errlen);
+}
+
+int dsv4_tokenizer_encode_batch_ex(const dsv4_tokenizer *tok, size_t n_docs, const char *const *texts,
+                                   const size_t *lens, unsigned flags, int n_threads, dsv4_tokens *outs, char *err,
+                                   size_t errlen)
 {
     if (n_threads <= 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -802,7 +818,7 @@ int dsv4_tokenizer_encode_batch(const dsv4_tokenizer *tok, size_t n_docs, const 
     if ((size_t)n_threads > n_docs) n_threads = n_docs ? (int)n_docs : 1;
     if (n_threads > 256) n_threads = 256;
     batch b = {.tok = tok, .n_docs = n_docs, .texts = texts, .lens = lens, .outs = outs, .err = err,
-               .errlen = errlen};
+               .errlen = errlen, .plain = (flags & DSV4_TOK_PLAIN) != 0};
     atomic_init(&b.next, 0);
     atomic_init(&b.rc, 0);
     pthread_mutex_init(&b.err_lock, NULL);
@@ -833,6 +849,12 @@ size_t dsv4_tokenizer_safe_cut(const dsv4_tokenizer *tok, const char *text, size
 
 int dsv4_tokenizer_encode_parallel(const dsv4_tokenizer *tok, const char *text, size_t len, int n_threads,
                                    dsv4_tokens *out, char *err, size_t errlen)
+{
+    return dsv4_tokenizer_encode_parallel_ex(tok, text, len, 0, n_threads, out, err, errlen);
+}
+
+int dsv4_tokenizer_encode_parallel_ex(const dsv4_tokenizer *tok, const char *text, size_t len, unsigned flags,
+                                      int n_threads, dsv4_tokens *out, char *err, size_t errlen)
 {
     const size_t piece = (size_t)1 << 20;
     size_t n = 0, cap = 16;
@@ -867,7 +889,7 @@ int dsv4_tokenizer_encode_parallel(const dsv4_tokenizer *tok, const char *text, 
     }
     outs = calloc(n ? n : 1, sizeof *outs);
     if (!outs) goto fail;
-    rc = dsv4_tokenizer_encode_batch(tok, n, texts, lens, n_threads, outs, err, errlen);
+    rc = dsv4_tokenizer_encode_batch_ex(tok, n, texts, lens, flags, n_threads, outs, err, errlen);
     for (size_t i = 0; i < n && rc == 0; i++) rc = dsv4_tokens_append(out, outs[i].ids, outs[i].n);
 fail:
     if (rc == DSV4_TOK_ENOMEM && err && errlen) snprintf(err, errlen, "encode: out of memory");

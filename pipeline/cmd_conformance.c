@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine/dsv4_engine.h"
 #include "engine/model.h"
@@ -32,6 +33,13 @@ static const float *f32_tensor(const dsv4_st_set *c, const char *name, int64_t r
         return NULL;
     }
     return (const float *)t->data;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static void add_row(conf_row *rows, int *n, const char *name, int kind, const dsv4_conf_stats *st)
@@ -168,12 +176,15 @@ int dsv4_cmd_conformance(int argc, char **argv)
     /* whole model */
     buf = malloc((size_t)(P > steps ? P : steps) * V * 4);
     if (!buf) goto done;
+    double t0 = now_s(), t_prefill, t_decode = 0;
     if ((rc = dsv4_seq_create(e, &s, err, sizeof err)) || (rc = dsv4_seq_prefill(s, tokens, P, buf, P, err, sizeof err))) {
         fprintf(stderr, "conformance: prefill: %s\n", err);
         goto done;
     }
+    t_prefill = now_s() - t0;
     dsv4_conf_compare(buf, want_p, P, V, 1, &st);
     add_row(rows, &nrows, "prefill logits", 1, &st);
+    t0 = now_s();
     for (int64_t i = 0; i < steps; i++) {
         rc = dsv4_decode(&s, 1, &tokens[P + i], buf + i * V, err, sizeof err);
         if (rc) {
@@ -181,6 +192,7 @@ int dsv4_cmd_conformance(int argc, char **argv)
             goto done;
         }
     }
+    t_decode = now_s() - t0;
     if (steps) {
         dsv4_conf_compare(buf, want_d, steps, V, 1, &st);
         add_row(rows, &nrows, "decode logits", 1, &st);
@@ -189,8 +201,9 @@ int dsv4_cmd_conformance(int argc, char **argv)
     for (int i = 0; i < nrows; i++)
         if (!rows[i].ok) ret = DSV4_EXIT_FAIL;
     if (json) {
-        printf("{\"case\": \"%s\", \"device\": \"%s\", \"pass\": %s, \"metrics\": [", golden,
-               dsv4_engine_device_name(e), ret == 0 ? "true" : "false");
+        printf("{\"case\": \"%s\", \"device\": \"%s\", \"pass\": %s, \"prefill_tok_s\": %.2f, "
+               "\"decode_tok_s\": %.2f, \"metrics\": [", golden, dsv4_engine_device_name(e), ret == 0 ? "true" : "false",
+               P / t_prefill, steps ? steps / t_decode : 0.0);
         for (int i = 0; i < nrows; i++) {
             const conf_row *r = &rows[i];
             printf("%s\n  {\"name\": \"%s\", \"rows\": %lld, \"median\": %.6g, \"p90\": %.6g, \"p99\": %.6g, "
@@ -211,6 +224,8 @@ int dsv4_cmd_conformance(int argc, char **argv)
                 printf("  %-16s median %.3g (<= %.3g)  top1 %.3f (>= %.2f)  p90 %.3g  %s\n", r->name, r->st.median,
                        DSV4_CONF_LOGITS_MEDIAN, r->st.top1, DSV4_CONF_LOGITS_TOP1, r->st.p90, r->ok ? "PASS" : "FAIL");
         }
+        printf("  timing: prefill %lld tokens (all logits) %.3f s = %.1f tok/s; decode %lld steps %.3f s = %.1f tok/s\n",
+               (long long)P, t_prefill, P / t_prefill, (long long)steps, t_decode, steps ? steps / t_decode : 0.0);
         printf("%s\n", ret == 0 ? "PASS" : "FAIL");
     }
     if (profile) {

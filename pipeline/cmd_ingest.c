@@ -36,6 +36,7 @@ static void usage(FILE *f)
             "  --max-depth N       archive nesting depth (default 3)\n"
             "  --max-file-bytes N  skip larger files in trees (default 268435456)\n"
             "  --max-ratio N       compression ratio guard (default 200)\n"
+            "  --pdf-threads N     threads per PDF (default: one per CPU, up to 8)\n"
             "  --verbose           also report ignored, binary and link skips\n\n"
             "exit status: 0 all read, 1 something skipped for an error, 2 usage error.\n");
 }
@@ -148,11 +149,14 @@ int dsv4_cmd_ingest(int argc, char **argv)
         else if ((strcmp(a, "--include") == 0 || strcmp(a, "--exclude") == 0) && i + 1 < argc) {
             if (a[2] == 'i') inc[o.n_include++] = argv[++i];
             else exc[o.n_exclude++] = argv[++i];
-        } else if (strcmp(a, "--max-depth") == 0 && i + 1 < argc && parse_u64(argv[i + 1], &v) == 0 && v <= 14) {
+        } else if (strcmp(a, "--max-depth") == 0 && i + 1 < argc && parse_u64(argv[i + 1], &v) == 0 && v <= 18) {
             o.max_depth = (int)v;
             i++;
         } else if (strcmp(a, "--max-file-bytes") == 0 && i + 1 < argc && parse_u64(argv[i + 1], &v) == 0) {
             o.max_file_bytes = v;
+            i++;
+        } else if (strcmp(a, "--pdf-threads") == 0 && i + 1 < argc && parse_u64(argv[i + 1], &v) == 0 && v <= 64) {
+            o.pdf_threads = (int)v;
             i++;
         } else if (strcmp(a, "--max-ratio") == 0 && i + 1 < argc && parse_u64(argv[i + 1], &v) == 0) {
             o.max_ratio = v;

@@ -34,5 +34,6 @@ int dsv4_cmd_cancel(int argc, char **argv);
 int dsv4_cmd_list(int argc, char **argv);
 int dsv4_cmd_cache(int argc, char **argv);
 int dsv4_cmd_tokenize(int argc, char **argv);
+int dsv4_cmd_bench(int argc, char **argv);
 
 #endif

@@ -290,6 +290,11 @@ static void get_str(parser *p, const yaml_node_t *n, const char *key, char **out
 
 static void get_str_list(parser *p, const yaml_node_t *n, const char *key, char ***out, size_t *count)
 {
+    /* a duplicate key (already an error) replaces the first list: free it */
+    for (size_t i = 0; *out && i < *count; i++) free((*out)[i]);
+    free(*out);
+    *out = NULL;
+    *count = 0;
     if (n->type == YAML_SCALAR_NODE && !is_null(n)) { /* one pattern without the brackets */
         *out = calloc(1, sizeof **out);
         if (!*out) { p->oom = 1; return; }
@@ -307,7 +312,8 @@ static void get_str_list(parser *p, const yaml_node_t *n, const char *key, char 
     if (!*out) { p->oom = 1; return; }
     for (size_t i = 0; i < cnt; i++) {
         yaml_node_t *item = node_at(p, n->data.sequence.items.start[i]);
-        if (!item || item->type != YAML_SCALAR_NODE || is_null(item)) {
+        if (!item) continue; /* not in a document libyaml built */
+        if (item->type != YAML_SCALAR_NODE || is_null(item)) {
             char b[64];
             add_error(p, &item->start_mark, "each %s entry must be a pattern, not %s", key, describe(item, b, sizeof b));
             continue;
@@ -477,6 +483,7 @@ static void get_template(parser *p, const yaml_node_t *n, const char *key, char 
             return;
         }
     }
+    free(*out); /* a duplicate key (already an error) must not leak the first */
     *out = resolve_path(p, t);
     free(t);
 }
@@ -505,6 +512,7 @@ static void parse_root(parser *p, const yaml_node_t *root, dsv4_job_spec *s)
             char *m = NULL;
             get_str(p, v, k, &m);
             if (!m) continue;
+            free(s->model); /* a duplicate key (already an error) must not leak the first */
             s->model = resolve_path(p, m);
             struct stat st;
             if (s->model && (p->flags & DSV4_SPEC_CHECK_PATHS) && (stat(s->model, &st) != 0 || !S_ISDIR(st.st_mode)))

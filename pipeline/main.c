@@ -17,6 +17,7 @@ static const dsv4_command commands[] = {
     {"cancel", dsv4_cmd_cancel, "cancel a queued or running job"},
     {"list", dsv4_cmd_list, "list jobs, newest first"},
     {"cache", dsv4_cmd_cache, "the prefix cache: ls, stats, verify, gc [--max-size SIZE], bench"},
+    {"bench", dsv4_cmd_bench, "engine speed at a config's real sizes with synthetic weights, vs the ceiling"},
     {"tokenize", dsv4_cmd_tokenize, "text to DeepSeek-V4 token ids and back (--jsonl, --decode, --bench)"},
 };
 

@@ -18,6 +18,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -324,7 +325,7 @@ static int assemble_context(const dsv4_job_spec *spec, const dsv4_worker_ctx *ct
         texts[i] = st->docs[i].text;
         lens[i] = st->docs[i].n;
     }
-    if (n && dsv4_tokenizer_encode_batch(tok, n, texts, lens, 0, toks, err, errlen) != 0) goto done;
+    if (n && dsv4_tokenizer_encode_batch_ex(tok, n, texts, lens, DSV4_TOK_PLAIN, 0, toks, err, errlen) != 0) goto done;
     int64_t total = 0;
     for (size_t i = 0; i < n; i++) total += (int64_t)toks[i].n;
     size_t keep = n;
@@ -562,6 +563,14 @@ oom:
     return -1;
 }
 
+/* The model's embedding table may be larger than the tokenizer's vocabulary
+ * (DeepSeek-V4: 129280 rows, 128846 tokens); the rows past it are padding
+ * that no text decodes from, so they are never sampled. */
+static void mask_padding(float *logits, int vocab, int n_tokens)
+{
+    for (int i = n_tokens; i < vocab; i++) logits[i] = -INFINITY;
+}
+
 static int store_result(dsv4_jobs *db, int64_t job_id, const dsv4_worker_ctx *ctx, query_run *r,
                         const prefix_run *pr, int thinking, char *err, size_t errlen)
 {
@@ -597,6 +606,8 @@ static int run_queries(dsv4_jobs *db, int64_t job_id, const dsv4_job_spec *spec,
     const dsv4_model_info *info = dsv4_engine_info(e);
     int vocab = info->vocab_size;
     int32_t eos = info->eos_token_id, think_end = dsv4_tokenizer_token_id(tok, "</think>");
+    size_t tv = dsv4_tokenizer_vocab_size(tok);
+    int tok_vocab = tv < (size_t)vocab ? (int)tv : vocab;
     query_run *runs = calloc(nq, sizeof *runs);
     float *logits = malloc((size_t)vocab * nq * sizeof *logits);
     dsv4_seq **seqs = calloc(nq, sizeof *seqs);
@@ -635,6 +646,7 @@ static int run_queries(dsv4_jobs *db, int64_t job_id, const dsv4_job_spec *spec,
         if (frc != 0) goto done;
         r->prefill_ms = now_ms() - t0;
         dsv4_sampler_seed(&r->rng, hash_str(samp.seed ^ 0xcbf29ce484222325ull, qs[i].query_id));
+        mask_padding(logits, vocab, tok_vocab);
         r->next = dsv4_sample(logits, vocab, &samp, &r->rng);
         if (dsv4_worker_should_stop(ctx)) {
             rc = DSV4_RUN_STOPPED;
@@ -679,8 +691,11 @@ static int run_queries(dsv4_jobs *db, int64_t job_id, const dsv4_job_spec *spec,
             goto done;
         }
         if (dsv4_decode(seqs, (int)n_active, feed, logits, err, errlen) != 0) goto done;
-        for (size_t a = 0; a < n_active; a++)
-            runs[idx[a]].next = dsv4_sample(logits + (size_t)a * (size_t)vocab, vocab, &samp, &runs[idx[a]].rng);
+        for (size_t a = 0; a < n_active; a++) {
+            float *l = logits + (size_t)a * (size_t)vocab;
+            mask_padding(l, vocab, tok_vocab);
+            runs[idx[a]].next = dsv4_sample(l, vocab, &samp, &runs[idx[a]].rng);
+        }
     }
     double secs = (now_ms() - td) / 1e3;
     char payload[256];
@@ -702,6 +717,26 @@ done:
     free(feed);
     free(idx);
     return rc;
+}
+
+/* The prefix's tokens: the chat template's part (BOS, system prompt, the
+ * user marker) with its markers matched as control tokens, then the
+ * documents as plain text, so a document that contains a marker string such
+ * as "<｜Assistant｜>" cannot act on the prompt. The cut falls right after
+ * the user marker, where the tokenization splits anyway. */
+static int encode_prefix(const dsv4_tokenizer *tok, const char *prefix, size_t prefix_len, const buf *context,
+                         dsv4_tokens *out, char *err, size_t errlen)
+{
+    if (context->n == 0) return dsv4_tokenizer_encode_parallel(tok, prefix, prefix_len, 0, out, err, errlen);
+    size_t tail = context->n + 2; /* the context and the "\n\n" before the question */
+    if (prefix_len < tail || memcmp(prefix + prefix_len - tail, context->p, context->n) != 0 ||
+        memcmp(prefix + prefix_len - 2, "\n\n", 2) != 0) {
+        snprintf(err, errlen, "internal: the chat prefix does not end with the document context");
+        return -1;
+    }
+    size_t head = prefix_len - tail;
+    if (dsv4_tokenizer_encode(tok, prefix, head, out, err, errlen) != 0) return -1;
+    return dsv4_tokenizer_encode_parallel_ex(tok, prefix + head, tail, DSV4_TOK_PLAIN, 0, out, err, errlen);
 }
 
 /* ---- the job ------------------------------------------------------------- */
@@ -832,7 +867,7 @@ int dsv4_pipeline_run_job(dsv4_jobs *db, int64_t job_id, const dsv4_worker_ctx *
             }
             k++;
         }
-        if (dsv4_tokenizer_encode_parallel(tok, prefix, prefix_len, 0, &ptoks, err, errlen) != 0) goto group_done;
+        if (encode_prefix(tok, prefix, prefix_len, &context, &ptoks, err, errlen) != 0) goto group_done;
         if ((int64_t)ptoks.n + 1 >= dsv4_engine_info(engine)->max_position_embeddings) {
             snprintf(err, errlen, "the prompt is %zu tokens, beyond the model's %lld positions", ptoks.n,
                      (long long)dsv4_engine_info(engine)->max_position_embeddings);

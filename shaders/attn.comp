@@ -10,7 +10,11 @@
  * is both key and value. Output rounded to bf16. */
 #version 450
 #include "common.glsl"
+#ifdef SERIAL
+layout(local_size_x = 16) in;
+#else
 layout(local_size_x = 64) in;
+#endif
 layout(std430, binding = 0) readonly buffer BQ { float Q[]; };
 layout(std430, binding = 1) readonly buffer BK { float KV[]; };
 layout(std430, binding = 2) readonly buffer BR { float RING[]; };
@@ -21,11 +25,14 @@ layout(std430, binding = 6) writeonly buffer BO { float O[]; };
 layout(push_constant) uniform P {
     uint D, H, win, t0, p0, ratio, mode, topk, ld_i;
     float scale;
+    uint n_tok;
 } p;
+#ifndef SERIAL
 shared float q[1024];
 shared float sc[64];
 shared uint src[64];
 shared float red[64];
+#endif
 
 /* key j of this token: source (0 chunk, 1 ring, 2 compressed) and row */
 uint key_of(uint j, uint pos, uint nw, uint nc, uint tl)
@@ -50,6 +57,44 @@ float kv_at(uint s, uint c)
     return CMP[row * p.D + c];
 }
 
+#ifdef SERIAL
+/* One invocation per (token, head), no shared memory and no barriers: the
+ * shape a CPU driver (lavapipe) runs fastest. Same order of operations. */
+void main()
+{
+    uint gid = gl_GlobalInvocationID.x;
+    uint tl = gid / p.H, h = gid % p.H;
+    if (tl >= p.n_tok) return;
+    uint tok = p.t0 + tl, pos = p.p0 + tl, D = p.D;
+    uint qb = (tok * p.H + h) * D;
+    uint nw = min(p.win, pos + 1u);
+    uint nc = p.mode == 0u ? 0u : (p.mode == 1u ? (pos + 1u) / p.ratio : p.topk);
+    uint nk = p.win + nc;
+    float m = -1.0 / 0.0;
+    for (uint j = 0u; j < nk; j++) {
+        uint key = key_of(j, pos, nw, nc, tl);
+        if (key == 0xffffffffu) continue;
+        float d = 0.0;
+        for (uint c = 0u; c < D; c++) d += Q[qb + c] * kv_at(key, c);
+        m = max(m, d * p.scale);
+    }
+    float acc[1024];
+    for (uint c = 0u; c < D; c++) acc[c] = 0.0;
+    float l = 0.0;
+    for (uint j = 0u; j < nk; j++) {
+        uint key = key_of(j, pos, nw, nc, tl);
+        if (key == 0xffffffffu) continue;
+        float d = 0.0;
+        for (uint c = 0u; c < D; c++) d += Q[qb + c] * kv_at(key, c);
+        float e = exp_acc(d * p.scale - m);
+        l += e;
+        float pb = bf16r(e);
+        for (uint c = 0u; c < D; c++) acc[c] += pb * kv_at(key, c);
+    }
+    l += exp_acc(SINK[h] - m);
+    for (uint c = 0u; c < D; c++) O[qb + c] = bf16r(div_acc(acc[c], l));
+}
+#else
 void main()
 {
     uint tl = gl_WorkGroupID.x, h = gl_WorkGroupID.y, t = gl_LocalInvocationID.x;
@@ -95,14 +140,11 @@ void main()
         sc[t] = s;
         src[t] = key;
         float mn = m;
-        float e = (mn == -1.0 / 0.0) ? 0.0 : exp(sc[t] - mn);
+        float e = (mn == -1.0 / 0.0) ? 0.0 : exp_acc(sc[t] - mn);
         red[t] = e;
         barrier();
-        for (uint k = 32u; k > 0u; k >>= 1) {
-            if (t < k) red[t] += red[t + k];
-            barrier();
-        }
-        l += red[0];
+        /* the denominator summed in key order, as the reference does */
+        for (uint jj = 0u; jj < 64u; jj++) l += red[jj];
         sc[t] = bf16r(e);
         barrier();
         uint cnt = min(64u, nk - b0);
@@ -116,10 +158,11 @@ void main()
         }
         barrier();
     }
-    l += exp(SINK[h] - m);
+    l += exp_acc(SINK[h] - m);
     for (uint i = 0u; i < 16u; i++) {
         uint c = t + i * 64u;
         if (c >= D) break;
-        O[qb + c] = bf16r(acc[i] / l);
+        O[qb + c] = bf16r(div_acc(acc[i], l));
     }
 }
+#endif

@@ -1,4 +1,8 @@
-/* Shared GLSL helpers: bf16/e4m3/e2m1/e8m0 decoding from packed uint words and
+/* (Accumulations feeding rounding-sensitive values are declared `precise`
+ * in the shaders: the official code runs unfused torch kernels, and a fused
+ * multiply-add rounds differently.)
+ *
+ * Shared GLSL helpers: bf16/e4m3/e2m1/e8m0 decoding from packed uint words and
  * the rounding the official kernels apply (kernel_tilelang.py act_quant,
  * fp4_quant: power-of-two block scales, round-to-nearest-even casts). Weights
  * arrive as raw bytes in uint arrays so no 8/16-bit storage feature is needed. */
@@ -70,6 +74,55 @@ float fp4_qdq(float x, float s)
     return round_minifloat(clamp(x / s, -6.0, 6.0), 1, 0.5) * s;
 }
 
-float silu(float x) { return x / (1.0 + exp(-x)); }
+/* exp, 1/sqrt and division correctly rounded (as glibc's expf, sqrtf and
+ * IEEE division, which the CPU reference and the golden data agree with):
+ * computed in double, rounded once to float. GPU exp()/inversesqrt()/'/' are
+ * approximations, and the probabilities, gates and norms they feed are then
+ * rounded to bf16 or FP8, where a last-bit difference flips a rounding. */
+float exp_acc(float x)
+{
+    if (x < -104.0) return 0.0;
+    if (x > 88.8) return uintBitsToFloat(0x7f800000u);
+    double xd = double(x);
+    double n = roundEven(xd * 1.4426950408889634LF);
+    double r = xd - n * 0.6931471805599453LF;
+    double q = 1.0LF / 39916800.0LF;
+    q = q * r + 1.0LF / 3628800.0LF;
+    q = q * r + 1.0LF / 362880.0LF;
+    q = q * r + 1.0LF / 40320.0LF;
+    q = q * r + 1.0LF / 5040.0LF;
+    q = q * r + 1.0LF / 720.0LF;
+    q = q * r + 1.0LF / 120.0LF;
+    q = q * r + 1.0LF / 24.0LF;
+    q = q * r + 1.0LF / 6.0LF;
+    q = q * r + 0.5LF;
+    q = q * r + 1.0LF;
+    q = q * r + 1.0LF;
+    int ni = int(n);
+    int n1 = ni / 2, n2 = ni - n1;
+    return float(q * ldexp(1.0LF, n1) * ldexp(1.0LF, n2));
+}
+
+float div_acc(float a, float b) { return float(double(a) / double(b)); }
+
+/* log(x) for x > 0, correctly rounded: frexp, then 2 atanh((m-1)/(m+1)). */
+float log_acc(float x)
+{
+    int e;
+    double m = frexp(double(x), e); /* m in [0.5, 1) */
+    if (m < 0.7071067811865476LF) { m *= 2.0LF; e -= 1; }
+    double s = (m - 1.0LF) / (m + 1.0LF), s2 = s * s, t = 0.0LF;
+    for (int k = 12; k >= 0; k--) t = t * s2 + 1.0LF / double(2 * k + 1);
+    return float(2.0LF * s * t + double(e) * 0.6931471805599453LF);
+}
+
+/* 1.0f / sqrtf(x): two correctly rounded steps, as the reference. */
+float rsqrt_acc(float x)
+{
+    float s = float(sqrt(double(x)));
+    return div_acc(1.0, s);
+}
+
+float silu(float x) { return div_acc(x, 1.0 + exp_acc(-x)); }
 
 #endif

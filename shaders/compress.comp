@@ -46,8 +46,8 @@ void main()
     float m = -1.0 / 0.0;
     for (uint j = 0u; j < n; j++) m = max(m, sv[j]);
     float sum = 0.0;
-    for (uint j = 0u; j < n; j++) { sv[j] = exp(sv[j] - m); sum += sv[j]; }
-    float acc = 0.0;
-    for (uint j = 0u; j < n; j++) acc += kv[j] * (sv[j] / sum);
+    for (uint j = 0u; j < n; j++) { sv[j] = exp_acc(sv[j] - m); sum += sv[j]; }
+    precise float acc = 0.0;
+    for (uint j = 0u; j < n; j++) acc += kv[j] * div_acc(sv[j], sum);
     OUT[i * p.ld_out + c] = bf16r(acc);
 }

@@ -17,9 +17,10 @@ void main()
     for (uint c = t; c < p.D; c += 64u) {
         float x = X[tok * p.D + c];
         for (uint k = 0u; k < hc; k++) {
-            float s = 0.0;
+            precise float s = 0.0;
             for (uint j = 0u; j < hc; j++) s += MIX[mb + hc + j * hc + k] * RES[rb + j * p.D + c];
-            O[rb + k * p.D + c] = bf16r(MIX[mb + k] * x + s);
+            precise float o = MIX[mb + k] * x + s;
+            O[rb + k * p.D + c] = bf16r(o);
         }
     }
 }

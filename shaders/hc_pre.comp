@@ -19,7 +19,7 @@ shared float part[MAXMIX][64];
 shared float red[64];
 shared float pre[8];
 
-float sigm(float x) { return 1.0 / (1.0 + exp(-x)); }
+float sigm(float x) { return div_acc(1.0, 1.0 + exp_acc(-x)); }
 
 void main()
 {
@@ -31,12 +31,15 @@ void main()
     uint nmix = (2u + p.hc) * p.hc;
 #endif
     uint xb = tok * p.x_ld;
-    float ss = 0.0;
+    precise float ss = 0.0;
     for (uint j = 0u; j < nmix; j++) part[j][t] = 0.0;
     for (uint c = t; c < HD; c += 64u) {
         float v = X[xb + c];
         ss += v * v;
-        for (uint j = 0u; j < nmix; j++) part[j][t] += v * FN[j * HD + c];
+        for (uint j = 0u; j < nmix; j++) {
+            precise float pj = part[j][t] + v * FN[j * HD + c];
+            part[j][t] = pj;
+        }
     }
     red[t] = ss;
     barrier();
@@ -48,7 +51,7 @@ void main()
         barrier();
     }
     if (t == 0u) {
-        float rs = inversesqrt(red[0] / float(HD) + p.norm_eps);
+        float rs = rsqrt_acc(div_acc(red[0], float(HD)) + p.norm_eps);
         float mixes[MAXMIX];
         for (uint j = 0u; j < nmix; j++) mixes[j] = part[j][0] * rs;
         uint hc = p.hc;
@@ -64,20 +67,20 @@ void main()
                 mx = max(mx, cm[j * hc + k]);
             }
             float sm = 0.0;
-            for (uint k = 0u; k < hc; k++) { cm[j * hc + k] = exp(cm[j * hc + k] - mx); sm += cm[j * hc + k]; }
-            for (uint k = 0u; k < hc; k++) cm[j * hc + k] = cm[j * hc + k] / sm + p.hc_eps;
+            for (uint k = 0u; k < hc; k++) { cm[j * hc + k] = exp_acc(cm[j * hc + k] - mx); sm += cm[j * hc + k]; }
+            for (uint k = 0u; k < hc; k++) cm[j * hc + k] = div_acc(cm[j * hc + k], sm) + p.hc_eps;
         }
         for (uint it = 0u; it < p.iters; it++) {
             if (it > 0u)
                 for (uint j = 0u; j < hc; j++) {
                     float rsum = 0.0;
                     for (uint k = 0u; k < hc; k++) rsum += cm[j * hc + k];
-                    for (uint k = 0u; k < hc; k++) cm[j * hc + k] /= rsum + p.hc_eps;
+                    for (uint k = 0u; k < hc; k++) cm[j * hc + k] = div_acc(cm[j * hc + k], rsum + p.hc_eps);
                 }
             for (uint k = 0u; k < hc; k++) {
                 float csum = 0.0;
                 for (uint j = 0u; j < hc; j++) csum += cm[j * hc + k];
-                for (uint j = 0u; j < hc; j++) cm[j * hc + k] /= csum + p.hc_eps;
+                for (uint j = 0u; j < hc; j++) cm[j * hc + k] = div_acc(cm[j * hc + k], csum + p.hc_eps);
             }
         }
         for (uint j = 0u; j < hc * hc; j++) MIX[mb + hc + j] = cm[j];
@@ -85,7 +88,7 @@ void main()
     }
     barrier();
     for (uint c = t; c < p.D; c += 64u) {
-        float y = 0.0;
+        precise float y = 0.0;
         for (uint h = 0u; h < p.hc; h++) y += pre[h] * X[xb + h * p.D + c];
         Y[tok * p.D + c] = bf16r(y);
     }

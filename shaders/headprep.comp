@@ -51,17 +51,17 @@ void main()
     for (uint c = t; c < D; c += 64u) v[c] = X[base + c];
     barrier();
     if ((p.flags & F_RMS_SCALE) != 0u) {
-        float s = 0.0;
+        precise float s = 0.0;
         for (uint c = t; c < D; c += 64u) s += bf16r(v[c] * v[c]);
-        float ms = bf16r(block_reduce_sum(s, t) / float(D));
-        float r = bf16r(inversesqrt(bf16r(ms + p.eps)));
+        float ms = bf16r(div_acc(block_reduce_sum(s, t), float(D)));
+        float r = bf16r(rsqrt_acc(bf16r(ms + p.eps)));
         for (uint c = t; c < D; c += 64u) v[c] = bf16r(v[c] * r);
         barrier();
     }
     if ((p.flags & F_RMS_W) != 0u) {
-        float s = 0.0;
+        precise float s = 0.0;
         for (uint c = t; c < D; c += 64u) s += v[c] * v[c];
-        float r = inversesqrt(block_reduce_sum(s, t) / float(D) + p.eps);
+        float r = rsqrt_acc(div_acc(block_reduce_sum(s, t), float(D)) + p.eps);
         for (uint c = t; c < D; c += 64u) v[c] = bf16r(bf16_at(NW[c >> 1], c & 1u) * (v[c] * r));
         barrier();
     }
@@ -72,8 +72,9 @@ void main()
             vec2 cs = rope_cs(pos, FREQ[i]);
             if ((p.flags & F_ROPE_INV) != 0u) cs.y = -cs.y;
             float a = v[nope + 2u * i], b = v[nope + 2u * i + 1u];
-            v[nope + 2u * i] = bf16r(a * cs.x - b * cs.y);
-            v[nope + 2u * i + 1u] = bf16r(a * cs.y + b * cs.x);
+            precise float re = a * cs.x - b * cs.y, im = a * cs.y + b * cs.x;
+            v[nope + 2u * i] = bf16r(re);
+            v[nope + 2u * i + 1u] = bf16r(im);
         }
         barrier();
     }
@@ -87,7 +88,7 @@ void main()
             }
             barrier();
         }
-        float sc = inversesqrt(float(D));
+        float sc = rsqrt_acc(float(D));
         for (uint c = t; c < D; c += 64u) v[c] = bf16r(v[c] * sc);
         barrier();
     }

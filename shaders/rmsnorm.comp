@@ -13,7 +13,7 @@ shared float red[64];
 void main()
 {
     uint row = gl_WorkGroupID.x, t = gl_LocalInvocationID.x;
-    float s = 0.0;
+    precise float s = 0.0;
     for (uint c = t; c < p.D; c += 64u) { float v = X[row * p.ldx + p.x_off + c]; s += v * v; }
     red[t] = s;
     barrier();
@@ -21,9 +21,10 @@ void main()
         if (t < k) red[t] += red[t + k];
         barrier();
     }
-    float r = inversesqrt(red[0] / float(p.D) + p.eps);
+    float r = rsqrt_acc(div_acc(red[0], float(p.D)) + p.eps);
     for (uint c = t; c < p.D; c += 64u) {
         float w = bf16_at(Wt[c >> 1], c & 1u);
-        Y[row * p.ldy + p.y_off + c] = bf16r(w * (X[row * p.ldx + p.x_off + c] * r));
+        precise float y = w * (X[row * p.ldx + p.x_off + c] * r);
+        Y[row * p.ldy + p.y_off + c] = bf16r(y);
     }
 }

@@ -19,7 +19,7 @@ void main()
         uint o = row * p.inter + c;
         float g = G[o], u = U[o];
         if (p.limit > 0.0) { u = clamp(u, -p.limit, p.limit); g = min(g, p.limit); }
-        float h = silu(g) * u;
+        precise float h = silu(g) * u;
         if (p.use_w != 0u) h = w * h;
         O[o] = bf16r(h);
     }

@@ -3,12 +3,13 @@
  * the rest of the row is -1, as Indexer.forward masks what is not visible.
  * The k-th value is found by a bisection on order-preserving integer keys
  * (32 counting passes), then entries above it and the first ties are written
- * in index order. One workgroup per token. */
+ * in index order. One workgroup per token; output row i_row0 + token (the
+ * scores may come in sub-batches of a segment's tokens). */
 #version 450
 layout(local_size_x = 256) in;
 layout(std430, binding = 0) readonly buffer BS { float S[]; };
 layout(std430, binding = 1) writeonly buffer BI { int IDX[]; };
-layout(push_constant) uniform P { uint topk, ratio, p0, ld_s, ld_i; } p;
+layout(push_constant) uniform P { uint topk, ratio, p0, ld_s, ld_i, i_row0; } p;
 shared uint cnt[256];
 shared uint cnt2[256];
 shared uint total_gt;
@@ -24,7 +25,7 @@ void main()
     uint tl = gl_WorkGroupID.x, t = gl_LocalInvocationID.x;
     uint n = (p.p0 + tl + 1u) / p.ratio;
     uint k = min(p.topk, n);
-    uint sb = tl * p.ld_s, ib = tl * p.ld_i;
+    uint sb = tl * p.ld_s, ib = (p.i_row0 + tl) * p.ld_i;
     for (uint j = t; j < p.topk; j += 256u)
         if (j >= k) IDX[ib + j] = -1;
     if (k == 0u) return;

@@ -336,7 +336,8 @@ static int wait_exit(pid_t pid)
 static int64_t submit_job(dsv4_jobs *db, int n_queries)
 {
     dsv4_job_query_new qs[8];
-    char ids[8][8];
+    char ids[8][16]; /* room for any int: gcc -O1 checks the %d width */
+    if (n_queries > 8) n_queries = 8;
     for (int i = 0; i < n_queries; i++) {
         snprintf(ids[i], sizeof ids[i], "q%d", i + 1);
         qs[i] = (dsv4_job_query_new){ids[i], "what?", NULL};
@@ -464,7 +465,10 @@ static void killed_worker_is_resumed_by_the_next(void)
     int64_t id = submit_job(db, 5);
     runner_mode = R_ONE_BY_ONE;
     runner_step_ms = 100;
-    pid_t w = spawn_worker("doomed", 500, 1, 0);
+    /* Leases with room for a loaded 2-core CI machine (and ASan): with 500 ms
+     * the heir's own heartbeat could be late past its lease, so it gave the
+     * job up as lost and the test failed under `make asan`. */
+    pid_t w = spawn_worker("doomed", 1500, 1, 0);
     dsv4_job_info j = {0};
     for (int t = 0; t < 5000; t += 10) { /* until two results are in */
         dsv4_job_info_clear(&j);
@@ -483,8 +487,8 @@ static void killed_worker_is_resumed_by_the_next(void)
     pid_t w2 = spawn_worker("early", 500, 0, 1);
     CHECK(wait_exit(w2) == 0);
     CHECK(state_of(db, id, NULL) == DSV4_JOB_RUNNING);
-    sleep_ms(600);
-    w2 = spawn_worker("heir", 500, 0, 1);
+    sleep_ms(1600);
+    w2 = spawn_worker("heir", 5000, 0, 1);
     CHECK(wait_exit(w2) == 1);
     int attempts = 0;
     CHECK(state_of(db, id, &attempts) == DSV4_JOB_SUCCEEDED && attempts == 2);

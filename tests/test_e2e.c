@@ -215,6 +215,7 @@ static void job_end_to_end_then_cache_hit(void)
     CHECK(wait_worker(spawn_worker(home, "30", NULL)) == 0);
     check_complete(db, id2, &r2, &n2);
     for (size_t i = 0; i < n1 && i < n2; i++) {
+        CHECK(strcmp(r2[i].query_id, r1[i].query_id) == 0);
         CHECK(r2[i].prompt_tokens == r1[i].prompt_tokens);
         CHECKF(r2[i].cached_tokens > 0 && r2[i].cached_tokens + 64 > r2[i].prompt_tokens,
                "second run: %lld of %lld prompt tokens cached", (long long)r2[i].cached_tokens,

@@ -40,6 +40,32 @@ static int make_pdf(const char *path)
     return rc;
 }
 
+/* n pages, page i saying "Page i of n" plus a line; every 7th page blank */
+static int make_long_pdf(const char *path, int n)
+{
+    cairo_surface_t *s = cairo_pdf_surface_create(path, 595, 842);
+    if (cairo_surface_status(s) != CAIRO_STATUS_SUCCESS) return -1;
+    cairo_t *cr = cairo_create(s);
+    cairo_select_font_face(cr, "sans-serif", CAIRO_FONT_SLANT_NORMAL, CAIRO_FONT_WEIGHT_NORMAL);
+    cairo_set_font_size(cr, 12);
+    for (int i = 1; i <= n; i++) {
+        if (i % 7) {
+            char line[64];
+            snprintf(line, sizeof line, "Page %d of %d", i, n);
+            cairo_move_to(cr, 72, 100);
+            cairo_show_text(cr, line);
+            cairo_move_to(cr, 72, 120);
+            cairo_show_text(cr, "Terms continue on the next page.");
+        }
+        cairo_show_page(cr);
+    }
+    cairo_destroy(cr);
+    cairo_surface_finish(s);
+    int rc = cairo_surface_status(s) == CAIRO_STATUS_SUCCESS ? 0 : -1;
+    cairo_surface_destroy(s);
+    return rc;
+}
+
 static char *path_in(const char *name)
 {
     static char p[4][512];
@@ -82,6 +108,34 @@ static void text_per_page_metadata_and_render(void)
     CHECK(d->n_warnings == 1 && strstr(d->warnings[0], "1 of 3 pages have no text layer"));
     CHECK(c.st.n_pages == 3 && c.st.n_pages_no_text == 1);
     collected_free(&c);
+}
+
+/* The page texts do not depend on how many threads extracted them. */
+static void threads_give_the_same_bytes(void)
+{
+    CHECK(make_long_pdf(path_in("long.pdf"), 40) == 0);
+    collected c[3];
+    int threads[3] = {1, 4, 0};
+    for (int k = 0; k < 3; k++) {
+        dsv4_ingest_options o;
+        dsv4_ingest_options_default(&o);
+        o.pdf_threads = threads[k];
+        CHECK(ingest_collect(path_in("long.pdf"), NULL, 0, 0, &o, &c[k]) == DSV4_INGEST_OK);
+        CHECK(c[k].n_docs == 1);
+    }
+    if (c[0].n_docs == 1 && c[1].n_docs == 1 && c[2].n_docs == 1) {
+        const dsv4_doc *a = c[0].docs[0];
+        CHECK(a->n_pages == 40 && a->n_pages_no_text == 5);
+        CHECKF(strncmp(a->text + a->pages[12].offset, "Page 13 of 40\nTerms continue", 28) == 0, "page 13: %.*s",
+               (int)a->pages[12].n_bytes, a->text + a->pages[12].offset);
+        CHECK(a->pages[13].n_bytes == 0); /* page 14 is blank */
+        for (int k = 1; k < 3; k++) {
+            const dsv4_doc *b = c[k].docs[0];
+            CHECK(b->n_bytes == a->n_bytes && strcmp(b->text, a->text) == 0);
+            CHECK(b->n_pages == a->n_pages && memcmp(b->pages, a->pages, a->n_pages * sizeof *a->pages) == 0);
+        }
+    }
+    for (int k = 0; k < 3; k++) collected_free(&c[k]);
 }
 
 static void same_text_as_pdftotext(void)
@@ -179,6 +233,7 @@ int main(void)
         return 1;
     }
     RUN(text_per_page_metadata_and_render);
+    RUN(threads_give_the_same_bytes);
     RUN(same_text_as_pdftotext);
     RUN(encrypted_pdfs);
     RUN(broken_pdfs);

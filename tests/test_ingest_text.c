@@ -135,6 +135,24 @@ static void binary_empty_and_huge_line(void)
     remove_tree(dir);
 }
 
+static void text_that_starts_like_an_archive(void)
+{
+    /* "BZh9" is bzip2's magic; libarchive refuses it and it is read as text */
+    const char note[] = "BZh9 is how the note starts\n";
+    collected c;
+    CHECK(ingest_collect("note.txt", note, sizeof note - 1, DSV4_FORMAT_AUTO, NULL, &c) == DSV4_INGEST_OK);
+    CHECK(c.n_docs == 1 && strcmp(c.docs[0]->text, note) == 0 && c.docs[0]->format == DSV4_FORMAT_TEXT);
+    collected_free(&c);
+    char *dir = make_tmpdir();
+    char path[512];
+    snprintf(path, sizeof path, "%s/note.txt", dir);
+    CHECK(write_file(dir, "note.txt", note, sizeof note - 1) == 0);
+    CHECK(ingest_collect(path, NULL, 0, 0, NULL, &c) == DSV4_INGEST_OK);
+    CHECK(c.n_docs == 1 && strcmp(c.docs[0]->text, note) == 0);
+    collected_free(&c);
+    remove_tree(dir);
+}
+
 static void render_format_and_ids(void)
 {
     collected c;
@@ -250,6 +268,7 @@ int main(void)
     RUN(windows_1252_fallback_made_by_iconv);
     RUN(mostly_utf8_keeps_utf8_and_counts);
     RUN(binary_empty_and_huge_line);
+    RUN(text_that_starts_like_an_archive);
     RUN(render_format_and_ids);
     RUN(glob_matching);
     RUN(callback_can_stop);

@@ -319,6 +319,14 @@ static void damaged_files_are_refused(void)
     d = make_dir("overlap", NULL, b, len);
     CHECK_ERR(d, "model.safetensors: tensors 'a' and 'b' overlap (data_offsets [0, 16] and [8, 24])");
     free(b);
+    /* an empty tensor sorted between two overlapping ones must not hide them */
+    b = raw_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[8],\"data_offsets\":[0,32]},"
+                 "\"e\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,4]},"
+                 "\"c\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}",
+                 data, 32, &len);
+    d = make_dir("overlap-empty", NULL, b, len);
+    CHECK_ERR(d, "model.safetensors: tensors 'a' and 'c' overlap (data_offsets [0, 32] and [8, 16])");
+    free(b);
     b = raw_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[48,64]}}", data, 32, &len);
     d = make_dir("range", NULL, b, len);
     CHECK_ERR(d, "model.safetensors: tensor 'a': data_offsets [48, 64] run past the end of the "
@@ -505,6 +513,10 @@ static void bad_config_values_are_named(void)
         const char *from, *to, *err;
     } cases[] = {
         {"\"hidden_size\": 256", "\"hidden_size\": \"x\"",
+         "config.json: field 'hidden_size' is not an integer"},
+        {"\"hidden_size\": 256", "\"hidden_size\": 1e30",
+         "config.json: field 'hidden_size' is not an integer"},
+        {"\"hidden_size\": 256", "\"hidden_size\": 256.5",
          "config.json: field 'hidden_size' is not an integer"},
         {"\"hidden_size\": 256", "\"hidden_sizz\": 256", "config.json: field 'hidden_size' missing"},
         {"\"num_attention_heads\": 4", "\"num_attention_heads\": -4",

@@ -1,0 +1,177 @@
+/* `dsv4-batch bench` as a process on the Vulkan device (lavapipe here), with
+ * the golden tiny config and short contexts: the JSON report must carry
+ * every figure, positive, the synthetic weights must keep the logits finite,
+ * and a layer subset must be the documented stratified sample. No timing is
+ * asserted (benchmarks measure; tests check). Needs a Vulkan device: exit
+ * status 3 from the command is a skip. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "tests/check.h"
+
+#define TINY "tests/golden/tiny/config.json"
+
+/* Runs cmd, returns its stdout (caller frees) and exit status. */
+static char *run(const char *cmd, int *status)
+{
+    FILE *p = popen(cmd, "r");
+    if (!p) return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    size_t k;
+    while (buf && (k = fread(buf + n, 1, cap - n - 1, p)) > 0) {
+        n += k;
+        if (cap - n < 1024) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) break;
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    int st = pclose(p);
+    *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    if (buf) buf[n] = 0;
+    return buf;
+}
+
+static double num(json_t *o, const char *k)
+{
+    json_t *v = json_object_get(o, k);
+    return json_is_number(v) ? json_number_value(v) : -1;
+}
+
+static void check_positive(json_t *o, const char *const *keys, size_t n, const char *where)
+{
+    for (size_t i = 0; i < n; i++) CHECKF(num(o, keys[i]) > 0, "%s: '%s' = %g", where, keys[i], num(o, keys[i]));
+}
+
+static void bench_json_has_every_field(void)
+{
+    int st;
+    char *out = run("bin/dsv4-batch bench --config " TINY " --contexts 64,192 --decode-contexts 64,192 "
+                    "--batches 1,4 --steps 1 --profile --json 2>/dev/null", &st);
+    if (st == 3) {
+        free(out);
+        SKIP("no Vulkan device");
+    }
+    CHECKF(st == 0, "exit status %d", st);
+    json_error_t je;
+    json_t *o = out ? json_loads(out, 0, &je) : NULL;
+    CHECKF(o != NULL, "output is not JSON: %.200s", out ? out : "(none)");
+    free(out);
+    if (!o) return;
+    static const char *const top[] = {"layers_total", "layers_loaded", "chunk_tokens", "prefill_piece_tokens",
+                                      "open_seconds", "device_budget_bytes", "weight_bytes_loaded",
+                                      "weight_bytes_model_est", "weight_bytes_model_config",
+                                      "state_bytes_per_token", "state_bytes_per_token_loaded"};
+    check_positive(o, top, sizeof top / sizeof top[0], "report");
+    CHECK(num(o, "layers_total") == 5 && num(o, "layers_loaded") == 5);
+    CHECK(json_is_false(json_object_get(o, "extrapolated")));
+    CHECK(num(o, "nonfinite_logits") == 0);
+    CHECK(json_is_string(json_object_get(o, "device")));
+    /* the tiny config's state per token: 2 CSA layers x (192 + 128 / ... ) as
+       bf16 rows: kv 192*2/4 + index 128*2/4 each, 2 HCA layers 192*2/128 */
+    CHECKF(num(o, "state_bytes_per_token") == 2 * (96 + 64) + 2 * 3, "%g", num(o, "state_bytes_per_token"));
+    json_t *sg = json_object_get(o, "state_gpu_bytes_per_sequence");
+    CHECK(json_object_size(sg) == 2 && num(sg, "64") > 0 && num(sg, "192") > num(sg, "64"));
+    json_t *c = json_object_get(o, "ceiling");
+    static const char *const ck[] = {"bandwidth_bytes_per_s", "matrix_flops_per_s", "active_params_per_token",
+                                     "matrix_flops_per_token", "weight_bytes_per_token_batch1", "csa_layers",
+                                     "hca_layers", "window_layers"};
+    check_positive(c, ck, sizeof ck / sizeof ck[0], "ceiling");
+    json_t *pf = json_object_get(o, "prefill"), *dc = json_object_get(o, "decode");
+    CHECK(json_array_size(pf) == 2 && json_array_size(dc) == 4);
+    static const char *const rk[] = {"context", "seconds", "tokens_per_s_measured", "tokens_per_s",
+                                     "ratio_to_ceiling", "ceiling_tokens_per_s"};
+    static const char *const dk[] = {"batch", "head_seconds", "indexer_flops_per_token",
+                                     "state_bytes_read_per_token"};
+    size_t i;
+    json_t *x;
+    json_array_foreach(pf, i, x) {
+        CHECK(json_is_true(json_object_get(x, "ok")));
+        check_positive(x, rk, sizeof rk / sizeof rk[0], "prefill");
+    }
+    CHECK(num(json_array_get(pf, 0), "context") == 64 && num(json_array_get(pf, 1), "context") == 192);
+    json_array_foreach(dc, i, x) {
+        CHECK(json_is_true(json_object_get(x, "ok")));
+        check_positive(x, rk, sizeof rk / sizeof rk[0], "decode");
+        /* head_seconds may be 0 when the difference is lost in noise */
+        check_positive(x, dk + 2, 2, "decode");
+        CHECK(num(x, "batch") == 1 || num(x, "batch") == 4);
+        CHECK(num(x, "head_seconds") >= 0);
+    }
+    /* --profile: every measured phase has per-operation GPU times */
+    json_t *pr = json_object_get(o, "profile");
+    CHECKF(json_array_size(pr) == 5, "%zu profile sets", json_array_size(pr));
+    json_array_foreach(pr, i, x) {
+        json_t *ops = json_object_get(x, "ops"), *y;
+        size_t j;
+        int attention = 0, experts = 0;
+        CHECK(json_array_size(ops) > 0);
+        json_array_foreach(ops, j, y) {
+            const char *op = json_string_value(json_object_get(y, "op"));
+            CHECK(op && num(y, "ms") >= 0 && num(y, "calls") > 0);
+            attention |= op && strcmp(op, "attention") == 0;
+            experts |= op && strcmp(op, "experts") == 0;
+        }
+        CHECK(attention && experts);
+    }
+    json_decref(o);
+}
+
+static void bench_keeps_a_stratified_subset(void)
+{
+    int st;
+    /* tiny ratios [0, 4, 128, 4, 128]: 2 layers -> one CSA (the 2nd of its
+       kind: layer 3) and one HCA (layer 4); the rest is extrapolated */
+    char *out = run("bin/dsv4-batch bench --config " TINY " --layers 2 --contexts 64 --decode-contexts 64 "
+                    "--batches 1 --steps 1 --json 2>/dev/null", &st);
+    if (st == 3) {
+        free(out);
+        SKIP("no Vulkan device");
+    }
+    CHECKF(st == 0, "exit status %d", st);
+    json_error_t je;
+    json_t *o = out ? json_loads(out, 0, &je) : NULL;
+    free(out);
+    CHECK(o != NULL);
+    if (!o) return;
+    CHECK(num(o, "layers_loaded") == 2 && num(o, "layers_total") == 5);
+    CHECK(json_is_true(json_object_get(o, "extrapolated")));
+    json_t *sel = json_object_get(o, "layers_selected");
+    CHECKF(json_array_size(sel) == 2 && json_integer_value(json_array_get(sel, 0)) == 3 &&
+               json_integer_value(json_array_get(sel, 1)) == 4,
+           "selected %lld,%lld", (long long)json_integer_value(json_array_get(sel, 0)),
+           (long long)json_integer_value(json_array_get(sel, 1)));
+    json_t *p0 = json_array_get(json_object_get(o, "prefill"), 0);
+    /* extrapolated throughput: measured x 2/5 */
+    double m = num(p0, "tokens_per_s_measured"), t = num(p0, "tokens_per_s");
+    CHECKF(m > 0 && t > 0 && t < m && t > 0.39 * m && t < 0.41 * m, "measured %g extrapolated %g", m, t);
+    json_decref(o);
+}
+
+static void bench_rejects_bad_input(void)
+{
+    int st;
+    char *out = run("bin/dsv4-batch bench --config /nonexistent/config.json 2>&1", &st);
+    CHECKF(st == 2, "exit status %d", st);
+    CHECKF(out && strstr(out, "/nonexistent/config.json"), "%s", out ? out : "");
+    free(out);
+    out = run("bin/dsv4-batch bench --config " TINY " --contexts 64,x 2>&1", &st);
+    CHECKF(st == 2, "exit status %d", st);
+    free(out);
+    out = run("bin/dsv4-batch bench --config " TINY " --contexts 64 --decode-contexts 128 2>&1", &st);
+    CHECKF(st == 2 && out && strstr(out, "decode context 128"), "%d %s", st, out ? out : "");
+    free(out);
+}
+
+int main(void)
+{
+    RUN(bench_rejects_bad_input);
+    RUN(bench_json_has_every_field);
+    RUN(bench_keeps_a_stratified_subset);
+    CHECK_EXIT();
+}

@@ -1,0 +1,368 @@
+/* Each compute shader of the engine against the CPU reference of
+ * tests/ref_model.h (the code the golden data agrees with), on the Vulkan
+ * device (lavapipe here): random inputs, the normalised squared error
+ * sum((gpu - ref)^2) / sum(ref^2) against a stated bound, and guard bytes
+ * after every output (a shader writing past its rows fails the test).
+ * Skipped when there is no Vulkan device. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/dsv4_engine.h"
+#include "engine/model.h"
+#include "engine/vk.h"
+#include "tests/check.h"
+#include "tests/ref_model.h"
+
+#define GUARD 256
+static vkrt rt;
+static int rt_ok = -1;
+static uint32_t rng = 12345;
+
+static float frand(void) /* uniform in [-1, 1) */
+{
+    rng = rng * 1664525u + 1013904223u;
+    return (float)((rng >> 8) & 0xffffff) / 8388608.0f - 1.0f;
+}
+
+static int open_rt(void)
+{
+    if (rt_ok >= 0) return rt_ok;
+    char err[256];
+    rt_ok = vkrt_open(&rt, NULL, 0, 0, err, sizeof err) == 0;
+    if (!rt_ok) printf("  %s\n", err);
+    return rt_ok;
+}
+
+/* A device buffer holding data (or zeros) followed by GUARD bytes of 0xa5. */
+static vkbuf mkbuf(const void *data, size_t n)
+{
+    char err[256];
+    vkbuf b;
+    uint8_t *tmp = malloc(n + GUARD);
+    if (data) memcpy(tmp, data, n);
+    else memset(tmp, 0, n);
+    memset(tmp + n, 0xa5, GUARD);
+    vkbuf_create(&rt, n + GUARD, 1, &b, err, sizeof err);
+    vkrt_upload(&rt, vkbuf_view(&b, 0, b.size), tmp, n + GUARD, err, sizeof err);
+    free(tmp);
+    return b;
+}
+
+/* Reads n bytes back; returns 0 when the guard after them is intact. */
+static int readbuf(vkbuf *b, void *out, size_t n)
+{
+    char err[256];
+    uint8_t *tmp = malloc(n + GUARD);
+    vkrt_download(&rt, vkbuf_view(b, 0, n + GUARD), tmp, n + GUARD, err, sizeof err);
+    memcpy(out, tmp, n);
+    int bad = 0;
+    for (size_t i = 0; i < GUARD; i++) bad |= tmp[n + i] != 0xa5;
+    free(tmp);
+    return bad;
+}
+
+static double nmse(const float *g, const float *r, size_t n)
+{
+    double a = 0, b = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)g[i] - (double)r[i];
+        a += d * d;
+        b += (double)r[i] * r[i];
+    }
+    return b > 0 ? a / b : a;
+}
+
+static void run1(vk_pipe_id p, vkbuf **bufs, int n, const void *push, size_t ps, uint32_t gx, uint32_t gy)
+{
+    char err[256];
+    vkview v[8];
+    for (int i = 0; i < n; i++) v[i] = vkbuf_view(bufs[i], 0, bufs[i]->size);
+    vkrt_begin(&rt, err, sizeof err);
+    vkrt_dispatch(&rt, p, v, n, push, ps, gx, gy, 1);
+    vkrt_submit_wait(&rt, err, sizeof err);
+}
+
+static float bf(float x) { return dsv4_round_bf16(x); }
+
+/* ---- gemm: every weight format, tiled and SMALL ---- */
+typedef struct { uint32_t M, N, K, ldx, ldy, x_off, y_off, w_row0, flags, s_cols, w_estride, s_estride, e0, e1, tiles_off, rowmap_off; } pc_gemm;
+
+static void gemm_case(dsv4_wq q, int M, int N, int K, int small)
+{
+    dsv4_weight w;
+    memset(&w, 0, sizeof w);
+    w.q = q;
+    w.out = N;
+    w.in = K;
+    size_t wb = q == DSV4_WQ_FP4 ? (size_t)N * K / 2 : q == DSV4_WQ_FP8 ? (size_t)N * K : (size_t)N * K * 2;
+    size_t sb = q == DSV4_WQ_FP4 ? (size_t)N * (K / 32) : q == DSV4_WQ_FP8 ? (size_t)((N + 127) / 128) * ((K + 127) / 128) : 4;
+    uint8_t *wd = malloc(wb), *sd = malloc(sb);
+    for (size_t i = 0; i < wb; i++) {
+        uint8_t b = (uint8_t)(frand() * 127 + 128);
+        if (q == DSV4_WQ_FP8 && (b & 0x7f) == 0x7f) b = 0x3f; /* no NaN */
+        wd[i] = b;
+    }
+    if (q == DSV4_WQ_BF16)
+        for (size_t i = 0; i < wb / 2; i++) {
+            uint16_t h = dsv4_f32_to_bf16(frand() * 0.1f);
+            memcpy(wd + 2 * i, &h, 2);
+        }
+    for (size_t i = 0; i < sb; i++) sd[i] = (uint8_t)(120 + (int)((frand() + 1) * 3));
+    w.w.data = wd;
+    w.w.nbytes = wb;
+    w.scale.data = q == DSV4_WQ_BF16 ? NULL : sd;
+    ref_weight rw;
+    ref_weight_load(&w, &rw);
+    float *x = malloc((size_t)M * K * 4), *yr = malloc((size_t)M * N * 4), *yg = malloc((size_t)M * N * 4);
+    for (int i = 0; i < M * K; i++) x[i] = bf(frand());
+    float *xq = malloc((size_t)M * K * 4);
+    memcpy(xq, x, (size_t)M * K * 4);
+    if (q != DSV4_WQ_BF16) ref_act_quant(xq, M, K, K, 128); /* the engine quantizes in act_quant */
+    ref_linear(&rw, x, M, yr);
+    vkbuf bx = mkbuf(xq, (size_t)M * K * 4), bw = mkbuf(wd, wb), bs = mkbuf(sd, sb), by = mkbuf(NULL, (size_t)M * N * 4),
+          bd = mkbuf(NULL, 16);
+    vkbuf *bufs[5] = {&bx, &bw, &bs, &by, &bd};
+    pc_gemm pc = {(uint32_t)M, (uint32_t)N, (uint32_t)K, (uint32_t)K, (uint32_t)N, 0, 0, 0, 1,
+                  q == DSV4_WQ_FP4 ? (uint32_t)K / 32 : (uint32_t)(K + 127) / 128, 0, 0, 0, 0, 0, 0};
+    vk_pipe_id p = q == DSV4_WQ_FP8 ? P_GEMM_FP8 : q == DSV4_WQ_FP4 ? P_GEMM_FP4 : P_GEMM_BF16;
+    if (small) run1(p + P_GEMM_SMALL_FIRST, bufs, 5, &pc, sizeof pc, (N + 63) / 64, (M + 7) / 8);
+    else run1(p, bufs, 5, &pc, sizeof pc, (N + 31) / 32, (M + 31) / 32);
+    int guard = readbuf(&by, yg, (size_t)M * N * 4);
+    double e = nmse(yg, yr, (size_t)M * N);
+    printf("  gemm q%d %dx%dx%d %s: nmse %.3g\n", q, M, N, K, small ? "small" : "tiled", e);
+    CHECKF(e < 1e-5, "gemm nmse %g", e);
+    CHECK(guard == 0);
+    vkbuf *all[5] = {&bx, &bw, &bs, &by, &bd};
+    for (int i = 0; i < 5; i++) vkbuf_free(&rt, all[i]);
+    ref_weight_free(&rw);
+    free(wd); free(sd); free(x); free(xq); free(yr); free(yg);
+}
+
+static void gemm_formats(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    const dsv4_wq qs[3] = {DSV4_WQ_BF16, DSV4_WQ_FP8, DSV4_WQ_FP4};
+    for (int i = 0; i < 3; i++) {
+        gemm_case(qs[i], 37, 200, 256, 0);
+        gemm_case(qs[i], 5, 130, 384, 1);
+    }
+}
+
+/* ---- act_quant (FP8, 128 blocks) ---- */
+typedef struct { uint32_t rows, ldx, ldy, col0, bs, mode; } pc_aq;
+
+static void act_quant_fp8(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    int R = 9, C = 384;
+    float *x = malloc((size_t)R * C * 4), *r = malloc((size_t)R * C * 4), *g = malloc((size_t)R * C * 4);
+    for (int i = 0; i < R * C; i++) x[i] = bf(frand() * (i % 7 == 0 ? 30.0f : 1.0f));
+    memcpy(r, x, (size_t)R * C * 4);
+    ref_act_quant(r, R, C, C, 128);
+    vkbuf bx = mkbuf(x, (size_t)R * C * 4), by = mkbuf(NULL, (size_t)R * C * 4);
+    vkbuf *b[2] = {&bx, &by};
+    pc_aq pc = {(uint32_t)R, (uint32_t)C, (uint32_t)C, 0, 128, 0};
+    run1(P_ACT_QUANT, b, 2, &pc, sizeof pc, C / 128, R);
+    CHECK(readbuf(&by, g, (size_t)R * C * 4) == 0);
+    double e = nmse(g, r, (size_t)R * C);
+    printf("  act_quant nmse %.3g\n", e);
+    CHECKF(e == 0, "act_quant nmse %g (must be exact)", e);
+    vkbuf_free(&rt, &bx); vkbuf_free(&rt, &by);
+    free(x); free(r); free(g);
+}
+
+/* ---- rmsnorm ---- */
+typedef struct { uint32_t D, ldx, ldy, x_off, y_off; float eps; } pc_rms;
+
+static void rmsnorm_rows(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    int R = 7, D = 192;
+    float *x = malloc((size_t)R * D * 4), *r = malloc((size_t)R * D * 4), *g = malloc((size_t)R * D * 4), w[192];
+    uint16_t wh[192];
+    for (int i = 0; i < D; i++) {
+        wh[i] = dsv4_f32_to_bf16(1 + frand() * 0.5f);
+        w[i] = dsv4_bf16_to_f32(wh[i]);
+    }
+    for (int i = 0; i < R * D; i++) x[i] = bf(frand() * 3);
+    ref_rmsnorm(x, w, R, D, 1e-6f, r);
+    vkbuf bx = mkbuf(x, (size_t)R * D * 4), bw = mkbuf(wh, sizeof wh), by = mkbuf(NULL, (size_t)R * D * 4);
+    vkbuf *b[3] = {&bx, &bw, &by};
+    pc_rms pc = {(uint32_t)D, (uint32_t)D, (uint32_t)D, 0, 0, 1e-6f};
+    run1(P_RMSNORM, b, 3, &pc, sizeof pc, R, 1);
+    CHECK(readbuf(&by, g, (size_t)R * D * 4) == 0);
+    double e = nmse(g, r, (size_t)R * D);
+    printf("  rmsnorm nmse %.3g\n", e);
+    CHECKF(e < 1e-9, "rmsnorm nmse %g", e);
+    vkbuf_free(&rt, &bx); vkbuf_free(&rt, &bw); vkbuf_free(&rt, &by);
+    free(x); free(r); free(g);
+}
+
+/* ---- headprep: indexer path (RoPE, Hadamard, FP4) and KV path (norm, RoPE, FP8) ---- */
+typedef struct { uint32_t D, rd, ldx, x_off, flags, pos_base, pos_step; float eps; } pc_hp;
+
+static void headprep_paths(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    int R = 6, D = 128, rd = 64;
+    ref_rope rope;
+    ref_rope_init(&rope, rd, 160000, 1, 65536, 16, 32, 1);
+    float *x = malloc((size_t)R * D * 4), *r = malloc((size_t)R * D * 4), *g = malloc((size_t)R * D * 4);
+    uint32_t pos[6] = {0, 1, 77, 4095, 65536, 1000000};
+    int64_t pos64[6];
+    for (int i = 0; i < R; i++) pos64[i] = pos[i];
+    uint16_t wh[128];
+    float w[128];
+    for (int i = 0; i < D; i++) {
+        wh[i] = dsv4_f32_to_bf16(1 + frand() * 0.3f);
+        w[i] = dsv4_bf16_to_f32(wh[i]);
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < R * D; i++) x[i] = bf(frand() * 2);
+        memcpy(r, x, (size_t)R * D * 4);
+        uint32_t flags;
+        if (pass == 0) { /* indexer q: RoPE -> Hadamard -> FP4 */
+            ref_rope_apply(&rope, r, R, pos64, 1, D, D, D - rd, 0);
+            ref_hadamard(r, R, D);
+            ref_fp4_act_quant(r, R, D);
+            flags = 4 | 16 | 32 | 128;
+        } else { /* kv: RMSNorm(w) -> RoPE -> FP8 of the non-rope dims */
+            ref_rmsnorm(r, w, R, D, 1e-6f, r);
+            ref_rope_apply(&rope, r, R, pos64, 1, D, D, D - rd, 0);
+            ref_act_quant(r, R, D - rd, D, 64);
+            flags = 2 | 4 | 64 | 128;
+        }
+        float fr[32];
+        memcpy(fr, rope.freq, sizeof fr);
+        vkbuf bx = mkbuf(x, (size_t)R * D * 4), bw = mkbuf(wh, sizeof wh), bf_ = mkbuf(fr, sizeof fr),
+              bp = mkbuf(pos, sizeof pos);
+        vkbuf *b[4] = {&bx, &bw, &bf_, &bp};
+        pc_hp pc = {(uint32_t)D, (uint32_t)rd, (uint32_t)D, 0, flags, 0, 0, 1e-6f};
+        run1(P_HEADPREP, b, 4, &pc, sizeof pc, R, 1);
+        CHECK(readbuf(&bx, g, (size_t)R * D * 4) == 0);
+        double e = nmse(g, r, (size_t)R * D);
+        printf("  headprep %s nmse %.3g\n", pass ? "kv" : "indexer", e);
+        CHECKF(e < 1e-5, "headprep pass %d nmse %g", pass, e);
+        vkbuf_free(&rt, &bx); vkbuf_free(&rt, &bw); vkbuf_free(&rt, &bf_); vkbuf_free(&rt, &bp);
+    }
+    ref_rope_free(&rope);
+    free(x); free(r); free(g);
+}
+
+/* ---- sparse attention: window from this call and the ring + HCA entries ---- */
+typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok; } pc_attn;
+
+static void attention_window_and_compressed(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    int H = 3, D = 192, win = 8, n = 5, p0 = 20, ratio = 4, ne = (p0 + n) / ratio;
+    float *q = malloc((size_t)n * H * D * 4), *kv = malloc((size_t)n * D * 4), *ring = malloc((size_t)win * D * 4),
+          *cmp = malloc((size_t)ne * D * 4), *r = malloc((size_t)n * H * D * 4), *g = malloc((size_t)n * H * D * 4);
+    float sink[3] = {0.5f, -1.0f, 2.0f};
+    for (int i = 0; i < n * H * D; i++) q[i] = bf(frand());
+    for (int i = 0; i < n * D; i++) kv[i] = bf(frand());
+    for (int i = 0; i < win * D; i++) ring[i] = bf(frand());
+    for (int i = 0; i < ne * D; i++) cmp[i] = bf(frand());
+    float scale = 1.0f / sqrtf((float)D);
+    for (int t = 0; t < n; t++) {
+        int p = p0 + t, nk = 0;
+        const float *keys[64];
+        for (int pp = p - win + 1; pp <= p; pp++) keys[nk++] = pp >= p0 ? kv + (pp - p0) * D : ring + (pp % win) * D;
+        for (int e = 0; e < (p + 1) / ratio; e++) keys[nk++] = cmp + e * D;
+        ref_sparse_attn(q + t * H * D, H, D, keys, nk, sink, scale, r + t * H * D);
+    }
+    int dummy_idx[4] = {-1, -1, -1, -1};
+    vkbuf bq = mkbuf(q, (size_t)n * H * D * 4), bk = mkbuf(kv, (size_t)n * D * 4), br = mkbuf(ring, (size_t)win * D * 4),
+          bc = mkbuf(cmp, (size_t)ne * D * 4), bi = mkbuf(dummy_idx, sizeof dummy_idx), bs = mkbuf(sink, sizeof sink),
+          bo = mkbuf(NULL, (size_t)n * H * D * 4);
+    vkbuf *b[7] = {&bq, &bk, &br, &bc, &bi, &bs, &bo};
+    pc_attn pc = {(uint32_t)D, (uint32_t)H, (uint32_t)win, 0, (uint32_t)p0, (uint32_t)ratio, 1, 0, 0, scale, (uint32_t)n};
+    for (int serial = 0; serial < 2; serial++) {
+        if (serial) run1(P_ATTN_SERIAL, b, 7, &pc, sizeof pc, (n * H + 15) / 16, 1);
+        else run1(P_ATTN, b, 7, &pc, sizeof pc, n, H);
+        CHECK(readbuf(&bo, g, (size_t)n * H * D * 4) == 0);
+        double e = nmse(g, r, (size_t)n * H * D);
+        printf("  attention %s nmse %.3g\n", serial ? "serial" : "workgroup", e);
+        CHECKF(e < 1e-6, "attention nmse %g", e);
+    }
+    for (int i = 0; i < 7; i++) vkbuf_free(&rt, b[i]);
+    free(q); free(kv); free(ring); free(cmp); free(r); free(g);
+}
+
+/* ---- top-k of the indexer scores ---- */
+typedef struct { uint32_t topk, ratio, p0, ld_s, ld_i, i_row0; } pc_topk;
+
+static void topk_ties_and_visibility(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    int T = 3, ld = 40, K = 6;
+    float s[3 * 40];
+    for (int i = 0; i < T * ld; i++) s[i] = bf(frand());
+    s[5] = s[9] = s[11] = 5.0f; /* ties at the top of row 0 */
+    int p0 = 14;                 /* row t sees (p0 + t + 1) / 4 entries: 3, 4, 4 */
+    vkbuf bs = mkbuf(s, sizeof s), bi = mkbuf(NULL, (size_t)T * K * 4);
+    vkbuf *b[2] = {&bs, &bi};
+    pc_topk pc = {(uint32_t)K, 4, (uint32_t)p0, (uint32_t)ld, (uint32_t)K, 0};
+    run1(P_TOPK, b, 2, &pc, sizeof pc, T, 1);
+    int32_t idx[3 * 6];
+    CHECK(readbuf(&bi, idx, sizeof idx) == 0);
+    for (int t = 0; t < T; t++) {
+        int n = (p0 + t + 1) / 4, k = n < K ? n : K;
+        /* the reference: every visible entry (n <= K here), as a set, then -1 */
+        int seen = 0;
+        for (int j = 0; j < K; j++) {
+            int v = idx[t * K + j];
+            if (j < k) {
+                CHECKF(v >= 0 && v < n && !(seen & (1 << v)), "row %d slot %d: %d", t, j, v);
+                if (v >= 0 && v < 31) seen |= 1 << v;
+            } else {
+                CHECKF(v == -1, "row %d slot %d: %d (want -1)", t, j, v);
+            }
+        }
+    }
+    vkbuf_free(&rt, &bs); vkbuf_free(&rt, &bi);
+    /* a longer row: the k largest, ties to the lower index */
+    int n = 300;
+    float *s2 = malloc((size_t)n * 4);
+    for (int i = 0; i < n; i++) s2[i] = bf(frand());
+    s2[17] = s2[40] = s2[250] = 3.0f;
+    s2[100] = 2.0f;
+    bs = mkbuf(s2, (size_t)n * 4);
+    bi = mkbuf(NULL, 3 * 4);
+    vkbuf *b2[2] = {&bs, &bi};
+    pc_topk pc2 = {3, 1, (uint32_t)n - 1, (uint32_t)n, 3, 0};
+    run1(P_TOPK, b2, 2, &pc2, sizeof pc2, 1, 1);
+    int32_t top[3];
+    CHECK(readbuf(&bi, top, sizeof top) == 0);
+    int has17 = 0, has40 = 0, has250 = 0;
+    for (int j = 0; j < 3; j++) {
+        has17 |= top[j] == 17;
+        has40 |= top[j] == 40;
+        has250 |= top[j] == 250;
+    }
+    CHECKF(has17 && has40 && has250, "top3 %d %d %d", top[0], top[1], top[2]);
+    /* k = 2 of the three tied maxima: the two lower indices */
+    vkbuf_free(&rt, &bi);
+    bi = mkbuf(NULL, 2 * 4);
+    b2[1] = &bi;
+    pc2.topk = 2;
+    pc2.ld_i = 2;
+    run1(P_TOPK, b2, 2, &pc2, sizeof pc2, 1, 1);
+    CHECK(readbuf(&bi, top, 2 * 4) == 0);
+    CHECKF((top[0] == 17 && top[1] == 40) || (top[0] == 40 && top[1] == 17), "top2 %d %d", top[0], top[1]);
+    vkbuf_free(&rt, &bs); vkbuf_free(&rt, &bi);
+    free(s2);
+}
+
+int main(void)
+{
+    RUN(gemm_formats);
+    RUN(act_quant_fp8);
+    RUN(rmsnorm_rows);
+    RUN(headprep_paths);
+    RUN(attention_window_and_compressed);
+    RUN(topk_ties_and_visibility);
+    if (rt_ok == 1) vkrt_close(&rt);
+    CHECK_EXIT();
+}
