@@ -52,6 +52,11 @@ $(BUILD_DIR)/shaders/embedded.o: $(BUILD_DIR)/shaders/embedded.c
 
 $(BUILD_DIR)/ingest/tokenizer_embed.o: models/deepseek-v4-tokenizer/tokenizer.json
 
+# Measurement tools (not installed): time to first token with and without the cache.
+$(BUILD_DIR)/tools/ttft: bench/ttft.c $(BUILD_DIR)/libdsv4.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
 $(BUILD_DIR)/tests/runner: tests/runner.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS)
