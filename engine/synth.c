@@ -500,9 +500,12 @@ done:
 static int write_text(const char *path, const char *text, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "wb");
-    if (!f || fputs(text, f) < 0 || fclose(f) != 0) {
+    /* exactly one fclose once f is open: closing again after a failed
+     * fclose would be a double free */
+    int bad = !f || fputs(text, f) < 0;
+    if (f && fclose(f) != 0) bad = 1;
+    if (bad) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        if (f) fclose(f);
         return DSV4_EIO;
     }
     return 0;

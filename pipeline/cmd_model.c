@@ -41,9 +41,12 @@ static int write_tokenizer(const char *dir)
     }
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     FILE *f = fopen(path, "wb");
-    if (!f || fwrite(json, 1, len, f) != len || fclose(f) != 0) {
+    /* exactly one fclose once f is open: closing again after a failed
+     * fclose would be a double free */
+    int bad = !f || fwrite(json, 1, len, f) != len;
+    if (f && fclose(f) != 0) bad = 1;
+    if (bad) {
         fprintf(stderr, "dsv4-batch model: %s: %s\n", path, strerror(errno));
-        if (f) fclose(f);
         return -1;
     }
     return 0;

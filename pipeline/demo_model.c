@@ -63,7 +63,10 @@ int dsv4_demo_model_ensure(const char *home_dir, char *dir, size_t cap, char *er
     const char *json = dsv4_tokenizer_embedded_json(&n);
     snprintf(tokpath, sizeof tokpath, "%s/tokenizer.json", tmp);
     FILE *f = fopen(tokpath, "wb");
-    if (!f || fwrite(json, 1, n, f) != n || fclose(f) != 0) {
+    /* fclose always runs once f is open, so a short write does not leak f */
+    int bad = !f || fwrite(json, 1, n, f) != n;
+    if (f && fclose(f) != 0) bad = 1;
+    if (bad) {
         snprintf(err, errlen, "cannot write %s: %s", tokpath, strerror(errno));
         remove_dir(tmp);
         return -1;

@@ -628,6 +628,19 @@ static void cli_model_init_and_check(void)
     snprintf(cmd, sizeof cmd, "bin/dsv4-batch model check %s/nothing-here >/dev/null 2>&1", root);
     rc = system(cmd);
     CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 3);
+    /* a full disk (config.json -> /dev/full: the write is buffered, fclose
+     * fails) is an error naming the file, exit 1; it used to close the FILE
+     * a second time (double free, SIGABRT) */
+    snprintf(cmd, sizeof cmd, "mkdir -p %s/full && ln -sf /dev/full %s/full/config.json", root, root);
+    CHECK(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "bin/dsv4-batch model init --preset tiny --out %s/full 2>&1", root);
+    char msg[1024] = "";
+    p = popen(cmd, "r");
+    size_t got = p ? fread(msg, 1, sizeof msg - 1, p) : 0;
+    msg[got] = 0;
+    rc = p ? pclose(p) : -1;
+    CHECKF(WIFEXITED(rc) && WEXITSTATUS(rc) == 1 && strstr(msg, "config.json: No space left on device"),
+           "rc %d: %s", rc, msg);
 }
 
 int main(void)
