@@ -64,6 +64,16 @@ enum { F_RMS_SCALE = 1, F_RMS_W = 2, F_ROPE = 4, F_ROPE_INV = 8, F_HADAMARD = 16
 
 #define ARENA_BYTES ((VkDeviceSize)256 << 20)
 
+/* A CPU driver built on gallivm (lavapipe/llvmpipe) stops every loop of a
+ * shader invocation once 65535 loop iterations, counted over all of its loops
+ * together, have run (LP_MAX_TGSI_LOOP_ITERATIONS), silently: the rest of the
+ * work is skipped. attn_serial runs about 3 x head_dim iterations per visible
+ * key, so past ~110 keys at head_dim 192 it stopped mid-way (output columns
+ * left unwritten kept the previous pass's values: chunked prefill and other
+ * sequences changed results). Each attention dispatch is therefore planned
+ * against this budget, with a margin for what the compiler adds per key. */
+#define CPU_LOOP_BUDGET 58000u
+
 static VkDeviceSize align_up(VkDeviceSize x, VkDeviceSize a) { return (x + a - 1) / a * a; }
 static uint32_t cdiv(uint64_t a, uint64_t b) { return (uint32_t)((a + b - 1) / b); }
 
@@ -592,6 +602,32 @@ static void compressor(dsv4_engine *e, const fseg *sg, lstate *ls, uint32_t rati
     ring_write(e, SC, ring, ape, w, w, 2 * w, w, L, sg, 1, ratio);
 }
 
+/* The attention variant for one segment of block g: attn on GPUs; on CPU
+ * drivers attn_serial (fastest there) while its loops fit CPU_LOOP_BUDGET,
+ * else the workgroup variant (64 invocations share the keys; both variants
+ * round identically, so the choice never changes a result), else -1: the
+ * segment needs more than the driver runs, which fwd_run reports. Counts are
+ * for the segment's last token, which sees the most keys. */
+static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg)
+{
+    if (!e->cpu_device) return P_ATTN;
+    const dsv4_config *c = &e->m->cfg;
+    uint64_t D = (uint64_t)c->head_dim, win = (uint64_t)c->sliding_window, p1 = (uint64_t)(sg->p0 + sg->n);
+    uint64_t topk = c->index_topk > 0 ? (uint64_t)c->index_topk : 0, nc = 0, vis = 0;
+    if (g->ratio == 4) {
+        nc = topk;
+        vis = p1 / 4 < topk ? p1 / 4 : topk;
+    } else if (g->ratio) {
+        nc = vis = p1 / (uint64_t)g->ratio;
+    }
+    uint64_t nk = win + nc, valid = (p1 < win ? p1 : win) + vis;
+    uint64_t serial = 2 * D + 2 * nk + valid * (3 * D + 32) + 256;
+    if (serial <= CPU_LOOP_BUDGET) return P_ATTN_SERIAL;
+    uint64_t nblk = (nk + 63) / 64, dq = (D + 63) / 64;
+    uint64_t wg = dq + nblk * (D + 1) + nblk * (64 + 17 + dq * 64 + 64) + 256;
+    return wg <= CPU_LOOP_BUDGET ? P_ATTN : -1;
+}
+
 static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, const fseg *segs, int nsegs)
 {
     const dsv4_config *c = &e->m->cfg;
@@ -668,7 +704,7 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
                       g->ratio == 0 ? 0u : g->ratio == 4 ? 2u : 1u, topk, topk, (float)(1.0 / sqrt((double)hd)),
                       sg->n};
         vkview va[7] = {s->q, s->kv, ring, cache, s->idx, g->attn_sink, s->o};
-        if (e->cpu_device) /* barrier-free variant: what a CPU driver runs fastest */
+        if (attn_variant(e, g, sg) == P_ATTN_SERIAL) /* barrier-free: what a CPU driver runs fastest */
             vkrt_dispatch(&e->rt, P_ATTN_SERIAL, va, 7, &pa, sizeof pa, cdiv((uint64_t)sg->n * H, 16), 1, 1);
         else
             vkrt_dispatch(&e->rt, P_ATTN, va, 7, &pa, sizeof pa, sg->n, H, 1);
@@ -788,6 +824,12 @@ int fwd_run(dsv4_engine *e, const fpass *fp, char *err, size_t errlen)
         for (int b = fp->b0; b < fp->b1; b++) {
             rc = lstate_reserve(e, &sg->seq->ls[b], b, sg->p0 + sg->n, err, errlen);
             if (rc) return rc;
+            if (attn_variant(e, &e->blk[b], sg) < 0) {
+                snprintf(err, errlen, "engine: attention of block %d at position %lld (head_dim %d) needs more than "
+                         "the %u loop iterations per invocation this CPU Vulkan driver runs",
+                         b, (long long)(sg->p0 + sg->n), c->head_dim, CPU_LOOP_BUDGET);
+                return DSV4_ENOMEM;
+            }
         }
         if ((sg->p0 + sg->n) / 4 > max_entries) max_entries = (sg->p0 + sg->n) / 4;
     }

@@ -43,7 +43,55 @@ static json_t *time_json(int64_t ms)
     return json_string(b);
 }
 
-static json_t *str_json(const char *s) { return s ? json_string(s) : json_null(); }
+/* Length of the valid UTF-8 sequence at s (1-4), or 0 when s does not start
+ * one: the rules of RFC 3629 (no overlong forms, no surrogates, nothing past
+ * U+10FFFF), which are the ones jansson checks. */
+static size_t utf8_seq(const unsigned char *s)
+{
+    unsigned c = s[0];
+    if (c < 0x80) return 1;
+    size_t n = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    if (!n) return 0;
+    unsigned lo = 0x80, hi = 0xBF; /* the second byte's range */
+    if (c == 0xE0) lo = 0xA0;
+    else if (c == 0xED) hi = 0x9F;
+    else if (c == 0xF0) lo = 0x90;
+    else if (c == 0xF4) hi = 0x8F;
+    if (s[1] < lo || s[1] > hi) return 0;
+    for (size_t i = 2; i < n; i++)
+        if (s[i] < 0x80 || s[i] > 0xBF) return 0;
+    return n;
+}
+
+/* A JSON string for text that should be UTF-8 but may not be: a model's
+ * answer is whatever bytes its tokens decode to, and json_string() refuses
+ * anything that is not UTF-8, which used to drop the whole response from the
+ * results. Each byte that does not start a valid sequence becomes U+FFFD. */
+static json_t *str_json(const char *s)
+{
+    if (!s) return json_null();
+    json_t *j = json_string(s);
+    if (j) return j;
+    size_t n = strlen(s), o = 0;
+    char *b = malloc(n * 3 + 1);
+    if (!b) return NULL;
+    for (const unsigned char *p = (const unsigned char *)s; *p;) {
+        size_t k = utf8_seq(p);
+        if (k) {
+            memcpy(b + o, p, k);
+            o += k;
+            p += k;
+        } else {
+            memcpy(b + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            p++;
+        }
+    }
+    b[o] = 0;
+    j = json_string(b);
+    free(b);
+    return j;
+}
 
 static void print_json(json_t *o)
 {
@@ -398,9 +446,10 @@ static int status_one(dsv4_jobs *db, int64_t id, int json, int n_events)
             json_array_append_new(pa, x);
         }
         for (size_t i = 0; i < ne; i++) {
-            json_t *x = json_pack("{s:I, s:o, s:s, s:s, s:s}", "id", (json_int_t)ev[i].id, "time",
+            /* the message can name a file whose name is not UTF-8 */
+            json_t *x = json_pack("{s:I, s:o, s:s, s:s, s:o}", "id", (json_int_t)ev[i].id, "time",
                                   time_json(ev[i].time_ms), "stage", ev[i].stage, "level", ev[i].level, "message",
-                                  ev[i].message);
+                                  str_json(ev[i].message));
             json_t *payload = ev[i].payload_json ? json_loads(ev[i].payload_json, JSON_DECODE_ANY, NULL) : NULL;
             json_object_set_new(x, "payload", payload ? payload : json_null());
             json_array_append_new(ea, x);
@@ -544,7 +593,7 @@ static json_t *result_line(const dsv4_job_info *j, const char *model, const dsv4
     json_object_set_new(line, "custom_id", json_string(r->query_id));
     if (r->error) {
         json_object_set_new(line, "response", json_null());
-        json_object_set_new(line, "error", json_pack("{s:s, s:s}", "code", "query_failed", "message", r->error));
+        json_object_set_new(line, "error", json_pack("{s:s, s:o}", "code", "query_failed", "message", str_json(r->error)));
         return line;
     }
     json_t *msg = json_pack("{s:s, s:o, s:o}", "role", "assistant", "content", str_json(r->text ? r->text : ""),
@@ -556,8 +605,8 @@ static json_t *result_line(const dsv4_job_info *j, const char *model, const dsv4
                               "cached_tokens", (json_int_t)r->cached_tokens);
     json_t *timings = json_pack("{s:f, s:f, s:f}", "prefill_ms", r->prefill_ms, "decode_ms", r->decode_ms, "total_ms",
                                 r->total_ms);
-    json_t *body = json_pack("{s:s, s:s, s:I, s:s, s:[o], s:o, s:o}", "id", rid, "object", "chat.completion", "created",
-                             (json_int_t)(r->created_ms / 1000), "model", model, "choices", choice, "usage", usage,
+    json_t *body = json_pack("{s:s, s:s, s:I, s:o, s:[o], s:o, s:o}", "id", rid, "object", "chat.completion", "created",
+                             (json_int_t)(r->created_ms / 1000), "model", str_json(model), "choices", choice, "usage", usage,
                              "timings", timings);
     json_object_set_new(line, "response", json_pack("{s:i, s:s, s:o}", "status_code", 200, "request_id", rid, "body", body));
     json_object_set_new(line, "error", json_null());

@@ -59,7 +59,11 @@ float kv_at(uint s, uint c)
 
 #ifdef SERIAL
 /* One invocation per (token, head), no shared memory and no barriers: the
- * shape a CPU driver (lavapipe) runs fastest. Same order of operations. */
+ * shape a CPU driver (lavapipe) runs fastest. Same order of operations, so
+ * the same bits as the workgroup variant. It runs about 3 x D loop
+ * iterations per visible key, and llvmpipe silently ends a shader's loops
+ * after 65535 iterations in all: engine/forward.c (attn_variant) dispatches
+ * the workgroup variant instead when a segment would need more. */
 void main()
 {
     uint gid = gl_GlobalInvocationID.x;

@@ -183,7 +183,9 @@ static void results_jsonl_and_markdown(void)
     if (!db) return;
     int64_t id = 0;
     CHECK(dsv4_jobs_claim(db, "w", 60000, &id, err, sizeof err) == 0 && id == 1);
-    dsv4_job_result r1 = {.query_id = "parties", .text = "Acme and \"Beta\" Ltd.", .reasoning = "Page 1 names them.",
+    /* the reasoning ends in bytes that are not UTF-8 (a model can decode to
+     * any bytes): they must come out as U+FFFD, not drop the response */
+    dsv4_job_result r1 = {.query_id = "parties", .text = "Acme and \"Beta\" Ltd.", .reasoning = "Page 1 names them.\xff\xe2\x82",
                           .finish_reason = "stop", .prompt_tokens = 1200, .cached_tokens = 1000,
                           .generated_tokens = 9, .prefill_ms = 50, .decode_ms = 90, .total_ms = 140};
     dsv4_job_result r2 = {.query_id = "term", .error = "decode failed: device lost"};
@@ -203,7 +205,7 @@ static void results_jsonl_and_markdown(void)
     CHECK(body && !strcmp(jstr(body, "model"), "dsv4-demo"));
     json_t *choice = json_array_get(json_object_get(body, "choices"), 0), *msg = json_object_get(choice, "message");
     CHECK(msg && !strcmp(jstr(msg, "role"), "assistant") && !strcmp(jstr(msg, "content"), "Acme and \"Beta\" Ltd."));
-    CHECK(msg && !strcmp(jstr(msg, "reasoning_content"), "Page 1 names them."));
+    CHECK(msg && !strcmp(jstr(msg, "reasoning_content"), "Page 1 names them.\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"));
     CHECK(choice && !strcmp(jstr(choice, "finish_reason"), "stop"));
     json_t *usage = json_object_get(body, "usage");
     CHECK(jint(usage, "prompt_tokens") == 1200 && jint(usage, "completion_tokens") == 9 &&
