@@ -106,6 +106,9 @@ typedef struct dsv4_sampling {
 /* Next token from logits[vocab]. *rng is the caller's generator state, seeded
  * once from dsv4_sampling.seed with dsv4_sampler_seed, so a run is repeatable. */
 void dsv4_sampler_seed(uint64_t *rng, uint64_t seed);
+/* SplitMix64: advances the generator state *s and returns 64 random bits.
+ * The sampler's generator, also used for deterministic synthetic data. */
+uint64_t dsv4_splitmix64(uint64_t *s);
 int32_t dsv4_sample(const float *logits, int vocab, const dsv4_sampling *p, uint64_t *rng);
 
 /* ---- conformance hooks (used by `dsv4-batch conformance` and tests) ---- */

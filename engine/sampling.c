@@ -26,7 +26,7 @@ void dsv4_sampler_seed(uint64_t *rng, uint64_t seed)
     *rng = z ^ (z >> 31);
 }
 
-static uint64_t next_u64(uint64_t *s)
+uint64_t dsv4_splitmix64(uint64_t *s)
 {
     uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -35,7 +35,7 @@ static uint64_t next_u64(uint64_t *s)
 }
 
 /* uniform in [0, 1) with 53 random bits */
-static double next_unit(uint64_t *s) { return (double)(next_u64(s) >> 11) * 0x1p-53; }
+static double next_unit(uint64_t *s) { return (double)(dsv4_splitmix64(s) >> 11) * 0x1p-53; }
 
 static int32_t argmax(const float *logits, int vocab)
 {

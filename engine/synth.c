@@ -106,18 +106,10 @@ static json_t *make_config(const preset *p)
 
 /* ------------------------------------------------------------ random */
 
-static uint64_t splitmix(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 /* Uniform with mean 0 and standard deviation 1. */
 static float rnd(uint64_t *s)
 {
-    double u = (double)(splitmix(s) >> 11) * 0x1p-53;
+    double u = (double)(dsv4_splitmix64(s) >> 11) * 0x1p-53;
     return (float)((u * 2 - 1) * 1.7320508075688772);
 }
 
@@ -438,7 +430,7 @@ static int emit(const writer *w, const gen *g, uint64_t seed, int fd, uint64_t b
             for (int64_t v = 0; v < g->out; v++) {
                 for (int i = 0; i < E; i++) perm[i] = i;
                 for (int i = 0; i < k; i++) {
-                    int j = i + (int)(splitmix(&rng) % (uint64_t)(E - i));
+                    int j = i + (int)(dsv4_splitmix64(&rng) % (uint64_t)(E - i));
                     int x = perm[i];
                     perm[i] = perm[j];
                     perm[j] = x;

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "cache/dsv4_cache.h"
+#include "engine/dsv4_engine.h"
 #include "pipeline/dsv4_cli.h"
 #include "pipeline/home.h"
 
@@ -397,17 +398,9 @@ out:
     return rc;
 }
 
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t x = (*s += 0x9e3779b97f4a7c15ull);
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
 static float gauss(uint64_t *s)
 {
-    double u1 = ((double)(rng_next(s) >> 11) + 1) / 9007199254740993.0, u2 = (double)(rng_next(s) >> 11) / 9007199254740992.0;
+    double u1 = ((double)(dsv4_splitmix64(s) >> 11) + 1) / 9007199254740993.0, u2 = (double)(dsv4_splitmix64(s) >> 11) / 9007199254740992.0;
     return (float)(sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
@@ -558,7 +551,7 @@ static int cmd_bench(int argc, char **argv)
         fill_row(bf + i, 0, bl.head_dim, bl.rope_dim, &rng);
     for (uint64_t i = ring_floats; i + 2 < all_floats; i++) bf[i] = gauss(&rng);
     memcpy(ch->boundary + bl.l.boundary_bytes - 8, &(int64_t){span}, 8);
-    for (int64_t i = 0; i < n_tokens; i++) tokens[i] = (int32_t)(rng_next(&rng) % 129280);
+    for (int64_t i = 0; i < n_tokens; i++) tokens[i] = (int32_t)(dsv4_splitmix64(&rng) % 129280);
 
     int64_t n_rec = n_tokens / span;
     double t0 = now_s(), c0 = cpu_s();
