@@ -555,6 +555,112 @@ static int grow(void **arr, size_t *cap, size_t n, size_t elem)
     return 0;
 }
 
+typedef void (*row_reader)(sqlite3_stmt *st, void *row);
+typedef void (*rows_freer)(void *rows, size_t n);
+
+/* Steps the prepared statement st to its end, one zeroed elem-byte row per
+ * result row filled by read_row, and finalizes st. On failure frees the
+ * rows read so far and returns the error: "WHAT: out of memory", or
+ * SQLite's message for sql_what. Every list reader below is this loop. */
+static int read_rows(dsv4_jobs *db, sqlite3_stmt *st, size_t elem, row_reader read_row, rows_freer free_rows,
+                     const char *what, const char *sql_what, void **out, size_t *n, char *err, size_t errlen)
+{
+    void *v = NULL;
+    size_t cap = 0, cnt = 0;
+    int rc = 0, s;
+    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+        if (grow(&v, &cap, cnt, elem)) {
+            rc = jobs_err(err, errlen, DSV4_JOBS_ENOMEM, "%s: out of memory", what);
+            break;
+        }
+        void *row = (char *)v + cnt++ * elem;
+        memset(row, 0, elem);
+        read_row(st, row);
+    }
+    if (!rc && s != SQLITE_DONE) rc = jobs_sql_err(db, err, errlen, sql_what);
+    sqlite3_finalize(st);
+    if (rc) {
+        free_rows(v, cnt);
+        return rc;
+    }
+    *out = v;
+    *n = cnt;
+    return 0;
+}
+
+static void read_jobs_row(sqlite3_stmt *st, void *row) { read_job_row(st, row); }
+
+static void free_jobs_rows(void *rows, size_t n) { dsv4_jobs_list_free(rows, n); }
+
+static void read_inputs_row(sqlite3_stmt *st, void *row)
+{
+    dsv4_job_input *in = row;
+    in->position = sqlite3_column_int64(st, 0);
+    in->kind = col_str(st, 1);
+    in->path = col_str(st, 2);
+    in->options_json = col_str(st, 3);
+}
+
+static void free_inputs_rows(void *rows, size_t n) { dsv4_jobs_inputs_free(rows, n); }
+
+static void read_queries_row(sqlite3_stmt *st, void *row)
+{
+    dsv4_job_query *q = row;
+    q->position = sqlite3_column_int64(st, 0);
+    q->query_id = col_str(st, 1);
+    q->prompt = col_str(st, 2);
+    q->options_json = col_str(st, 3);
+}
+
+static void free_queries_rows(void *rows, size_t n) { dsv4_jobs_queries_free(rows, n); }
+
+static void read_results_row(sqlite3_stmt *st, void *row)
+{
+    dsv4_job_result *r = row;
+    r->query_id = col_str(st, 0);
+    r->text = col_str(st, 1);
+    r->reasoning = col_str(st, 2);
+    r->finish_reason = col_str(st, 3);
+    r->prompt_tokens = sqlite3_column_int64(st, 4);
+    r->cached_tokens = sqlite3_column_int64(st, 5);
+    r->generated_tokens = sqlite3_column_int64(st, 6);
+    r->prefill_ms = sqlite3_column_double(st, 7);
+    r->decode_ms = sqlite3_column_double(st, 8);
+    r->total_ms = sqlite3_column_double(st, 9);
+    r->error = col_str(st, 10);
+    r->attempt = sqlite3_column_int(st, 11);
+    r->created_ms = sqlite3_column_int64(st, 12);
+}
+
+static void free_results_rows(void *rows, size_t n) { dsv4_jobs_results_free(rows, n); }
+
+static void read_events_row(sqlite3_stmt *st, void *row)
+{
+    dsv4_job_event *e = row;
+    e->id = sqlite3_column_int64(st, 0);
+    e->job_id = sqlite3_column_int64(st, 1);
+    e->time_ms = sqlite3_column_int64(st, 2);
+    e->stage = col_str(st, 3);
+    e->level = col_str(st, 4);
+    e->message = col_str(st, 5);
+    e->payload_json = col_str(st, 6);
+}
+
+static void free_events_rows(void *rows, size_t n) { dsv4_jobs_events_free(rows, n); }
+
+static void read_progress_row(sqlite3_stmt *st, void *row)
+{
+    dsv4_job_progress *p = row;
+    p->stage = col_str(st, 0);
+    p->done = sqlite3_column_double(st, 1);
+    p->total = sqlite3_column_double(st, 2);
+    p->unit = col_str(st, 3);
+    p->rate = sqlite3_column_double(st, 4);
+    p->updated_ms = sqlite3_column_int64(st, 5);
+}
+
+static void free_progress_rows(void *rows, size_t n) { dsv4_jobs_progress_free(rows, n); }
+
 int dsv4_jobs_list(dsv4_jobs *db, int state, int limit, dsv4_job_info **out, size_t *n, char *err, size_t errlen)
 {
     if (!db || !out || !n) return jobs_err(err, errlen, DSV4_JOBS_EINVAL, "list: missing argument");
@@ -567,25 +673,8 @@ int dsv4_jobs_list(dsv4_jobs *db, int state, int limit, dsv4_job_info **out, siz
     if (rc) return rc;
     if (state >= 0 && state < DSV4_JOB_N_STATES) sqlite3_bind_text(st, 1, state_names[state], -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, limit > 0 ? limit : -1);
-    dsv4_job_info *jobs = NULL;
-    size_t cap = 0, cnt = 0;
-    int s;
-    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
-        if (grow((void **)&jobs, &cap, cnt, sizeof *jobs)) {
-            rc = jobs_err(err, errlen, DSV4_JOBS_ENOMEM, "list: out of memory");
-            break;
-        }
-        read_job_row(st, &jobs[cnt++]);
-    }
-    if (!rc && s != SQLITE_DONE) rc = jobs_sql_err(db, err, errlen, "list jobs");
-    sqlite3_finalize(st);
-    if (rc) {
-        dsv4_jobs_list_free(jobs, cnt);
-        return rc;
-    }
-    *out = jobs;
-    *n = cnt;
-    return 0;
+    return read_rows(db, st, sizeof(dsv4_job_info), read_jobs_row, free_jobs_rows, "list", "list jobs",
+                     (void **)out, n, err, errlen);
 }
 
 void dsv4_jobs_list_free(dsv4_job_info *jobs, size_t n)
@@ -621,29 +710,8 @@ int dsv4_jobs_inputs(dsv4_jobs *db, int64_t job_id, dsv4_job_input **out, size_t
                           &st, err, errlen);
     if (rc) return rc;
     sqlite3_bind_int64(st, 1, job_id);
-    dsv4_job_input *v = NULL;
-    size_t cap = 0, cnt = 0;
-    int s;
-    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
-        if (grow((void **)&v, &cap, cnt, sizeof *v)) {
-            rc = jobs_err(err, errlen, DSV4_JOBS_ENOMEM, "inputs: out of memory");
-            break;
-        }
-        dsv4_job_input *in = &v[cnt++];
-        in->position = sqlite3_column_int64(st, 0);
-        in->kind = col_str(st, 1);
-        in->path = col_str(st, 2);
-        in->options_json = col_str(st, 3);
-    }
-    if (!rc && s != SQLITE_DONE) rc = jobs_sql_err(db, err, errlen, "read inputs");
-    sqlite3_finalize(st);
-    if (rc) {
-        dsv4_jobs_inputs_free(v, cnt);
-        return rc;
-    }
-    *out = v;
-    *n = cnt;
-    return 0;
+    return read_rows(db, st, sizeof(dsv4_job_input), read_inputs_row, free_inputs_rows, "inputs", "read inputs",
+                     (void **)out, n, err, errlen);
 }
 
 void dsv4_jobs_inputs_free(dsv4_job_input *in, size_t n)
@@ -672,29 +740,8 @@ int dsv4_jobs_queries(dsv4_jobs *db, int64_t job_id, int pending_only, dsv4_job_
     if (rc) return rc;
     sqlite3_bind_int64(st, 1, job_id);
     sqlite3_bind_int(st, 2, pending_only ? 1 : 0);
-    dsv4_job_query *v = NULL;
-    size_t cap = 0, cnt = 0;
-    int s;
-    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
-        if (grow((void **)&v, &cap, cnt, sizeof *v)) {
-            rc = jobs_err(err, errlen, DSV4_JOBS_ENOMEM, "queries: out of memory");
-            break;
-        }
-        dsv4_job_query *q = &v[cnt++];
-        q->position = sqlite3_column_int64(st, 0);
-        q->query_id = col_str(st, 1);
-        q->prompt = col_str(st, 2);
-        q->options_json = col_str(st, 3);
-    }
-    if (!rc && s != SQLITE_DONE) rc = jobs_sql_err(db, err, errlen, "read queries");
-    sqlite3_finalize(st);
-    if (rc) {
-        dsv4_jobs_queries_free(v, cnt);
-        return rc;
-    }
-    *out = v;
-    *n = cnt;
-    return 0;
+    return read_rows(db, st, sizeof(dsv4_job_query), read_queries_row, free_queries_rows, "queries", "read queries",
+                     (void **)out, n, err, errlen);
 }
 
 void dsv4_jobs_queries_free(dsv4_job_query *q, size_t n)
@@ -773,38 +820,8 @@ int dsv4_jobs_results(dsv4_jobs *db, int64_t job_id, dsv4_job_result **out, size
                           &st, err, errlen);
     if (rc) return rc;
     sqlite3_bind_int64(st, 1, job_id);
-    dsv4_job_result *v = NULL;
-    size_t cap = 0, cnt = 0;
-    int s;
-    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
-        if (grow((void **)&v, &cap, cnt, sizeof *v)) {
-            rc = jobs_err(err, errlen, DSV4_JOBS_ENOMEM, "results: out of memory");
-            break;
-        }
-        dsv4_job_result *r = &v[cnt++];
-        r->query_id = col_str(st, 0);
-        r->text = col_str(st, 1);
-        r->reasoning = col_str(st, 2);
-        r->finish_reason = col_str(st, 3);
-        r->prompt_tokens = sqlite3_column_int64(st, 4);
-        r->cached_tokens = sqlite3_column_int64(st, 5);
-        r->generated_tokens = sqlite3_column_int64(st, 6);
-        r->prefill_ms = sqlite3_column_double(st, 7);
-        r->decode_ms = sqlite3_column_double(st, 8);
-        r->total_ms = sqlite3_column_double(st, 9);
-        r->error = col_str(st, 10);
-        r->attempt = sqlite3_column_int(st, 11);
-        r->created_ms = sqlite3_column_int64(st, 12);
-    }
-    if (!rc && s != SQLITE_DONE) rc = jobs_sql_err(db, err, errlen, "read results");
-    sqlite3_finalize(st);
-    if (rc) {
-        dsv4_jobs_results_free(v, cnt);
-        return rc;
-    }
-    *out = v;
-    *n = cnt;
-    return 0;
+    return read_rows(db, st, sizeof(dsv4_job_result), read_results_row, free_results_rows, "results", "read results",
+                     (void **)out, n, err, errlen);
 }
 
 void dsv4_jobs_results_free(dsv4_job_result *r, size_t n)
@@ -850,32 +867,8 @@ int dsv4_jobs_events(dsv4_jobs *db, int64_t job_id, int64_t after_id, int limit,
     sqlite3_bind_int64(st, 1, job_id);
     sqlite3_bind_int64(st, 2, after_id);
     sqlite3_bind_int64(st, 3, limit > 0 ? limit : -1);
-    dsv4_job_event *v = NULL;
-    size_t cap = 0, cnt = 0;
-    int s;
-    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
-        if (grow((void **)&v, &cap, cnt, sizeof *v)) {
-            rc = jobs_err(err, errlen, DSV4_JOBS_ENOMEM, "events: out of memory");
-            break;
-        }
-        dsv4_job_event *e = &v[cnt++];
-        e->id = sqlite3_column_int64(st, 0);
-        e->job_id = sqlite3_column_int64(st, 1);
-        e->time_ms = sqlite3_column_int64(st, 2);
-        e->stage = col_str(st, 3);
-        e->level = col_str(st, 4);
-        e->message = col_str(st, 5);
-        e->payload_json = col_str(st, 6);
-    }
-    if (!rc && s != SQLITE_DONE) rc = jobs_sql_err(db, err, errlen, "read events");
-    sqlite3_finalize(st);
-    if (rc) {
-        dsv4_jobs_events_free(v, cnt);
-        return rc;
-    }
-    *out = v;
-    *n = cnt;
-    return 0;
+    return read_rows(db, st, sizeof(dsv4_job_event), read_events_row, free_events_rows, "events", "read events",
+                     (void **)out, n, err, errlen);
 }
 
 void dsv4_jobs_events_free(dsv4_job_event *e, size_t n)
@@ -935,31 +928,8 @@ int dsv4_jobs_progress(dsv4_jobs *db, int64_t job_id, dsv4_job_progress **out, s
                           &st, err, errlen);
     if (rc) return rc;
     sqlite3_bind_int64(st, 1, job_id);
-    dsv4_job_progress *v = NULL;
-    size_t cap = 0, cnt = 0;
-    int s;
-    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
-        if (grow((void **)&v, &cap, cnt, sizeof *v)) {
-            rc = jobs_err(err, errlen, DSV4_JOBS_ENOMEM, "progress: out of memory");
-            break;
-        }
-        dsv4_job_progress *p = &v[cnt++];
-        p->stage = col_str(st, 0);
-        p->done = sqlite3_column_double(st, 1);
-        p->total = sqlite3_column_double(st, 2);
-        p->unit = col_str(st, 3);
-        p->rate = sqlite3_column_double(st, 4);
-        p->updated_ms = sqlite3_column_int64(st, 5);
-    }
-    if (!rc && s != SQLITE_DONE) rc = jobs_sql_err(db, err, errlen, "read progress");
-    sqlite3_finalize(st);
-    if (rc) {
-        dsv4_jobs_progress_free(v, cnt);
-        return rc;
-    }
-    *out = v;
-    *n = cnt;
-    return 0;
+    return read_rows(db, st, sizeof(dsv4_job_progress), read_progress_row, free_progress_rows, "progress", "read progress",
+                     (void **)out, n, err, errlen);
 }
 
 void dsv4_jobs_progress_free(dsv4_job_progress *p, size_t n)
