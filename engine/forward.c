@@ -24,7 +24,8 @@
 typedef struct { uint32_t M, N, K, ldx, ldy, x_off, y_off, w_row0, flags, s_cols, w_estride, s_estride, e0, e1, tiles_off, rowmap_off; } pc_gemm;
 typedef struct { uint32_t rows, ldx, ldy, col0, bs, mode; } pc_aq;
 typedef struct { uint32_t D, ldx, ldy, x_off, y_off; float eps; } pc_rms;
-typedef struct { uint32_t D, hc, iters, x_ld; float norm_eps, hc_eps; } pc_hcpre;
+typedef struct { uint32_t D, hc, iters, x_ld; float norm_eps, hc_eps; uint32_t splits; } pc_hcpre;
+typedef struct { uint32_t D, hc, x_ld, splits; } pc_hcmix;
 typedef struct { uint32_t D, hc; } pc_hcpost;
 typedef struct { uint32_t D, rd, ldx, x_off, flags, pos_base, pos_step; float eps; } pc_hp;
 typedef struct { uint32_t d, ratio, overlap, i0, p0, t0, ld_out; } pc_comp;
@@ -41,7 +42,8 @@ typedef struct { uint32_t D, hc; } pc_add;
 _Static_assert(sizeof(pc_gemm) == 64, "gemm push constants");
 _Static_assert(sizeof(pc_aq) == 24, "act_quant push constants");
 _Static_assert(sizeof(pc_rms) == 24, "rmsnorm push constants");
-_Static_assert(sizeof(pc_hcpre) == 24, "hc_pre push constants");
+_Static_assert(sizeof(pc_hcpre) == 28, "hc_pre push constants");
+_Static_assert(sizeof(pc_hcmix) == 16, "hc_mix push constants");
 _Static_assert(sizeof(pc_hcpost) == 8, "hc_post push constants");
 _Static_assert(sizeof(pc_hp) == 32, "headprep push constants");
 _Static_assert(sizeof(pc_comp) == 28, "compress push constants");
@@ -63,6 +65,13 @@ enum { F_RMS_SCALE = 1, F_RMS_W = 2, F_ROPE = 4, F_ROPE_INV = 8, F_HADAMARD = 16
 #define SMALL_ROWS 16
 
 #define ARENA_BYTES ((VkDeviceSize)256 << 20)
+
+/* hc_pre's dot products over a token's hc * hidden values are split into this
+ * many slices (hc_mix.comp), each a workgroup: a decode step of one token
+ * then keeps many workgroups busy. Fixed, so the summation order (and every
+ * bit of the result) never depends on the number of tokens in a pass. */
+#define HC_SPLITS 16u
+#define HC_MAXMIX 48u
 
 /* A CPU driver built on gallivm (lavapipe/llvmpipe) stops every loop of a
  * shader invocation once 65535 loop iterations, counted over all of its loops
@@ -396,7 +405,13 @@ int fwd_alloc_scratch(dsv4_engine *e, char *err, size_t errlen)
     S_(hs, C * k * inter); S_(hsq, C * k * inter); S_(ys, C * k * D); S_(s1, C * inter); S_(s3, C * inter);
     S_(ss, C * inter); S_(ssq, C * inter); S_(sy, C * D); S_(fo, C * D); S_(hy, C * D); S_(hn, C * D);
     S_(logits, (uint64_t)e->head_rows * V); S_(e1, C * D); S_(e2, C * hc * D);
+    S_(hcpart, C * HC_SPLITS * (HC_MAXMIX + 1) * 2); /* doubles */
 #undef S_
+    if (!rc && (2 + hc) * hc > HC_MAXMIX) {
+        snprintf(err, errlen, "engine: hc_mult %llu needs more than the %u hyper-connection mixes the shaders hold",
+                 (unsigned long long)hc, HC_MAXMIX);
+        return DSV4_EINVAL;
+    }
     if (rc) return rc;
     s->io_tok = 0;
     s->io_pos = align_up(C * 4, 256);
@@ -555,10 +570,14 @@ static void headprep(dsv4_engine *e, vkview X, vkview NW, int yarn, uint32_t D, 
 static void hc_pre(dsv4_engine *e, const ghc *h, vkview X, vkview Y, vkview MIX, uint32_t T, int head)
 {
     const dsv4_config *c = &e->m->cfg;
-    pc_hcpre pc = {(uint32_t)c->hidden_size, (uint32_t)c->hc_mult, (uint32_t)c->hc_sinkhorn_iters,
-                   (uint32_t)(c->hc_mult * c->hidden_size), (float)c->rms_norm_eps, (float)c->hc_eps};
-    vkview v[6] = {X, h->fn, h->base, h->scale, Y, MIX};
-    vkrt_dispatch(&e->rt, head ? P_HC_HEAD : P_HC_PRE, v, 6, &pc, sizeof pc, T, 1, 1);
+    uint32_t D = (uint32_t)c->hidden_size, hc = (uint32_t)c->hc_mult;
+    pc_hcmix pm = {D, hc, hc * D, HC_SPLITS};
+    vkview vm[3] = {X, h->fn, e->s.hcpart};
+    vkrt_dispatch(&e->rt, head ? P_HC_MIX_HEAD : P_HC_MIX, vm, 3, &pm, sizeof pm, T, HC_SPLITS, 1);
+    pc_hcpre pc = {D, hc, (uint32_t)c->hc_sinkhorn_iters, hc * D, (float)c->rms_norm_eps, (float)c->hc_eps,
+                   HC_SPLITS};
+    vkview v[7] = {X, h->fn, h->base, h->scale, Y, MIX, e->s.hcpart};
+    vkrt_dispatch(&e->rt, head ? P_HC_HEAD : P_HC_PRE, v, 7, &pc, sizeof pc, T, 1, 1);
 }
 
 static void hc_post(dsv4_engine *e, vkview X, vkview RES, vkview MIX, vkview O, uint32_t T)

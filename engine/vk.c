@@ -31,7 +31,8 @@ static const struct {
     [P_GEMM_SMALL_FIRST + 6] = {"gemm_fp8_gather_small", 5}, [P_GEMM_SMALL_FIRST + 7] = {"gemm_fp8_grouped_small", 5},
     [P_GEMM_SMALL_FIRST + 8] = {"gemm_bf16_gather_small", 5}, [P_GEMM_SMALL_FIRST + 9] = {"gemm_bf16_grouped_small", 5},
     [P_ACT_QUANT] = {"act_quant", 2},           [P_RMSNORM] = {"rmsnorm", 3},
-    [P_HC_PRE] = {"hc_pre", 6},                 [P_HC_HEAD] = {"hc_head", 6},
+    [P_HC_PRE] = {"hc_pre", 7},                 [P_HC_HEAD] = {"hc_head", 7},
+    [P_HC_MIX] = {"hc_mix", 3},                 [P_HC_MIX_HEAD] = {"hc_mix_head", 3},
     [P_HC_POST] = {"hc_post", 4},               [P_HEADPREP] = {"headprep", 4},
     [P_COMPRESS] = {"compress", 5},             [P_RING_WRITE] = {"ring_write", 3},
     [P_INDEX_SCORE] = {"index_score", 4},       [P_TOPK] = {"topk", 2},
@@ -213,6 +214,7 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
                                           .setLayoutCount = 1, .pSetLayouts = &rt->dsl[i],
                                           .pushConstantRangeCount = 1, .pPushConstantRanges = &pcr};
         VKCHK(vkCreatePipelineLayout(rt->dev, &pli, NULL, &rt->pl[i]), "vkCreatePipelineLayout");
+        rt->writes[i] = vkrt_spirv_written_bindings(sp->code, sp->size);
         VkShaderModuleCreateInfo smi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
                                         .codeSize = sp->size, .pCode = sp->code};
         VkShaderModule sm;
@@ -230,6 +232,9 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
         }
     }
     rt->profile = profile;
+    /* profiling times each dispatch alone; DSV4_FULL_BARRIERS=1 for debugging */
+    const char *fb = getenv("DSV4_FULL_BARRIERS");
+    rt->full_barriers = profile || (fb && atoi(fb) > 0);
     if (profile) {
         VkQueryPoolCreateInfo qpi = {.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO,
                                      .queryType = VK_QUERY_TYPE_TIMESTAMP, .queryCount = VK_MAX_QUERIES};
@@ -330,6 +335,7 @@ int vkrt_begin(vkrt *rt, char *err, size_t errlen)
     VKCHK(vkBeginCommandBuffer(rt->cmd, &bi), "vkBeginCommandBuffer");
     rt->recording = 1;
     rt->nq = 0;
+    rt->n_hz_w = rt->n_hz_r = 0;
     if (rt->profile) vkCmdResetQueryPool(rt->cmd, rt->qpool, 0, VK_MAX_QUERIES);
     return 0;
 }
@@ -354,6 +360,81 @@ static void barrier(vkrt *rt)
     vkCmdPipelineBarrier(rt->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
                          VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT, 0, 1, &mb, 0,
                          NULL, 0, NULL);
+    rt->n_hz_w = rt->n_hz_r = 0;
+    rt->n_barriers++;
+}
+
+static int overlaps(const struct vkrange *set, int n, vkview v)
+{
+    for (int i = 0; i < n; i++)
+        if (set[i].buf == v.buf && v.off < set[i].end && set[i].off < v.off + v.size) return 1;
+    return 0;
+}
+
+/* A barrier only where a dispatch depends on one recorded since the last
+ * barrier: it reads or writes what one of them wrote (read/write after
+ * write) or writes what one of them read (write after read). The decode of
+ * one token is a chain of ~100 small dispatches per layer; a barrier after
+ * each serialises them all, while independent neighbours (projections of
+ * the same input, per-sequence work on separate buffers) can overlap. */
+static void hazard(vkrt *rt, const vkview *views, int nviews, uint32_t writes)
+{
+    int need = rt->full_barriers || rt->n_hz_w + nviews > VK_MAX_HAZARDS || rt->n_hz_r + nviews > VK_MAX_HAZARDS;
+    for (int i = 0; i < nviews && !need; i++) {
+        need = overlaps(rt->hz_w, rt->n_hz_w, views[i]);
+        if (!need && (writes >> i & 1u)) need = overlaps(rt->hz_r, rt->n_hz_r, views[i]);
+    }
+    if (need) barrier(rt);
+    for (int i = 0; i < nviews; i++) {
+        struct vkrange r = {views[i].buf, views[i].off, views[i].off + views[i].size};
+        if (writes >> i & 1u) rt->hz_w[rt->n_hz_w++] = r;
+        else rt->hz_r[rt->n_hz_r++] = r;
+    }
+}
+
+/* SPIR-V words used below (SPIR-V 1.x specification, section 3) */
+enum { SPV_DECORATE = 71, SPV_MEMBER_DECORATE = 72, SPV_VARIABLE = 59, SPV_TYPE_POINTER = 32,
+       SPV_DEC_BINDING = 33, SPV_DEC_NONWRITABLE = 24 };
+
+uint32_t vkrt_spirv_written_bindings(const uint32_t *code, size_t bytes)
+{
+    size_t nw = bytes / 4;
+    if (nw < 5 || code[0] != 0x07230203u || code[3] == 0 || code[3] > (1u << 22)) return ~0u;
+    uint32_t bound = code[3];
+    /* per id: binding + 1, NonWritable on the id, NonWritable on every member
+       seen (count of members, count of NonWritable members), pointee type */
+    uint32_t *binding = calloc(bound, 4), *pointee = calloc(bound, 4), *var_type = calloc(bound, 4);
+    uint32_t *members = calloc(bound, 4), *ro_members = calloc(bound, 4);
+    uint8_t *ro = calloc(bound, 1);
+    uint32_t mask = ~0u;
+    if (!binding || !pointee || !var_type || !members || !ro_members || !ro) goto done;
+    for (size_t i = 5; i < nw;) {
+        uint32_t len = code[i] >> 16, op = code[i] & 0xffffu;
+        if (len == 0 || i + len > nw) goto done;
+        const uint32_t *w = code + i;
+        if (op == SPV_DECORATE && len >= 3 && w[1] < bound) {
+            if (w[2] == SPV_DEC_BINDING && len >= 4) binding[w[1]] = w[3] + 1;
+            if (w[2] == SPV_DEC_NONWRITABLE) ro[w[1]] = 1;
+        } else if (op == SPV_MEMBER_DECORATE && len >= 4 && w[1] < bound) {
+            if (w[2] + 1 > members[w[1]]) members[w[1]] = w[2] + 1;
+            if (w[3] == SPV_DEC_NONWRITABLE) ro_members[w[1]]++;
+        } else if (op == SPV_TYPE_POINTER && len >= 4 && w[1] < bound) {
+            pointee[w[1]] = w[3];
+        } else if (op == SPV_VARIABLE && len >= 4 && w[2] < bound) {
+            var_type[w[2]] = w[1];
+        }
+        i += len;
+    }
+    mask = 0;
+    for (uint32_t id = 0; id < bound; id++) {
+        if (!binding[id] || binding[id] > 32) continue;
+        uint32_t pt = var_type[id] < bound ? var_type[id] : 0, st = pt ? pointee[pt] : 0;
+        int readonly = ro[id] || (st && st < bound && members[st] && ro_members[st] >= members[st]);
+        if (!readonly) mask |= 1u << (binding[id] - 1);
+    }
+done:
+    free(binding); free(pointee); free(var_type); free(members); free(ro_members); free(ro);
+    return mask;
 }
 
 void vkrt_dispatch(vkrt *rt, vk_pipe_id p, const vkview *views, int nviews, const void *push,
@@ -368,6 +449,7 @@ void vkrt_dispatch(vkrt *rt, vk_pipe_id p, const vkview *views, int nviews, cons
                                       .descriptorCount = 1, .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
                                       .pBufferInfo = &bi[i]};
     }
+    hazard(rt, views, nviews, rt->writes[p]);
     vkCmdBindPipeline(rt->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, rt->pipe[p]);
     rt->push_desc(rt->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, rt->pl[p], 0, (uint32_t)nviews, w);
     if (push_size) vkCmdPushConstants(rt->cmd, rt->pl[p], VK_SHADER_STAGE_COMPUTE_BIT, 0, (uint32_t)push_size, push);
@@ -381,13 +463,14 @@ void vkrt_dispatch(vkrt *rt, vk_pipe_id p, const vkview *views, int nviews, cons
         vkCmdWriteTimestamp(rt->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, rt->qpool, rt->nq + 1);
         rt->nq += 2;
     }
-    barrier(rt);
+    if (rt->full_barriers) barrier(rt);
 }
 
 void vkrt_copy(vkrt *rt, vkview src, vkview dst, VkDeviceSize n)
 {
     if (n == 0) return;
     VkBufferCopy c = {src.off, dst.off, n};
+    barrier(rt);
     vkCmdCopyBuffer(rt->cmd, src.buf, dst.buf, 1, &c);
     barrier(rt);
 }
@@ -395,6 +478,7 @@ void vkrt_copy(vkrt *rt, vkview src, vkview dst, VkDeviceSize n)
 void vkrt_fill(vkrt *rt, vkview dst, VkDeviceSize n, uint32_t value)
 {
     if (n == 0) return;
+    barrier(rt);
     vkCmdFillBuffer(rt->cmd, dst.buf, dst.off, n, value);
     barrier(rt);
 }
@@ -402,6 +486,9 @@ void vkrt_fill(vkrt *rt, vkview dst, VkDeviceSize n, uint32_t value)
 int vkrt_submit_wait(vkrt *rt, char *err, size_t errlen)
 {
     rt->recording = 0;
+    /* the pass's last writes must be visible to later submissions
+       (downloads, the next pass) */
+    if (rt->n_hz_w || rt->n_hz_r) barrier(rt);
     VKCHK(vkEndCommandBuffer(rt->cmd), "vkEndCommandBuffer");
     VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &rt->cmd};
     VKCHK(vkResetFences(rt->dev, 1, &rt->fence), "vkResetFences");

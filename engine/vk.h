@@ -24,6 +24,7 @@ typedef enum {
     P_ACT_QUANT, P_RMSNORM, P_HC_PRE, P_HC_HEAD, P_HC_POST, P_HEADPREP, P_COMPRESS,
     P_RING_WRITE, P_INDEX_SCORE, P_TOPK, P_ATTN, P_MOE_GATE, P_MOE_GROUP, P_SWIGLU,
     P_MOE_COMBINE, P_EMBED, P_ADD_BCAST,
+    P_HC_MIX, P_HC_MIX_HEAD, /* hc_pre's products with fn, split over slices of a token */
     P_ATTN_SERIAL,      /* attn, one invocation per (token, head): CPU drivers */
     P_FILL_RANDOM,      /* synthetic weights for the bench (engine/bench_weights.c) */
     P_COUNT
@@ -61,6 +62,16 @@ typedef struct vkrt {
     VkPipelineLayout pl[P_COUNT];
     VkPipeline pipe[P_COUNT];
     int recording;
+    /* dependency tracking inside a pass (engine/vk.c: hazard): the bindings
+       each pipeline writes (from its SPIR-V), and the ranges written and read
+       since the last barrier; a dispatch that touches none of them needs no
+       barrier and may overlap the previous ones */
+    uint32_t writes[P_COUNT];
+    int full_barriers;  /* profiling or DSV4_FULL_BARRIERS: a barrier after every dispatch */
+#define VK_MAX_HAZARDS 96
+    struct vkrange { VkBuffer buf; VkDeviceSize off, end; } hz_w[VK_MAX_HAZARDS], hz_r[VK_MAX_HAZARDS];
+    int n_hz_w, n_hz_r;
+    uint64_t n_barriers; /* recorded so far (tests) */
     vkbuf stage;        /* host-visible staging for uploads/downloads */
     /* profiling */
     int profile;
@@ -103,5 +114,10 @@ int vkrt_submit_wait(vkrt *rt, char *err, size_t errlen);
 
 /* The number of storage buffer bindings and push-constant bytes of each pipe. */
 int vkrt_pipe_bindings(vk_pipe_id p);
+
+/* Bit i set when storage-buffer binding i of a SPIR-V compute module may be
+ * written (not decorated NonWritable, i.e. not `readonly` in GLSL). Unknown
+ * or malformed modules give all bits: the caller then always synchronises. */
+uint32_t vkrt_spirv_written_bindings(const uint32_t *code, size_t bytes);
 
 #endif

@@ -1,9 +1,10 @@
 /* hc_pre: Block.hc_pre (and, with HEAD, ParallelHead.hc_head) of model.py for
- * one token per workgroup: f32 rsqrt of the mean square over all hc*D values,
- * mixes = (x . fn_j) * rsqrt, then hc_split_sinkhorn (pre, post, comb with
- * hc_sinkhorn_iters alternating normalisations) or, for the head, pre only;
- * y = sum_h pre_h * x_h rounded to bf16. post and comb go to MIX[T][hc+hc*hc]
- * for hc_post. */
+ * one token per workgroup, after hc_mix.comp: the slices' partial sums of
+ * squares and products with fn are added in slice order, then f32 rsqrt of
+ * the mean square over all hc*D values, mixes = (x . fn_j) * rsqrt, then
+ * hc_split_sinkhorn (pre, post, comb with hc_sinkhorn_iters alternating
+ * normalisations) or, for the head, pre only; y = sum_h pre_h * x_h rounded
+ * to bf16. post and comb go to MIX[T][hc+hc*hc] for hc_post. */
 #version 450
 #include "common.glsl"
 #define MAXMIX 48
@@ -14,9 +15,9 @@ layout(std430, binding = 2) readonly buffer BB { float BASE[]; };
 layout(std430, binding = 3) readonly buffer BS { float SCALE[]; };
 layout(std430, binding = 4) writeonly buffer BY { float Y[]; };
 layout(std430, binding = 5) writeonly buffer BM { float MIX[]; };
-layout(push_constant) uniform P { uint D, hc, iters, x_ld; float norm_eps, hc_eps; } p;
-shared float part[MAXMIX][64];
-shared float red[64];
+layout(std430, binding = 6) readonly buffer BP { double PART[]; };
+layout(push_constant) uniform P { uint D, hc, iters, x_ld; float norm_eps, hc_eps; uint splits; } p;
+shared float tot[MAXMIX + 1];
 shared float pre[8];
 
 float sigm(float x) { return div_acc(1.0, 1.0 + exp_acc(-x)); }
@@ -31,29 +32,16 @@ void main()
     uint nmix = (2u + p.hc) * p.hc;
 #endif
     uint xb = tok * p.x_ld;
-    precise float ss = 0.0;
-    for (uint j = 0u; j < nmix; j++) part[j][t] = 0.0;
-    for (uint c = t; c < HD; c += 64u) {
-        float v = X[xb + c];
-        ss += v * v;
-        for (uint j = 0u; j < nmix; j++) {
-            precise float pj = part[j][t] + v * FN[j * HD + c];
-            part[j][t] = pj;
-        }
+    if (t <= nmix) {
+        double a = 0.0;
+        for (uint sl = 0u; sl < p.splits; sl++) a += PART[(tok * p.splits + sl) * (nmix + 1u) + t];
+        tot[t] = float(a);
     }
-    red[t] = ss;
     barrier();
-    for (uint k = 32u; k > 0u; k >>= 1) {
-        if (t < k) {
-            red[t] += red[t + k];
-            for (uint j = 0u; j < nmix; j++) part[j][t] += part[j][t + k];
-        }
-        barrier();
-    }
     if (t == 0u) {
-        float rs = rsqrt_acc(div_acc(red[0], float(HD)) + p.norm_eps);
+        float rs = rsqrt_acc(div_acc(tot[nmix], float(HD)) + p.norm_eps);
         float mixes[MAXMIX];
-        for (uint j = 0u; j < nmix; j++) mixes[j] = part[j][0] * rs;
+        for (uint j = 0u; j < nmix; j++) mixes[j] = tot[j] * rs;
         uint hc = p.hc;
         for (uint j = 0u; j < hc; j++) pre[j] = sigm(mixes[j] * SCALE[0] + BASE[j]) + p.hc_eps;
 #ifndef HEAD
