@@ -66,12 +66,15 @@ enum { F_RMS_SCALE = 1, F_RMS_W = 2, F_ROPE = 4, F_ROPE_INV = 8, F_HADAMARD = 16
 
 #define ARENA_BYTES ((VkDeviceSize)256 << 20)
 
-/* hc_pre's dot products over a token's hc * hidden values are split into this
- * many slices (hc_mix.comp), each a workgroup: a decode step of one token
- * then keeps many workgroups busy. Fixed, so the summation order (and every
- * bit of the result) never depends on the number of tokens in a pass. */
-#define HC_SPLITS 16u
+/* hc_pre's dot products over a token's hc * hidden values are split into
+ * slices (hc_mix.comp), each a workgroup: a decode step of one token then
+ * keeps a GPU busy (64 slices); a CPU driver has its cores busy with fewer
+ * (4) and pays for every extra barrier. Fixed per engine, so the summation
+ * order (and every bit of the result) never depends on the number of tokens
+ * in a pass. */
+#define HC_SPLITS_MAX 64u
 #define HC_MAXMIX 48u
+static uint32_t hc_splits(const dsv4_engine *e) { return e->cpu_device ? 4u : HC_SPLITS_MAX; }
 
 /* A CPU driver built on gallivm (lavapipe/llvmpipe) stops every loop of a
  * shader invocation once 65535 loop iterations, counted over all of its loops
@@ -405,7 +408,7 @@ int fwd_alloc_scratch(dsv4_engine *e, char *err, size_t errlen)
     S_(hs, C * k * inter); S_(hsq, C * k * inter); S_(ys, C * k * D); S_(s1, C * inter); S_(s3, C * inter);
     S_(ss, C * inter); S_(ssq, C * inter); S_(sy, C * D); S_(fo, C * D); S_(hy, C * D); S_(hn, C * D);
     S_(logits, (uint64_t)e->head_rows * V); S_(e1, C * D); S_(e2, C * hc * D);
-    S_(hcpart, C * HC_SPLITS * (HC_MAXMIX + 1) * 2); /* doubles */
+    S_(hcpart, C * HC_SPLITS_MAX * (HC_MAXMIX + 1) * 2); /* doubles */
 #undef S_
     if (!rc && (2 + hc) * hc > HC_MAXMIX) {
         snprintf(err, errlen, "engine: hc_mult %llu needs more than the %u hyper-connection mixes the shaders hold",
@@ -571,11 +574,11 @@ static void hc_pre(dsv4_engine *e, const ghc *h, vkview X, vkview Y, vkview MIX,
 {
     const dsv4_config *c = &e->m->cfg;
     uint32_t D = (uint32_t)c->hidden_size, hc = (uint32_t)c->hc_mult;
-    pc_hcmix pm = {D, hc, hc * D, HC_SPLITS};
+    pc_hcmix pm = {D, hc, hc * D, hc_splits(e)};
     vkview vm[3] = {X, h->fn, e->s.hcpart};
-    vkrt_dispatch(&e->rt, head ? P_HC_MIX_HEAD : P_HC_MIX, vm, 3, &pm, sizeof pm, T, HC_SPLITS, 1);
+    vkrt_dispatch(&e->rt, head ? P_HC_MIX_HEAD : P_HC_MIX, vm, 3, &pm, sizeof pm, T, hc_splits(e), 1);
     pc_hcpre pc = {D, hc, (uint32_t)c->hc_sinkhorn_iters, hc * D, (float)c->rms_norm_eps, (float)c->hc_eps,
-                   HC_SPLITS};
+                   hc_splits(e)};
     vkview v[7] = {X, h->fn, h->base, h->scale, Y, MIX, e->s.hcpart};
     vkrt_dispatch(&e->rt, head ? P_HC_HEAD : P_HC_PRE, v, 7, &pc, sizeof pc, T, 1, 1);
 }
