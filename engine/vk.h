@@ -43,7 +43,7 @@ typedef struct vkview {
 } vkview;
 
 #define VK_MAX_PROF_OPS 64
-#define VK_MAX_QUERIES 8192
+#define VK_MAX_QUERIES 32768 /* timestamps per pass: 16384 dispatches (a B = 64 decode of V4-Flash needs ~7000 per 12 layers) */
 
 typedef struct vkrt {
     VkInstance inst;
