@@ -427,8 +427,7 @@ int dsv4_engine_open_synthetic(const char *config_path, int max_layers, const ds
 
     /* how many layers: with several devices, as many as fit all of them
        (engine/shards.c places them); an explicit split says how many */
-    uint64_t budget = 0;
-    for (int k = 0; k < e->n_shards; k++) budget += shards_device_budget(&e->shard[k]->rt);
+    uint64_t budget = shards_total_budget(e);
     uint64_t reserve = max_layers < 0 ? (uint64_t)(-(int64_t)max_layers) << 20 : 0;
     int n = max_layers > 0 ? (max_layers < L ? max_layers : L) : 0;
     uint64_t *pbytes = calloc((size_t)L, sizeof *pbytes); /* placement sizes of the kept layers */

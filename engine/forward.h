@@ -168,6 +168,8 @@ int shards_place(dsv4_engine *e, int n_layers, int n_mtp, const uint64_t *block_
                  uint64_t scratch, int verbose, char *err, size_t errlen);
 /* Bytes of device-local memory the runtime's process may still use. */
 uint64_t shards_device_budget(const vkrt *rt);
+/* The sum of the shards' budgets (a device opened k times counted once). */
+uint64_t shards_total_budget(const dsv4_engine *e);
 /* Closes shards 1.. (shard 0 is e itself, closed by its caller). */
 void shards_close(dsv4_engine *e);
 

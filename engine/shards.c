@@ -64,6 +64,28 @@ static void device_uuid(const vkrt *rt, uint8_t uuid[VK_UUID_SIZE])
     memcpy(uuid, id.deviceUUID, VK_UUID_SIZE);
 }
 
+/* Each shard's share of its device's budget: a physical device opened k
+   times (the tests on lavapipe) shares its memory k ways. */
+static void shard_budgets(const dsv4_engine *e, uint64_t *budget)
+{
+    uint8_t uuid[DSV4_MAX_SHARDS][VK_UUID_SIZE];
+    int N = e->n_shards;
+    for (int k = 0; k < N; k++) device_uuid(&e->shard[k]->rt, uuid[k]);
+    for (int k = 0; k < N; k++) {
+        int same = 0;
+        for (int j = 0; j < N; j++) same += memcmp(uuid[j], uuid[k], VK_UUID_SIZE) == 0;
+        budget[k] = shards_device_budget(&e->shard[k]->rt) / (uint64_t)(same ? same : 1);
+    }
+}
+
+uint64_t shards_total_budget(const dsv4_engine *e)
+{
+    uint64_t b[DSV4_MAX_SHARDS], t = 0;
+    shard_budgets(e, b);
+    for (int k = 0; k < e->n_shards; k++) t += b[k];
+    return t;
+}
+
 /* Splits a comma-separated list in place into at most DSV4_MAX_SHARDS items. */
 static int split_list(char *s, char **items)
 {
@@ -172,13 +194,8 @@ int shards_place(dsv4_engine *e, int L, int n_mtp, const uint64_t *block_bytes, 
     uint64_t budget[DSV4_MAX_SHARDS], fixed[DSV4_MAX_SHARDS], mtp_bytes = 0, W = 0;
     for (int i = 0; i < n_mtp; i++) mtp_bytes += block_bytes[L + i];
     for (int i = 0; i < L; i++) W += block_bytes[i];
-    /* a physical device opened k times (tests on lavapipe) shares its memory */
-    uint8_t uuid[DSV4_MAX_SHARDS][VK_UUID_SIZE];
-    for (int k = 0; k < N; k++) device_uuid(&e->shard[k]->rt, uuid[k]);
+    shard_budgets(e, budget);
     for (int k = 0; k < N; k++) {
-        int same = 0;
-        for (int j = 0; j < N; j++) same += memcmp(uuid[j], uuid[k], VK_UUID_SIZE) == 0;
-        budget[k] = shards_device_budget(&e->shard[k]->rt) / (uint64_t)(same ? same : 1);
         fixed[k] = scratch + (k == 0 ? vocab_bytes : 0);
         if (k == N - 1) fixed[k] += vocab_bytes + mtp_bytes + (n_mtp && k ? vocab_bytes : 0);
     }
