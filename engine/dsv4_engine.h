@@ -162,15 +162,22 @@ int dsv4_engine_profile(dsv4_engine *e, dsv4_profile_entry *out, int cap);
  * max_layers == 0 keeps as many as fit the device-local memory budget
  * (VK_EXT_memory_budget, else 90% of the heap) after the embedding, head and
  * scratch; max_layers < 0 does the same reserving (-max_layers) MiB per kept
- * layer for sequence state. The kept layers are a sample of the config's
+ * layer for sequence state. With several devices (opt->devices) the
+ * layers are split over them as by dsv4_engine_open, and the count is the
+ * most that fit all of them together (each device's budget after its
+ * fixed part); an explicit opt->split sets the count (its sum; max_layers
+ * > 0 must then equal it). The kept layers are a sample of the config's
  * layers in which every compress ratio keeps its share, spread over depth,
  * renumbered 0..n-1 (dsv4_engine_info's num_hidden_layers is n), so time per
  * layer scales to the whole model.
  *
  * On success err (when errlen > 0) receives one line
  * "layers=N/L weight_bytes=B budget_bytes=M selected=i,j,..." (the original
- * indices of the kept layers); on failure the usual message (DSV4_EINVAL bad
- * config, DSV4_ENOMEM not even one layer fits, DSV4_EDEVICE no device). */
+ * indices of the kept layers; weights and budget summed over the devices),
+ * with " split=a,b,... " (layers per device) before "selected=" when there
+ * are several devices; on failure the usual message (DSV4_EINVAL bad
+ * config or split, DSV4_ENOMEM not even one layer fits, DSV4_EDEVICE no
+ * device). */
 int dsv4_engine_open_synthetic(const char *config_path, int max_layers, const dsv4_engine_options *opt,
                                dsv4_engine **out, char *err, size_t errlen);
 

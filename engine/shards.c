@@ -247,7 +247,7 @@ int shards_place(dsv4_engine *e, int L, int n_mtp, const uint64_t *block_bytes, 
                      s->own_b1, (unsigned long long)(w >> 20), (unsigned long long)(budget[k] >> 20));
             return DSV4_ENOMEM;
         }
-        if (verbose)
+        if (verbose && N > 1)
             fprintf(stderr, "dsv4: device %d/%d %s: blocks [%d, %d)%s%s%s, ~%llu MiB of %llu MiB budget\n", k + 1, N,
                     s->rt.props.deviceName, s->own_b0, s->own_b1, s->own_embed ? " + embedding" : "",
                     s->own_head ? " + head" : "", s->own_mtp && n_mtp ? " + MTP" : "", (unsigned long long)(w >> 20),

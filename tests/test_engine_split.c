@@ -280,6 +280,41 @@ static void run_block_on_split(void)
     free(y2);
 }
 
+/* Synthetic weights (the bench) split too; with no layer count they keep as
+   many layers as fit all devices: all five of the tiny config. */
+static void synthetic_split_keeps_all_layers(void)
+{
+    if (setup()) SKIP("no Vulkan device (or the engines did not open)");
+    char note[512];
+    dsv4_engine *e = NULL;
+    dsv4_engine_options o = {.devices = "0,0"};
+    int rc = dsv4_engine_open_synthetic(GOLDEN "/config.json", 0, &o, &e, note, sizeof note);
+    CHECKF(rc == 0, "%s", note);
+    if (rc) return;
+    printf("  %s\n", note);
+    CHECK(dsv4_engine_info(e)->num_hidden_layers == 5);
+    CHECKF(strstr(note, "layers=5/5 ") && strstr(note, " split=") && strstr(note, "selected=0,1,2,3,4"), "%s", note);
+    CHECKF(strstr(dsv4_engine_device_name(e), " + ") != NULL, "%s", dsv4_engine_device_name(e));
+    char err[512];
+    dsv4_seq *q = NULL;
+    float *lg = malloc((size_t)V * sizeof *lg);
+    rc = dsv4_seq_create(e, &q, err, sizeof err);
+    if (!rc) rc = dsv4_seq_prefill(q, tok, 20, lg, 1, err, sizeof err);
+    CHECKF(rc == 0, "%s", err);
+    int finite = 1;
+    for (int i = 0; i < V && !rc; i++) finite &= isfinite(lg[i]) != 0;
+    CHECK(finite);
+    dsv4_seq_free(q);
+    free(lg);
+    dsv4_engine_close(e);
+    /* an explicit split sets the count */
+    o.split = "1,2";
+    rc = dsv4_engine_open_synthetic(GOLDEN "/config.json", 0, &o, &e, note, sizeof note);
+    CHECKF(rc == 0, "%s", note);
+    if (!rc) CHECKF(strstr(note, "layers=3/5 ") && strstr(note, " split=1,2 "), "%s", note);
+    dsv4_engine_close(e);
+}
+
 static void expect_open_error(const char *devices, const char *split, int use_env, int want_rc, const char *want)
 {
     char err[512] = "";
@@ -318,6 +353,7 @@ int main(void)
     RUN(state_moves_between_splits);
     RUN(run_block_on_split);
     RUN(conformance_holds_split);
+    RUN(synthetic_split_keeps_all_layers);
     RUN(bad_split_is_named);
     dsv4_engine_close(one);
     dsv4_engine_close(two);
