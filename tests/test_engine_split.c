@@ -2,7 +2,7 @@
  * engine/shards.c), with the tiny golden model on lavapipe opened as two and
  * three logical devices (DSV4_DEVICES=0,0 / 0,0,0):
  *   - prefill logits bit-identical to the one-device engine, one call and
- *     caller chunks, with the pipelined prefill (device k on chunk c while
+ *     caller chunks of 50 and 23, with the pipelined prefill (device k on chunk c while
  *     device k-1 on chunk c+1) and with it off (DSV4_PIPELINE=0);
  *   - batched decode of forked sequences bit-identical to one device;
  *   - the golden conformance thresholds (`dsv4-batch conformance` with
@@ -10,6 +10,8 @@
  *   - state exported from a split engine is byte-identical to the one-device
  *     export and imports into an engine with another split (and back) with
  *     identical logits after it;
+ *   - without a split the blocks are placed by free memory, same logits;
+ *   - synthetic weights (the bench) split too and keep every layer;
  *   - bad DSV4_SPLIT / DSV4_DEVICES values fail with a message naming them.
  * Skipped when there is no Vulkan device. */
 #include <math.h>
@@ -106,7 +108,7 @@ static void prefill_matches_one_device(void)
         {two, "0,0 split 3,2, one call, DSV4_PIPELINE=0", N_PRE, 0},
         {two, "0,0 split 3,2, calls of 50", 50, 1},
         {three, "0,0,0 split 2,2,1, one call (pipelined)", N_PRE, 1},
-        {three, "0,0,0 split 2,2,1, calls of 7", 7, 1},
+        {three, "0,0,0 split 2,2,1, calls of 23", 23, 1},
     };
     for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
         if (!runs[i].pipeline) setenv("DSV4_PIPELINE", "0", 1);
@@ -280,6 +282,28 @@ static void run_block_on_split(void)
     free(y2);
 }
 
+/* No split given: placed by free memory (printed with verbose), same logits. */
+static void automatic_placement(void)
+{
+    if (setup()) SKIP("no Vulkan device (or the engines did not open)");
+    char err[512];
+    dsv4_engine *e = NULL;
+    dsv4_engine_options o = {.devices = "0,0", .verbose = 1};
+    int rc = dsv4_engine_open(GOLDEN, &o, &e, err, sizeof err);
+    CHECKF(rc == 0, "%s", err);
+    if (rc) return;
+    enum { N = 20 };
+    float *got = malloc((size_t)N * V * sizeof *got);
+    dsv4_seq *q = NULL;
+    rc = dsv4_seq_create(e, &q, err, sizeof err);
+    if (!rc) rc = dsv4_seq_prefill(q, tok, N, got, N, err, sizeof err);
+    CHECKF(rc == 0, "%s", err);
+    if (!rc) CHECKF(max_abs_diff(got, ref, (size_t)N * V) == 0, "logits differ from one device");
+    dsv4_seq_free(q);
+    free(got);
+    dsv4_engine_close(e);
+}
+
 /* Synthetic weights (the bench) split too; with no layer count they keep as
    many layers as fit all devices: all five of the tiny config. */
 static void synthetic_split_keeps_all_layers(void)
@@ -353,6 +377,7 @@ int main(void)
     RUN(state_moves_between_splits);
     RUN(run_block_on_split);
     RUN(conformance_holds_split);
+    RUN(automatic_placement);
     RUN(synthetic_split_keeps_all_layers);
     RUN(bad_split_is_named);
     dsv4_engine_close(one);
