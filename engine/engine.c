@@ -149,7 +149,10 @@ int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const cha
         if (rc) return rc;
     }
     e->xfer = malloc((size_t)e->chunk * c->hc_mult * c->hidden_size * sizeof *e->xfer);
-    if (!e->xfer) return DSV4_ENOMEM;
+    if (!e->xfer) {
+        set_err(err, errlen, "engine: out of memory");
+        return DSV4_ENOMEM;
+    }
     rc = build_layout(e);
     if (rc) return rc;
     e->info.vocab_size = c->vocab_size;
