@@ -359,7 +359,7 @@ static void *pipe_worker(void *arg)
         pthread_mutex_lock(&p->mu);
         if (rc && !p->rc) {
             p->rc = rc;
-            snprintf(p->err, sizeof p->err, "device %d: %s", k + 1, err);
+            snprintf(p->err, sizeof p->err, "device %d: %.480s", k + 1, err);
         }
         if (!rc) p->done[k]++;
         pthread_cond_broadcast(&p->cv);
