@@ -7,7 +7,8 @@
  * (the kept layers are a stratified sample of the layer kinds), and the
  * output says so. Everything runs through the public engine API the jobs
  * use: one sequence is prefilled in the pipeline's pieces (DSV4_PREFILL_CHUNK,
- * 1024 tokens; the engine splits them into its own chunks) up to the largest
+ * 1024 tokens, 8192 with several devices so their prefill overlap has
+ * chunks to fill; the engine splits them into its own chunks) up to the largest
  * context, timed at each requested context; at each decode context it is
  * forked, and batches of forks decode together (dsv4_decode).
  *
@@ -485,6 +486,9 @@ int dsv4_cmd_bench(int argc, char **argv)
     char split_s[128] = "";
     const char *spp = strstr(note, "split=");
     if (spp) sscanf(spp + 6, "%127[0-9,]", split_s);
+    /* several devices overlap a prefill only within one call (N-1 chunks of
+       fill and drain each): longer pieces unless DSV4_PREFILL_CHUNK says */
+    if (split_s[0] && !(pcs && atoll(pcs) > 0)) piece = 8192;
     double scale = (double)z->L / N;
     /* fixed part of the loaded weights (embedding, head, norms): from the config */
     double fixed_w = 2 * cl.head_bytes;
