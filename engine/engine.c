@@ -164,7 +164,8 @@ int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const cha
     memcpy(e->info.fingerprint, e->m->fingerprint, 32);
     size_t u = 0;
     for (int k = 0; k < e->n_shards && u < sizeof e->name; k++)
-        u += (size_t)snprintf(e->name + u, sizeof e->name - u, "%s%s", k ? " + " : "", e->shard[k]->rt.props.deviceName);
+        u += (size_t)snprintf(e->name + u, sizeof e->name - u, "%s%s", k ? " + " : "",
+                              e->shard[k]->rt.props.deviceName);
     if (opt && opt->verbose) {
         VkDeviceSize w = 0;
         int na = 0;

@@ -366,7 +366,8 @@ int dsv4_cmd_run(int argc, char **argv)
         if ((r = common_opt(argc, argv, &i, &c)) || (r = opt_value(argc, argv, &i, "--poll", &poll_s)) ||
             (r = opt_value(argc, argv, &i, "--lease", &lease_s)) ||
             (r = opt_value(argc, argv, &i, "--worker-id", &worker)) ||
-            (r = opt_value(argc, argv, &i, "--devices", &devices)) || (r = opt_value(argc, argv, &i, "--split", &split))) {
+            (r = opt_value(argc, argv, &i, "--devices", &devices)) ||
+            (r = opt_value(argc, argv, &i, "--split", &split))) {
             if (r < 0) return DSV4_EXIT_USAGE;
         } else if (!strcmp(argv[i], "--once")) once = 1;
         else if (!strcmp(argv[i], "--until-idle")) idle = 1;
