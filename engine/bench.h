@@ -27,4 +27,11 @@ int bench_fill_tensor(dsv4_engine *e, vkview dst, const dsv4_tensor *t, char *er
 int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const char *model_dir, char *err,
                        size_t errlen);
 
+/* Arena bytes of main block `layer` of config c in the release's formats
+ * (weights, scales, alignment), as synthetic or real weights take them: the
+ * sizes engine/shards.c places by. 0 when out of host memory. */
+uint64_t bench_block_bytes(const dsv4_config *c, int layer);
+/* Scratch bytes of fwd_alloc_scratch for a chunk of C tokens, roughly. */
+uint64_t bench_scratch_bytes(const dsv4_config *c, int C);
+
 #endif

@@ -319,40 +319,8 @@ static void select_layers(const dsv4_config *c, int n, int *sel)
         }
 }
 
-static int has_ext(VkPhysicalDevice pd, const char *name)
-{
-    uint32_t n = 0;
-    vkEnumerateDeviceExtensionProperties(pd, NULL, &n, NULL);
-    VkExtensionProperties *x = calloc(n ? n : 1, sizeof *x);
-    if (!x) return 0;
-    vkEnumerateDeviceExtensionProperties(pd, NULL, &n, x);
-    int ok = 0;
-    for (uint32_t i = 0; i < n; i++) ok |= strcmp(x[i].extensionName, name) == 0;
-    free(x);
-    return ok;
-}
-
-/* Bytes of device-local memory this process may still use: the largest
- * device-local heap's budget minus usage, or 90% of its size. */
-static uint64_t device_budget(const vkrt *rt)
-{
-    VkPhysicalDeviceMemoryBudgetPropertiesEXT bp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_BUDGET_PROPERTIES_EXT};
-    VkPhysicalDeviceMemoryProperties2 mp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_PROPERTIES_2};
-    int budget = has_ext(rt->phys, VK_EXT_MEMORY_BUDGET_EXTENSION_NAME);
-    if (budget) mp.pNext = &bp;
-    vkGetPhysicalDeviceMemoryProperties2(rt->phys, &mp);
-    uint64_t best = 0;
-    for (uint32_t h = 0; h < mp.memoryProperties.memoryHeapCount; h++) {
-        if (!(mp.memoryProperties.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)) continue;
-        uint64_t v = mp.memoryProperties.memoryHeaps[h].size / 10 * 9;
-        if (budget && bp.heapBudget[h]) v = bp.heapBudget[h] > bp.heapUsage[h] ? bp.heapBudget[h] - bp.heapUsage[h] : 0;
-        if (v > best) best = v;
-    }
-    return best;
-}
-
 /* Scratch of fwd_alloc_scratch for a chunk of C tokens, roughly (f32). */
-static uint64_t scratch_bytes(const dsv4_config *c, int C)
+uint64_t bench_scratch_bytes(const dsv4_config *c, int C)
 {
     uint64_t D = c->hidden_size, hc = c->hc_mult, H = c->num_attention_heads, hd = c->head_dim,
              k = c->num_experts_per_tok, inter = c->moe_intermediate_size, V = c->vocab_size;
@@ -366,6 +334,39 @@ static void free_block_list(dsv4_block_w *b, int n)
     if (!b) return;
     for (int i = 0; i < n; i++) free(b[i].ffn.experts);
     free(b);
+}
+
+/* forward.c's arenas are 256 MiB; a larger tensor (an expert matrix of all
+   experts) gets an arena of its own and the next small tensor opens a fresh
+   one, leaving the old one's tail unused: count up to one arena per such
+   region */
+static uint64_t arena_tails(const dsv4_config *c, const dsv4_block_w *w)
+{
+    uint64_t t = 0;
+    if (!w->ffn.experts) return 0;
+    const dsv4_expert_w *x = &w->ffn.experts[0];
+    const dsv4_weight *ws[3] = {&x->w1, &x->w2, &x->w3};
+    for (int j = 0; j < 3; j++)
+        if (ws[j]->w.nbytes * (uint64_t)c->n_routed_experts > (256ull << 20)) t += 256ull << 20;
+    return t;
+}
+
+uint64_t bench_block_bytes(const dsv4_config *c, int layer)
+{
+    builder b = {c, 0};
+    dsv4_block_w w;
+    int L = c->num_hidden_layers;
+    if (block(&b, &w, layer, c->compress_ratios[layer], layer < c->num_hash_layers)) {
+        free(w.ffn.experts);
+        return 0;
+    }
+    uint64_t bytes = b.bytes + arena_tails(c, &w);
+    free(w.ffn.experts);
+    if (layer >= L) { /* an MTP block: e_proj, h_proj, three norms, hc_head */
+        uint64_t D = (uint64_t)c->hidden_size;
+        bytes += 2 * D * D * (c->quant_fp8 ? 1 : 2) + 3 * D * 2 + (uint64_t)c->hc_mult * c->hc_mult * D * 4 + 4096;
+    }
+    return bytes;
 }
 
 int dsv4_engine_open_synthetic(const char *config_path, int max_layers, const dsv4_engine_options *opt,
@@ -389,7 +390,7 @@ int dsv4_engine_open_synthetic(const char *config_path, int max_layers, const ds
     char *slash = strrchr(m->dir, '/');
     if (slash) *slash = 0;
     else snprintf(m->dir, sizeof m->dir, ".");
-    rc = vkrt_open(&e->rt, opt ? opt->device : NULL, opt ? opt->verbose : 0, opt ? opt->profile : 0, err, errlen);
+    rc = shards_open(e, opt, err, errlen);
     if (rc) goto fail;
 
     /* every layer's views (host only, no data) and their arena bytes */
@@ -408,17 +409,7 @@ int dsv4_engine_open_synthetic(const char *config_path, int max_layers, const ds
     for (int i = 0; i < L && !rc; i++) {
         b.bytes = 0;
         rc = block(&b, &all[i], i, c->compress_ratios[i], i < c->num_hash_layers);
-        lbytes[i] = b.bytes;
-        /* forward.c's arenas are 256 MiB; a larger tensor (an expert
-           matrix of all experts) gets an arena of its own and the next small
-           tensor opens a fresh one, leaving the old one's tail unused: count
-           up to one arena per such region */
-        if (!rc && all[i].ffn.experts) {
-            const dsv4_expert_w *x = &all[i].ffn.experts[0];
-            const dsv4_weight *ws[3] = {&x->w1, &x->w2, &x->w3};
-            for (int j = 0; j < 3; j++)
-                if (ws[j]->w.nbytes * (uint64_t)c->n_routed_experts > (256ull << 20)) lbytes[i] += 256ull << 20;
-        }
+        lbytes[i] = b.bytes + (rc ? 0 : arena_tails(c, &all[i]));
     }
     if (rc) {
         free(lbytes);
@@ -431,19 +422,46 @@ int dsv4_engine_open_synthetic(const char *config_path, int max_layers, const ds
     tv(&b, &m->norm, "norm.weight", DSV4_DT_BF16, c->hidden_size, 0);
     hc(&b, &m->hc_head, 1, "hc_head_fn", "hc_head_base", "hc_head_scale");
     const char *ch = getenv("DSV4_CHUNK");
-    uint64_t fixed = b.bytes + (1ull << 20) + scratch_bytes(c, ch && atoi(ch) > 0 ? atoi(ch) : 256);
+    uint64_t scr = (1ull << 20) + bench_scratch_bytes(c, ch && atoi(ch) > 0 ? atoi(ch) : 256);
+    uint64_t fixed = b.bytes + scr, vocab = (uint64_t)c->vocab_size * c->hidden_size * 2;
 
-    /* how many layers */
-    uint64_t budget = device_budget(&e->rt);
+    /* how many layers: with several devices, as many as fit all of them
+       (engine/shards.c places them); an explicit split says how many */
+    uint64_t budget = shards_total_budget(e);
     uint64_t reserve = max_layers < 0 ? (uint64_t)(-(int64_t)max_layers) << 20 : 0;
     int n = max_layers > 0 ? (max_layers < L ? max_layers : L) : 0;
-    if (max_layers <= 0) {
+    uint64_t *pbytes = calloc((size_t)L, sizeof *pbytes); /* placement sizes of the kept layers */
+    if (!pbytes) {
+        free(lbytes);
+        rc = DSV4_ENOMEM;
+        set_err(err, errlen, "engine: out of memory");
+        goto fail;
+    }
+    if (e->split[0]) {
+        int sum = 0;
+        for (int k = 0; k < e->n_shards; k++) sum += e->split[k];
+        if (sum > L || (max_layers > 0 && sum != n)) {
+            snprintf(err, errlen, "split gives %d layers in all; %s has %d%s", sum, config_path, L,
+                     max_layers > 0 ? " and --layers asks for another number" : "");
+            free(lbytes);
+            free(pbytes);
+            rc = DSV4_EINVAL;
+            goto fail;
+        }
+        n = sum;
+    } else if (max_layers <= 0) {
         for (n = L; n >= 1; n--) {
             select_layers(c, n, sel);
             uint64_t w = 0;
             for (int i = 0; i < n; i++) w += lbytes[sel[i]];
-            /* 2% for other arena tails */
-            if (fixed + w + w / 50 + (uint64_t)n * reserve <= budget) break;
+            if (e->n_shards == 1) { /* 2% for other arena tails */
+                if (fixed + w + w / 50 + (uint64_t)n * reserve <= budget) break;
+                continue;
+            }
+            if (n < e->n_shards) { n = 0; break; }
+            for (int i = 0; i < n; i++) pbytes[i] = lbytes[sel[i]] + lbytes[sel[i]] / 50 + reserve;
+            char perr[256];
+            if (shards_place(e, n, 0, pbytes, vocab, scr, 0, perr, sizeof perr) == 0) break;
         }
         if (n < 1) {
             snprintf(err, errlen, "%s: one layer (%llu MiB of weights + %llu MiB reserved for state) and the "
@@ -451,12 +469,17 @@ int dsv4_engine_open_synthetic(const char *config_path, int max_layers, const ds
                      (unsigned long long)(lbytes[0] >> 20), (unsigned long long)(reserve >> 20),
                      (unsigned long long)(fixed >> 20), (unsigned long long)(budget >> 20));
             free(lbytes);
+            free(pbytes);
             rc = DSV4_ENOMEM;
             goto fail;
         }
     }
-    free(lbytes);
     select_layers(c, n, sel);
+    for (int i = 0; i < n; i++) pbytes[i] = lbytes[sel[i]] + lbytes[sel[i]] / 50 + reserve;
+    free(lbytes);
+    rc = shards_place(e, n, 0, pbytes, vocab, scr, opt ? opt->verbose : 0, err, errlen);
+    free(pbytes);
+    if (rc) goto fail;
 
     /* the synthetic config: the selected layers in order, no MTP block */
     m->layers = calloc((size_t)n, sizeof *m->layers);
@@ -488,11 +511,20 @@ int dsv4_engine_open_synthetic(const char *config_path, int max_layers, const ds
     rc = engine_open_finish(e, opt, m->dir, err, errlen);
     if (rc) goto fail;
     /* the note of the contract: which layers, how many bytes */
-    uint64_t wb = e->arena_fill; /* the arenas in use, less the last one's free tail */
-    for (int i = 0; i + 1 < e->n_arenas; i++) wb += e->arenas[i].size;
+    uint64_t wb = 0;
+    for (int k = 0; k < e->n_shards; k++) {
+        const dsv4_engine *sh = e->shard[k];
+        wb += sh->arena_fill; /* the arenas in use, less the last one's free tail */
+        for (int i = 0; i + 1 < sh->n_arenas; i++) wb += sh->arenas[i].size;
+    }
     if (err && errlen) {
-        size_t u = (size_t)snprintf(err, errlen, "layers=%d/%d weight_bytes=%llu budget_bytes=%llu selected=", n, L,
+        size_t u = (size_t)snprintf(err, errlen, "layers=%d/%d weight_bytes=%llu budget_bytes=%llu ", n, L,
                                     (unsigned long long)wb, (unsigned long long)budget);
+        if (e->n_shards > 1)
+            for (int k = 0; k < e->n_shards && u < errlen; k++)
+                u += (size_t)snprintf(err + u, errlen - u, "%s%d%s", k ? "," : "split=",
+                                      e->shard[k]->own_b1 - e->shard[k]->own_b0, k + 1 < e->n_shards ? "" : " ");
+        if (u < errlen) u += (size_t)snprintf(err + u, errlen - u, "selected=");
         for (int i = 0; i < n && u < errlen; i++)
             u += (size_t)snprintf(err + u, errlen - u, "%s%d", i ? "," : "", sel[i]);
     }

@@ -34,6 +34,22 @@ typedef struct dsv4_engine_options {
                             first discrete GPU, else any device (lavapipe) */
     int verbose;         /* print the chosen device and memory plan to stderr */
     int profile;         /* collect GPU timestamps per operation */
+    /* Several devices (pipeline parallel, docs/engine.md "Several devices"):
+       a comma-separated list of device indices or name substrings, e.g.
+       "0,1,2,3"; the same device may appear more than once (each entry is
+       opened as its own logical device). NULL: $DSV4_DEVICES; unset or empty:
+       one device as chosen by `device`. Each device holds a contiguous range
+       of the main blocks and their per-sequence state; the first also holds
+       the embedding, the last the head and the MTP blocks. */
+    const char *devices;
+    /* Main blocks per device, e.g. "11,11,11,10": as many entries as
+       devices, each >= 1, summing to num_hidden_layers (for
+       dsv4_engine_open_synthetic: the number of layers kept). NULL:
+       $DSV4_SPLIT; unset: computed from each device's free memory and the
+       config's block sizes. A bad value fails the open with DSV4_EINVAL and a
+       message naming what is wrong; an unknown device fails with
+       DSV4_EDEVICE. */
+    const char *split;
 } dsv4_engine_options;
 
 /* The sizes the rest of the program needs; all come from config.json. */
@@ -54,6 +70,7 @@ int dsv4_engine_open(const char *model_dir, const dsv4_engine_options *opt,
                      dsv4_engine **out, char *err, size_t errlen);
 void dsv4_engine_close(dsv4_engine *e);
 const dsv4_model_info *dsv4_engine_info(const dsv4_engine *e);
+/* The device's name; with several devices their names joined by " + ". */
 const char *dsv4_engine_device_name(const dsv4_engine *e);
 
 /* ---- sequences ---- */
@@ -145,15 +162,22 @@ int dsv4_engine_profile(dsv4_engine *e, dsv4_profile_entry *out, int cap);
  * max_layers == 0 keeps as many as fit the device-local memory budget
  * (VK_EXT_memory_budget, else 90% of the heap) after the embedding, head and
  * scratch; max_layers < 0 does the same reserving (-max_layers) MiB per kept
- * layer for sequence state. The kept layers are a sample of the config's
+ * layer for sequence state. With several devices (opt->devices) the
+ * layers are split over them as by dsv4_engine_open, and the count is the
+ * most that fit all of them together (each device's budget after its
+ * fixed part); an explicit opt->split sets the count (its sum; max_layers
+ * > 0 must then equal it). The kept layers are a sample of the config's
  * layers in which every compress ratio keeps its share, spread over depth,
  * renumbered 0..n-1 (dsv4_engine_info's num_hidden_layers is n), so time per
  * layer scales to the whole model.
  *
  * On success err (when errlen > 0) receives one line
  * "layers=N/L weight_bytes=B budget_bytes=M selected=i,j,..." (the original
- * indices of the kept layers); on failure the usual message (DSV4_EINVAL bad
- * config, DSV4_ENOMEM not even one layer fits, DSV4_EDEVICE no device). */
+ * indices of the kept layers; weights and budget summed over the devices),
+ * with " split=a,b,... " (layers per device) before "selected=" when there
+ * are several devices; on failure the usual message (DSV4_EINVAL bad
+ * config or split, DSV4_ENOMEM not even one layer fits, DSV4_EDEVICE no
+ * device). */
 int dsv4_engine_open_synthetic(const char *config_path, int max_layers, const dsv4_engine_options *opt,
                                dsv4_engine **out, char *err, size_t errlen);
 

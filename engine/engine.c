@@ -6,7 +6,15 @@
  * A sequence's state lives on the GPU, one buffer per block (window ring,
  * compressors' rings, compressed caches that grow by doubling). Exported
  * rows are bf16 (every cached value is bf16-exact: FP8/FP4 quant-dequantized
- * bf16), the boundary is the raw f32 rings followed by the int64 position. */
+ * bf16), the boundary is the raw f32 rings followed by the int64 position.
+ *
+ * With several devices (engine/shards.c) each block's state lives on the
+ * device that owns the block, a pass runs the devices in order with the
+ * hidden state handed over through host memory, and a long prefill runs
+ * one host thread per device so device k works on chunk c while device k-1
+ * works on chunk c+1 (pipelined_prefill). The exported state does not
+ * depend on the split. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +63,31 @@ static int build_layout(dsv4_engine *e)
     return 0;
 }
 
+static int chunk_tokens(void)
+{
+    const char *ch = getenv("DSV4_CHUNK");
+    return ch && atoi(ch) > 0 ? atoi(ch) : DEFAULT_CHUNK;
+}
+
+/* The placement of a checkpoint's blocks over the devices, by the config's
+   sizes (engine/shards.c). */
+static int place_by_config(dsv4_engine *e, const dsv4_engine_options *opt, char *err, size_t errlen)
+{
+    const dsv4_config *c = &e->m->cfg;
+    int nb = dsv4_config_n_blocks(c);
+    uint64_t *bytes = calloc((size_t)nb, sizeof *bytes);
+    if (!bytes) {
+        set_err(err, errlen, "engine: out of memory");
+        return DSV4_ENOMEM;
+    }
+    for (int b = 0; b < nb; b++) bytes[b] = bench_block_bytes(c, b);
+    int rc = shards_place(e, c->num_hidden_layers, c->num_nextn_predict_layers, bytes,
+                          (uint64_t)c->vocab_size * c->hidden_size * 2,
+                          (1ull << 20) + bench_scratch_bytes(c, chunk_tokens()), opt ? opt->verbose : 0, err, errlen);
+    free(bytes);
+    return rc;
+}
+
 int dsv4_engine_open(const char *model_dir, const dsv4_engine_options *opt, dsv4_engine **out, char *err,
                      size_t errlen)
 {
@@ -66,7 +99,9 @@ int dsv4_engine_open(const char *model_dir, const dsv4_engine_options *opt, dsv4
     }
     int rc = dsv4_model_load(model_dir, &e->m, err, errlen);
     if (rc) goto fail;
-    rc = vkrt_open(&e->rt, opt ? opt->device : NULL, opt ? opt->verbose : 0, opt ? opt->profile : 0, err, errlen);
+    rc = shards_open(e, opt, err, errlen);
+    if (rc) goto fail;
+    rc = place_by_config(e, opt, err, errlen);
     if (rc) goto fail;
     rc = engine_open_finish(e, opt, model_dir, err, errlen);
     if (rc) goto fail;
@@ -77,7 +112,8 @@ fail:
     return rc;
 }
 
-/* The rest of an open once e->m and e->rt exist; engine/bench_weights.c
+/* The rest of an open once e->m exists and the devices are open and placed
+   (shards_open, shards_place); engine/bench_weights.c
    (synthetic weights) shares it. On failure the caller closes e. */
 int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const char *model_dir, char *err,
                        size_t errlen)
@@ -98,18 +134,25 @@ int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const cha
             return DSV4_EINVAL;
         }
     }
-    const char *ch = getenv("DSV4_CHUNK");
-    e->chunk = ch && atoi(ch) > 0 ? atoi(ch) : DEFAULT_CHUNK;
-    /* a CPU driver runs barrier-free one-column-per-invocation GEMMs fastest
-       at every size; GPUs want shared-memory tiles beyond a few rows */
-    e->cpu_device = e->rt.props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
-    e->small_rows = e->cpu_device ? 1 << 30 : 16;
-    const char *sr = getenv("DSV4_SMALL_ROWS");
-    if (sr && *sr) e->small_rows = atoi(sr);
-    rc = fwd_upload_weights(e, err, errlen);
-    if (rc) return rc;
-    rc = fwd_alloc_scratch(e, err, errlen);
-    if (rc) return rc;
+    for (int k = 0; k < e->n_shards; k++) {
+        dsv4_engine *sh = e->shard[k];
+        sh->chunk = chunk_tokens();
+        /* a CPU driver runs barrier-free one-column-per-invocation GEMMs fastest
+           at every size; GPUs want shared-memory tiles beyond a few rows */
+        sh->cpu_device = sh->rt.props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
+        sh->small_rows = sh->cpu_device ? 1 << 30 : 16;
+        const char *sr = getenv("DSV4_SMALL_ROWS");
+        if (sr && *sr) sh->small_rows = atoi(sr);
+        rc = fwd_upload_weights(sh, err, errlen);
+        if (rc) return rc;
+        rc = fwd_alloc_scratch(sh, err, errlen);
+        if (rc) return rc;
+    }
+    e->xfer = malloc((size_t)e->chunk * c->hc_mult * c->hidden_size * sizeof *e->xfer);
+    if (!e->xfer) {
+        set_err(err, errlen, "engine: out of memory");
+        return DSV4_ENOMEM;
+    }
     rc = build_layout(e);
     if (rc) return rc;
     e->info.vocab_size = c->vocab_size;
@@ -119,12 +162,19 @@ int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const cha
     e->info.eos_token_id = c->eos_token_id;
     e->info.max_position_embeddings = c->max_position_embeddings;
     memcpy(e->info.fingerprint, e->m->fingerprint, 32);
-    snprintf(e->name, sizeof e->name, "%s", e->rt.props.deviceName);
+    size_t u = 0;
+    for (int k = 0; k < e->n_shards && u < sizeof e->name; k++)
+        u += (size_t)snprintf(e->name + u, sizeof e->name - u, "%s%s", k ? " + " : "",
+                              e->shard[k]->rt.props.deviceName);
     if (opt && opt->verbose) {
         VkDeviceSize w = 0;
-        for (int i = 0; i < e->n_arenas; i++) w += e->arenas[i].size;
-        fprintf(stderr, "dsv4: %d blocks, weights in %d arena(s) of %llu MiB total, chunk %d tokens\n", e->n_blocks,
-                e->n_arenas, (unsigned long long)(w >> 20), e->chunk);
+        int na = 0;
+        for (int k = 0; k < e->n_shards; k++) {
+            na += e->shard[k]->n_arenas;
+            for (int i = 0; i < e->shard[k]->n_arenas; i++) w += e->shard[k]->arenas[i].size;
+        }
+        fprintf(stderr, "dsv4: %d blocks on %d device(s), weights in %d arena(s) of %llu MiB total, chunk %d tokens\n",
+                e->n_blocks, e->n_shards, na, (unsigned long long)(w >> 20), e->chunk);
     }
     return 0;
 }
@@ -132,6 +182,8 @@ int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const cha
 void dsv4_engine_close(dsv4_engine *e)
 {
     if (!e) return;
+    shards_close(e);
+    free(e->xfer);
     if (e->rt.dev) {
         vkDeviceWaitIdle(e->rt.dev);
         fwd_free(e);
@@ -160,7 +212,7 @@ int dsv4_seq_create(dsv4_engine *e, dsv4_seq **out, char *err, size_t errlen)
     }
     s->e = e;
     for (int b = 0; b < e->n_blocks; b++) {
-        int rc = lstate_init(e, &s->ls[b], b, INITIAL_CAP_TOKENS, err, errlen);
+        int rc = lstate_init(shard_of(e, b), &s->ls[b], b, INITIAL_CAP_TOKENS, err, errlen);
         if (rc) {
             dsv4_seq_free(s);
             return rc;
@@ -174,8 +226,8 @@ void dsv4_seq_free(dsv4_seq *s)
 {
     if (!s) return;
     if (s->ls) {
-        vkDeviceWaitIdle(s->e->rt.dev);
-        for (int b = 0; b < s->e->n_blocks; b++) lstate_free(s->e, &s->ls[b]);
+        for (int k = 0; k < s->e->n_shards; k++) vkDeviceWaitIdle(s->e->shard[k]->rt.dev);
+        for (int b = 0; b < s->e->n_blocks; b++) lstate_free(shard_of(s->e, b), &s->ls[b]);
     }
     free(s->ls);
     free(s);
@@ -204,6 +256,174 @@ static void put_io(dsv4_engine *e, const int32_t *tokens, const int64_t *pos, in
     }
 }
 
+/* One pass over main blocks [fp->b0, fp->b1) on the devices that hold them,
+ * in order: tokens and positions go to each device's io buffer, the hidden
+ * state crosses each device boundary through host memory (e->xfer); the
+ * head (fp->head) runs on the last device, which holds it. With one device
+ * this is fwd_run itself. */
+static int run_pass(dsv4_engine *e, const int32_t *tokens, const int64_t *pos, int64_t p0, const fpass *fp,
+                    char *err, size_t errlen)
+{
+    int first = 1;
+    for (int k = 0; k < e->n_shards; k++) {
+        dsv4_engine *sh = e->shard[k];
+        fpass f = *fp;
+        f.b0 = fp->b0 > sh->own_b0 ? fp->b0 : sh->own_b0;
+        f.b1 = fp->b1 < sh->own_b1 ? fp->b1 : sh->own_b1;
+        if (f.b0 >= f.b1) continue;
+        int last = f.b1 == fp->b1;
+        f.x_in = first ? fp->x_in : e->xfer;
+        f.x_out = last ? fp->x_out : e->xfer;
+        if (!last) {
+            f.head = 0;
+            f.logits = NULL;
+        }
+        put_io(sh, tokens, pos, fp->T, p0);
+        int rc = fwd_run(sh, &f, err, errlen);
+        if (rc) return rc;
+        first = 0;
+    }
+    return 0;
+}
+
+/* The pass of prefill chunk [a, a + m) of n tokens starting at position
+   p0 + a: which logits it writes. */
+static fpass prefill_pass(dsv4_seq *s, fseg *sg, int64_t p0, int64_t a, int m, int64_t n, float *logits,
+                          int64_t logits_rows)
+{
+    dsv4_engine *e = s->e;
+    int V = e->m->cfg.vocab_size;
+    *sg = (fseg){s, 0, (uint32_t)m, p0 + a};
+    fpass fp = {.T = m, .segs = sg, .nsegs = 1, .b0 = 0, .b1 = e->m->cfg.num_hidden_layers};
+    if (logits_rows == n) {
+        fp.head = 1; fp.head_r0 = 0; fp.head_n = m; fp.logits = logits + a * V;
+    } else if (logits_rows == 1 && a + m == n) {
+        fp.head = 1; fp.head_r0 = m - 1; fp.head_n = 1; fp.logits = logits;
+    }
+    return fp;
+}
+
+/* Prefill over several devices, pipelined: one host thread per device runs
+ * every chunk through its blocks, taking chunk c's hidden state from the
+ * previous device's thread and handing its own to the next one through two
+ * slots per boundary, so device k runs chunk c while device k-1 runs chunk
+ * c+1. Each device submits and waits on its own queue and fence, so the
+ * devices compute at the same time. Each device still sees the chunks in
+ * order and the same inputs as one after another, so the result is
+ * bit-identical to the sequential passes. */
+typedef struct pipeline {
+    dsv4_seq *s;
+    const int32_t *tokens;
+    int64_t n, logits_rows;
+    float *logits;
+    int n_chunks;
+    float *slot[DSV4_MAX_SHARDS][2]; /* boundary k: device k -> device k+1 */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done[DSV4_MAX_SHARDS];       /* chunks device k has finished */
+    int rc;
+    char err[512];
+} pipeline;
+
+typedef struct { pipeline *p; int k; } pipe_arg;
+
+static void *pipe_worker(void *arg)
+{
+    pipeline *p = ((pipe_arg *)arg)->p;
+    int k = ((pipe_arg *)arg)->k;
+    dsv4_engine *e = p->s->e, *sh = e->shard[k];
+    int N = e->n_shards;
+    char err[512] = "";
+    for (int c = 0; c < p->n_chunks; c++) {
+        pthread_mutex_lock(&p->mu);
+        /* chunk c's input is ready, and the slot it writes is free (the next
+           device finished chunk c - 2, which used the same slot) */
+        while (!p->rc && ((k > 0 && p->done[k - 1] <= c) || (k + 1 < N && c - p->done[k + 1] >= 2)))
+            pthread_cond_wait(&p->cv, &p->mu);
+        int stop = p->rc != 0;
+        pthread_mutex_unlock(&p->mu);
+        if (stop) break;
+        int64_t a = (int64_t)c * e->chunk;
+        int m = (int)(p->n - a < e->chunk ? p->n - a : e->chunk);
+        fseg sg;
+        fpass fp = prefill_pass(p->s, &sg, p->s->pos, a, m, p->n, p->logits, p->logits_rows);
+        fp.b0 = sh->own_b0;
+        fp.b1 = sh->own_b1;
+        fp.x_in = k > 0 ? p->slot[k - 1][c % 2] : NULL;
+        fp.x_out = k + 1 < N ? p->slot[k][c % 2] : NULL;
+        if (k + 1 < N) {
+            fp.head = 0;
+            fp.logits = NULL;
+        }
+        put_io(sh, p->tokens + a, NULL, m, p->s->pos + a);
+        int rc = fwd_run(sh, &fp, err, sizeof err);
+        pthread_mutex_lock(&p->mu);
+        if (rc && !p->rc) {
+            p->rc = rc;
+            snprintf(p->err, sizeof p->err, "device %d: %.480s", k + 1, err);
+        }
+        if (!rc) p->done[k]++;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+        if (rc) break;
+    }
+    return NULL;
+}
+
+static int pipelined_prefill(dsv4_seq *s, const int32_t *tokens, int64_t n, float *logits, int64_t logits_rows,
+                             char *err, size_t errlen)
+{
+    dsv4_engine *e = s->e;
+    const dsv4_config *c = &e->m->cfg;
+    int N = e->n_shards;
+    pipeline *p = calloc(1, sizeof *p);
+    pthread_t th[DSV4_MAX_SHARDS];
+    pipe_arg args[DSV4_MAX_SHARDS];
+    if (!p) goto oom;
+    *p = (pipeline){.s = s, .tokens = tokens, .n = n, .logits_rows = logits_rows, .logits = logits,
+                    .n_chunks = (int)((n + e->chunk - 1) / e->chunk)};
+    size_t xb = (size_t)e->chunk * c->hc_mult * c->hidden_size * sizeof(float);
+    for (int k = 0; k + 1 < N; k++)
+        for (int j = 0; j < 2; j++)
+            if (!(p->slot[k][j] = malloc(xb))) goto oom;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    int started = 0;
+    for (int k = 0; k < N; k++) {
+        args[k] = (pipe_arg){p, k};
+        if (pthread_create(&th[k], NULL, pipe_worker, &args[k])) {
+            pthread_mutex_lock(&p->mu);
+            if (!p->rc) {
+                p->rc = DSV4_ENOMEM;
+                snprintf(p->err, sizeof p->err, "dsv4_seq_prefill: cannot start the thread of device %d", k + 1);
+            }
+            pthread_cond_broadcast(&p->cv);
+            pthread_mutex_unlock(&p->mu);
+            break;
+        }
+        started++;
+    }
+    for (int k = 0; k < started; k++) pthread_join(th[k], NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    /* the chunks the last device finished are complete in every block; after
+       an error the blocks of later chunks may be ahead: the sequence should
+       be freed */
+    int64_t done = (int64_t)p->done[N - 1] * e->chunk;
+    s->pos += done < n ? done : n;
+    int rc = p->rc;
+    if (rc) set_err(err, errlen, p->err);
+    for (int k = 0; k + 1 < N; k++) free(p->slot[k][0]), free(p->slot[k][1]);
+    free(p);
+    return rc;
+oom:
+    if (p)
+        for (int k = 0; k + 1 < N; k++) free(p->slot[k][0]), free(p->slot[k][1]);
+    free(p);
+    set_err(err, errlen, "dsv4_seq_prefill: out of memory");
+    return DSV4_ENOMEM;
+}
+
 int dsv4_seq_prefill(dsv4_seq *s, const int32_t *tokens, int64_t n, float *logits, int64_t logits_rows,
                      char *err, size_t errlen)
 {
@@ -219,18 +439,14 @@ int dsv4_seq_prefill(dsv4_seq *s, const int32_t *tokens, int64_t n, float *logit
     }
     int rc = check_tokens(e, tokens, n, err, errlen);
     if (rc) return rc;
-    int V = e->m->cfg.vocab_size;
+    const char *po = getenv("DSV4_PIPELINE"); /* 0: no overlap (tests, measurements) */
+    if (e->n_shards > 1 && n > e->chunk && !(po && strcmp(po, "0") == 0))
+        return pipelined_prefill(s, tokens, n, logits, logits_rows, err, errlen);
     for (int64_t a = 0; a < n; a += e->chunk) {
         int m = (int)(n - a < e->chunk ? n - a : e->chunk);
-        put_io(e, tokens + a, NULL, m, s->pos);
-        fseg sg = {s, 0, (uint32_t)m, s->pos};
-        fpass fp = {.T = m, .segs = &sg, .nsegs = 1, .b0 = 0, .b1 = e->m->cfg.num_hidden_layers};
-        if (logits_rows == n) {
-            fp.head = 1; fp.head_r0 = 0; fp.head_n = m; fp.logits = logits + a * V;
-        } else if (logits_rows == 1 && a + m == n) {
-            fp.head = 1; fp.head_r0 = m - 1; fp.head_n = 1; fp.logits = logits;
-        }
-        rc = fwd_run(e, &fp, err, errlen);
+        fseg sg;
+        fpass fp = prefill_pass(s, &sg, s->pos - a, a, m, n, logits, logits_rows);
+        rc = run_pass(e, tokens + a, NULL, s->pos, &fp, err, errlen);
         if (rc) return rc;
         s->pos += m;
     }
@@ -267,10 +483,9 @@ int dsv4_decode(dsv4_seq *const *seqs, int n_seqs, const int32_t *tokens, float 
             segs[i] = (fseg){seqs[a + i], (uint32_t)i, 1, seqs[a + i]->pos};
             pos[i] = seqs[a + i]->pos;
         }
-        put_io(e, tokens + a, pos, m, 0);
         fpass fp = {.T = m, .segs = segs, .nsegs = m, .b0 = 0, .b1 = e->m->cfg.num_hidden_layers, .head = 1,
                     .head_r0 = 0, .head_n = m, .logits = logits + (int64_t)a * V};
-        rc = fwd_run(e, &fp, err, errlen);
+        rc = run_pass(e, tokens + a, pos, 0, &fp, err, errlen);
         if (!rc)
             for (int i = 0; i < m; i++) seqs[a + i]->pos++;
     }
@@ -294,14 +509,15 @@ int dsv4_seq_fork(const dsv4_seq *src, dsv4_seq **out, char *err, size_t errlen)
     s->pos = src->pos;
     int rc = 0;
     for (int b = 0; b < e->n_blocks && !rc; b++) {
+        vkrt *rt = &shard_of(e, b)->rt; /* the block's state stays on its device */
         s->ls[b] = src->ls[b];
         memset(&s->ls[b].buf, 0, sizeof s->ls[b].buf);
-        rc = vkbuf_create(&e->rt, src->ls[b].buf.size, 1, &s->ls[b].buf, err, errlen);
-        if (!rc) rc = vkrt_begin(&e->rt, err, errlen);
+        rc = vkbuf_create(rt, src->ls[b].buf.size, 1, &s->ls[b].buf, err, errlen);
+        if (!rc) rc = vkrt_begin(rt, err, errlen);
         if (!rc) {
-            vkrt_copy(&e->rt, vkbuf_view(&src->ls[b].buf, 0, src->ls[b].buf.size),
+            vkrt_copy(rt, vkbuf_view(&src->ls[b].buf, 0, src->ls[b].buf.size),
                       vkbuf_view(&s->ls[b].buf, 0, s->ls[b].buf.size), src->ls[b].buf.size);
-            rc = vkrt_submit_wait(&e->rt, err, errlen);
+            rc = vkrt_submit_wait(rt, err, errlen);
         }
     }
     if (rc) {
@@ -342,7 +558,8 @@ int dsv4_seq_export(const dsv4_seq *s, int64_t pos0, dsv4_state_chunk *chunk, ch
             float *tmp = malloc(nf ? nf * 4 : 4);
             if (!tmp) return DSV4_ENOMEM;
             VkDeviceSize off = (j == 0 ? ls->kv_off : ls->ikv_off) + (VkDeviceSize)r0 * d * 4;
-            rc = nf ? vkrt_download(&e->rt, vkbuf_view(&ls->buf, off, nf * 4), tmp, nf * 4, err, errlen) : 0;
+            rc = nf ? vkrt_download(&shard_of(e, b)->rt, vkbuf_view(&ls->buf, off, nf * 4), tmp, nf * 4, err, errlen)
+                    : 0;
             uint16_t *dst = (uint16_t *)chunk->rows[k];
             for (size_t i = 0; i < nf && !rc; i++) dst[i] = f2bf(tmp[i]);
             free(tmp);
@@ -361,7 +578,8 @@ int dsv4_seq_export(const dsv4_seq *s, int64_t pos0, dsv4_state_chunk *chunk, ch
             VkDeviceSize offs[3] = {ls->ring_off, ls->cring_off, ls->iring_off};
             for (int j = 0; j < 3 && !rc; j++)
                 if (sizes[j]) {
-                    rc = vkrt_download(&e->rt, vkbuf_view(&ls->buf, offs[j], sizes[j]), p, sizes[j], err, errlen);
+                    rc = vkrt_download(&shard_of(e, b)->rt, vkbuf_view(&ls->buf, offs[j], sizes[j]), p, sizes[j], err,
+                                       errlen);
                     p += sizes[j];
                 }
         }
@@ -386,7 +604,8 @@ int dsv4_seq_import(dsv4_seq *s, const dsv4_state_chunk *chunk, char *err, size_
     for (int b = 0; b < c->num_hidden_layers && !rc; b++) {
         const gblock *g = &e->blk[b];
         lstate *ls = &s->ls[b];
-        rc = lstate_reserve(e, ls, b, chunk->pos1, err, errlen);
+        dsv4_engine *sh = shard_of(e, b);
+        rc = lstate_reserve(sh, ls, b, chunk->pos1, err, errlen);
         for (int j = 0; j < (g->ratio ? (g->ratio == 4 ? 2 : 1) : 0) && !rc; j++) {
             const dsv4_state_stream *st = &e->layout.streams[k];
             int64_t r0 = chunk->pos0 / st->ratio, r1 = chunk->pos1 / st->ratio;
@@ -400,7 +619,7 @@ int dsv4_seq_import(dsv4_seq *s, const dsv4_state_chunk *chunk, char *err, size_
                 memcpy(&tmp[i], &u, 4);
             }
             VkDeviceSize off = (j == 0 ? ls->kv_off : ls->ikv_off) + (VkDeviceSize)r0 * d * 4;
-            rc = nf ? vkrt_upload(&e->rt, vkbuf_view(&ls->buf, off, nf * 4), tmp, nf * 4, err, errlen) : 0;
+            rc = nf ? vkrt_upload(&sh->rt, vkbuf_view(&ls->buf, off, nf * 4), tmp, nf * 4, err, errlen) : 0;
             free(tmp);
             k++;
         }
@@ -425,7 +644,8 @@ int dsv4_seq_import(dsv4_seq *s, const dsv4_state_chunk *chunk, char *err, size_
             VkDeviceSize offs[3] = {ls->ring_off, ls->cring_off, ls->iring_off};
             for (int j = 0; j < 3 && !rc; j++)
                 if (sizes[j]) {
-                    rc = vkrt_upload(&e->rt, vkbuf_view(&ls->buf, offs[j], sizes[j]), p, sizes[j], err, errlen);
+                    rc = vkrt_upload(&shard_of(e, b)->rt, vkbuf_view(&ls->buf, offs[j], sizes[j]), p, sizes[j], err,
+                                     errlen);
                     p += sizes[j];
                 }
         }
@@ -452,11 +672,10 @@ int dsv4_engine_run_block(dsv4_engine *e, int layer, const int32_t *tokens, int6
     size_t row = (size_t)c->hc_mult * c->hidden_size;
     for (int64_t a = 0; a < n && !rc; a += e->chunk) {
         int m = (int)(n - a < e->chunk ? n - a : e->chunk);
-        put_io(e, tokens + a, NULL, m, a);
         fseg sg = {s, 0, (uint32_t)m, a};
         fpass fp = {.T = m, .segs = &sg, .nsegs = 1, .b0 = layer, .b1 = layer + 1, .x_in = x + a * row,
                     .x_out = out + a * row};
-        rc = fwd_run(e, &fp, err, errlen);
+        rc = run_pass(e, tokens + a, NULL, a, &fp, err, errlen);
     }
     dsv4_seq_free(s);
     return rc;
@@ -477,31 +696,43 @@ int dsv4_engine_run_mtp(dsv4_engine *e, const int32_t *tokens, int64_t n, const 
     if (rc) return rc;
     size_t row = (size_t)c->hc_mult * c->hidden_size;
     int mb = c->num_hidden_layers;
+    dsv4_engine *sh = shard_of(e, mb); /* holds the MTP block, an embedding and the head */
     for (int64_t a = 0; a < n && !rc; a += e->chunk) {
         int m = (int)(n - a < e->chunk ? n - a : e->chunk);
-        put_io(e, tokens + a + 1, NULL, m, a);
+        put_io(sh, tokens + a + 1, NULL, m, a);
         fseg sg = {s, 0, (uint32_t)m, a};
         fpass fp = {.T = m, .segs = &sg, .nsegs = 1, .b0 = mb, .b1 = mb + 1, .x_in = h + a * row, .mtp = 1,
                     .head = 2, .head_r0 = 0, .head_n = m, .logits = logits + a * c->vocab_size};
-        rc = fwd_run(e, &fp, err, errlen);
+        rc = fwd_run(sh, &fp, err, errlen);
     }
     dsv4_seq_free(s);
     return rc;
 }
 
+/* With several devices an operation's time is the sum over the devices. */
 int dsv4_engine_profile(dsv4_engine *e, dsv4_profile_entry *out, int cap)
 {
     int n = 0;
-    for (int i = 0; i < e->rt.n_prof && n < cap; i++) {
-        if (!e->rt.prof_calls[i]) continue;
-        snprintf(out[n].op, sizeof out[n].op, "%s", e->rt.prof_name[i]);
-        out[n].ms = e->rt.prof_ms[i];
-        out[n].calls = e->rt.prof_calls[i];
-        n++;
-    }
-    for (int i = 0; i < e->rt.n_prof; i++) {
-        e->rt.prof_ms[i] = 0;
-        e->rt.prof_calls[i] = 0;
+    for (int k = 0; k < e->n_shards; k++) {
+        vkrt *rt = &e->shard[k]->rt;
+        for (int i = 0; i < rt->n_prof; i++) {
+            if (!rt->prof_calls[i]) continue;
+            int j = 0;
+            while (j < n && strcmp(out[j].op, rt->prof_name[i]) != 0) j++;
+            if (j == n) {
+                if (n == cap) continue;
+                snprintf(out[n].op, sizeof out[n].op, "%s", rt->prof_name[i]);
+                out[n].ms = 0;
+                out[n].calls = 0;
+                n++;
+            }
+            out[j].ms += rt->prof_ms[i];
+            out[j].calls += rt->prof_calls[i];
+        }
+        for (int i = 0; i < rt->n_prof; i++) {
+            rt->prof_ms[i] = 0;
+            rt->prof_calls[i] = 0;
+        }
     }
     return n;
 }

@@ -243,15 +243,22 @@ static void rope_freqs(const dsv4_config *c, int yarn, float *out)
     }
 }
 
-static int up_block(dsv4_engine *e, const dsv4_block_w *b, gblock *g, char *err, size_t errlen)
+/* What every shard knows of every block, owned or not: the state layout
+   and the routing of a pass read it. */
+static void block_meta(const dsv4_block_w *b, gblock *g)
 {
-    const dsv4_config *c = &e->m->cfg;
-    int rc = 0;
     g->layer_id = b->layer_id;
     g->is_mtp = b->is_mtp;
     g->ratio = b->attn.compress_ratio;
     g->overlap = g->ratio == 4;
     g->hash = b->ffn.hash;
+}
+
+static int up_block(dsv4_engine *e, const dsv4_block_w *b, gblock *g, char *err, size_t errlen)
+{
+    const dsv4_config *c = &e->m->cfg;
+    int rc = 0;
+    block_meta(b, g);
 #define T_(t, v) if (!rc) rc = up_tensor(e, &(t), &(v), err, errlen)
 #define W_(w, v) if (!rc) rc = up_weight(e, &(w), &(v), err, errlen)
     T_(b->attn_norm, g->attn_norm); T_(b->ffn_norm, g->ffn_norm);
@@ -333,13 +340,17 @@ int fwd_upload_weights(dsv4_engine *e, char *err, size_t errlen)
     e->n_blocks = dsv4_config_n_blocks(c);
     e->blk = calloc((size_t)e->n_blocks, sizeof *e->blk);
     if (!e->blk) return DSV4_ENOMEM;
-    for (int i = 0; i < e->n_blocks && !rc; i++)
-        rc = up_block(e, i < c->num_hidden_layers ? &m->layers[i] : &m->mtp[i - c->num_hidden_layers], &e->blk[i],
-                      err, errlen);
-    if (!rc) rc = up_vocab(e, &m->embed, e->embed, err, errlen);
-    if (!rc) rc = up_vocab(e, &m->head, e->head, err, errlen);
-    if (!rc) rc = up_tensor(e, &m->norm, &e->norm, err, errlen);
-    if (!rc) rc = up_hc(e, &m->hc_head, &e->hc_head, err, errlen);
+    /* a shard uploads only what it owns (engine/shards.c) */
+    for (int i = 0; i < e->n_blocks && !rc; i++) {
+        const dsv4_block_w *bw = i < c->num_hidden_layers ? &m->layers[i] : &m->mtp[i - c->num_hidden_layers];
+        int own = i < c->num_hidden_layers ? i >= e->own_b0 && i < e->own_b1 : e->own_mtp;
+        if (own) rc = up_block(e, bw, &e->blk[i], err, errlen);
+        else block_meta(bw, &e->blk[i]);
+    }
+    if (!rc && e->own_embed) rc = up_vocab(e, &m->embed, e->embed, err, errlen);
+    if (!rc && e->own_head) rc = up_vocab(e, &m->head, e->head, err, errlen);
+    if (!rc && e->own_head) rc = up_tensor(e, &m->norm, &e->norm, err, errlen);
+    if (!rc && e->own_head) rc = up_hc(e, &m->hc_head, &e->hc_head, err, errlen);
     float fr[2][512];
     if (c->qk_rope_head_dim > 1024 || c->qk_rope_head_dim % 2) {
         snprintf(err, errlen, "config.json: qk_rope_head_dim %d not supported", c->qk_rope_head_dim);
@@ -407,7 +418,7 @@ int fwd_alloc_scratch(dsv4_engine *e, char *err, size_t errlen)
     S_(wgt, C * k); S_(route, route_words); S_(h1, C * k * inter); S_(h3, C * k * inter);
     S_(hs, C * k * inter); S_(hsq, C * k * inter); S_(ys, C * k * D); S_(s1, C * inter); S_(s3, C * inter);
     S_(ss, C * inter); S_(ssq, C * inter); S_(sy, C * D); S_(fo, C * D); S_(hy, C * D); S_(hn, C * D);
-    S_(logits, (uint64_t)e->head_rows * V); S_(e1, C * D); S_(e2, C * hc * D);
+    S_(logits, (uint64_t)(e->own_head ? e->head_rows : 1) * V); S_(e1, C * D); S_(e2, C * hc * D);
     S_(hcpart, C * HC_SPLITS_MAX * (HC_MAXMIX + 1) * 2); /* doubles */
 #undef S_
     if (!rc && (2 + hc) * hc > HC_MAXMIX) {
@@ -419,7 +430,7 @@ int fwd_alloc_scratch(dsv4_engine *e, char *err, size_t errlen)
     s->io_tok = 0;
     s->io_pos = align_up(C * 4, 256);
     s->io_logits = s->io_pos + align_up(C * 4, 256);
-    s->io_size = s->io_logits + C * V * f;
+    s->io_size = s->io_logits + (e->own_head ? C : 1) * V * f; /* logits: the head's shard only */
     rc = vkbuf_create(&e->rt, s->io_size, 0, &s->io, err, errlen);
     if (rc) return rc;
     s->tok = vkbuf_view(&s->io, s->io_tok, C * 4);

@@ -83,7 +83,33 @@ struct dsv4_engine {
     int head_rows;               /* rows per head pass (vocab slice fits a binding) */
     fscratch s;
     char name[256];
+    /* Several devices (engine/shards.c, docs/engine.md "Several devices"):
+       each device is a shard, a dsv4_engine of its own (runtime, arenas,
+       scratch, pipelines) that uploads only what it owns: main blocks
+       [own_b0, own_b1), the embedding, the head (final norm, hc_head) and
+       the MTP blocks. blk[] is indexed by global block on every shard; the
+       blocks a shard does not own keep only their metadata (ratio, ...).
+       The engine the caller holds is shard 0 (shard[0] == itself); with
+       one device it owns everything and nothing below changes a pass. */
+#define DSV4_MAX_SHARDS 16
+    int own_b0, own_b1, own_embed, own_head, own_mtp;
+    int n_shards;                /* shard 0 only */
+    struct dsv4_engine *shard[DSV4_MAX_SHARDS];
+    int is_shard;                /* shards 1..: model and layout belong to shard 0 */
+    int split[DSV4_MAX_SHARDS];  /* shard 0: main blocks per device as given by
+                                    opt->split / $DSV4_SPLIT, all 0 when not given */
+    float *xfer;                 /* shard 0: [chunk][hc][hidden] host hand-over */
 };
+
+/* The shard holding block b (a main block or an MTP block). */
+static inline struct dsv4_engine *shard_of(const struct dsv4_engine *e, int b)
+{
+    for (int k = 0; k < e->n_shards; k++) {
+        struct dsv4_engine *s = e->shard[k];
+        if ((b >= s->own_b0 && b < s->own_b1) || (b >= s->m->cfg.num_hidden_layers && s->own_mtp)) return s;
+    }
+    return e->shard[e->n_shards - 1];
+}
 
 struct dsv4_seq {
     dsv4_engine *e;
@@ -124,5 +150,28 @@ typedef struct fpass {
     int mtp;                    /* input is MTP: x_in = h, tokens = next tokens */
 } fpass;
 int fwd_run(dsv4_engine *e, const fpass *fp, char *err, size_t errlen);
+
+/* ---- several devices (engine/shards.c) ---- */
+
+/* Opens the device(s) of opt (devices/split, else $DSV4_DEVICES/$DSV4_SPLIT,
+ * else the one device of opt->device): e->rt for shard 0 and a new
+ * dsv4_engine with its own runtime for each further device, sharing e->m.
+ * Sets e->n_shards and e->shard[]; ownership is left to shards_place. */
+int shards_open(dsv4_engine *e, const dsv4_engine_options *opt, char *err, size_t errlen);
+/* Places n_layers main blocks and n_mtp MTP blocks on the shards (sets
+ * own_*): by the split given to shards_open (which must sum to n_layers),
+ * else in proportion to each device's free memory after its fixed part
+ * (scratch, vocab_bytes per embedding/head table, the MTP blocks), by the
+ * sizes block_bytes[n_layers + n_mtp]. With several devices and no split,
+ * DSV4_ENOMEM names the device that cannot hold its part. verbose prints
+ * the placement to stderr. */
+int shards_place(dsv4_engine *e, int n_layers, int n_mtp, const uint64_t *block_bytes, uint64_t vocab_bytes,
+                 uint64_t scratch, int verbose, char *err, size_t errlen);
+/* Bytes of device-local memory the runtime's process may still use. */
+uint64_t shards_device_budget(const vkrt *rt);
+/* The sum of the shards' budgets (a device opened k times counted once). */
+uint64_t shards_total_budget(const dsv4_engine *e);
+/* Closes shards 1.. (shard 0 is e itself, closed by its caller). */
+void shards_close(dsv4_engine *e);
 
 #endif

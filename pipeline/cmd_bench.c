@@ -7,7 +7,8 @@
  * (the kept layers are a stratified sample of the layer kinds), and the
  * output says so. Everything runs through the public engine API the jobs
  * use: one sequence is prefilled in the pipeline's pieces (DSV4_PREFILL_CHUNK,
- * 1024 tokens; the engine splits them into its own chunks) up to the largest
+ * 1024 tokens, 8192 with several devices so their prefill overlap has
+ * chunks to fill; the engine splits them into its own chunks) up to the largest
  * context, timed at each requested context; at each decode context it is
  * forked, and batches of forks decode together (dsv4_decode).
  *
@@ -50,7 +51,7 @@ static void usage(FILE *f)
             "usage: dsv4-batch bench [--config FILE] [--layers N] [--contexts 8192,65536,262144]\n"
             "                        [--decode-contexts 8192,65536] [--batches 1,16,64] [--steps N]\n"
             "                        [--time-limit SECONDS] [--bandwidth TBPS] [--tflops N]\n"
-            "                        [--profile] [--json] [--device D]\n\n"
+            "                        [--profile] [--json] [--device D] [--devices LIST] [--split LIST]\n\n"
             "Engine speed at a config's real sizes with synthetic weights made on the GPU.\n"
             "Prefill tokens/s (averaged from position 0) at each context, decode tokens/s of\n"
             "batches of forked sequences at each decode context, GPU memory, state bytes per\n"
@@ -66,7 +67,10 @@ static void usage(FILE *f)
             "  --tflops N         ceiling matrix throughput (default 790, H100 bf16)\n"
             "  --profile          per-operation GPU time from timestamps\n"
             "  --json             one JSON object on stdout\n"
-            "  --device D         Vulkan device index or name substring\n");
+            "  --device D         Vulkan device index or name substring\n"
+            "  --devices LIST     split the layers over several devices, e.g. 0,1,2,3 (default $DSV4_DEVICES);\n"
+            "                     without --layers/--split as many layers as fit all of them\n"
+            "  --split LIST       layers per device, e.g. 11,11,11,10 (default $DSV4_SPLIT, else by free memory)\n");
 }
 
 static int parse_list(const char *s, int64_t *out, int cap)
@@ -375,7 +379,7 @@ static const char *ctx_str(int64_t c, char *buf, size_t n)
 
 int dsv4_cmd_bench(int argc, char **argv)
 {
-    const char *config = NULL, *device = NULL;
+    const char *config = NULL, *device = NULL, *devices = NULL, *split = NULL;
     int layers = 0, profile = 0, json = 0, steps = 8;
     double time_limit = 0, bw_tb = 2.83, tflops = 790;
     int64_t ctxs[MAX_LIST] = {8192, 65536, 262144}, dctx[MAX_LIST] = {8192, 65536}, batches[MAX_LIST] = {1, 16, 64};
@@ -390,6 +394,8 @@ int dsv4_cmd_bench(int argc, char **argv)
         else if (strcmp(a, "--json") == 0) json = 1;
         else if (strcmp(a, "--config") == 0 && has) config = argv[++i];
         else if (strcmp(a, "--device") == 0 && has) device = argv[++i];
+        else if (strcmp(a, "--devices") == 0 && has) devices = argv[++i];
+        else if (strcmp(a, "--split") == 0 && has) split = argv[++i];
         else if (strcmp(a, "--layers") == 0 && has) layers = atoi(argv[++i]);
         else if (strcmp(a, "--steps") == 0 && has) steps = atoi(argv[++i]);
         else if (strcmp(a, "--time-limit") == 0 && has) time_limit = atof(argv[++i]);
@@ -455,7 +461,7 @@ int dsv4_cmd_bench(int argc, char **argv)
     double s_dec = n_dctx ? (1.0 + bmax) * state_gpu(z, 2.0 * dctx[n_dctx - 1]) : 0;
     double reserve_mib = fmax(s_pre, s_dec) / z->L / 1048576.0 + 1;
 
-    dsv4_engine_options opt = {.device = device, .verbose = 0, .profile = profile};
+    dsv4_engine_options opt = {.device = device, .verbose = 0, .profile = profile, .devices = devices, .split = split};
     dsv4_engine *e = NULL;
     double t_open = now_s();
     int max_layers = layers > 0 ? layers : -(int)ceil(reserve_mib);
@@ -476,6 +482,13 @@ int dsv4_cmd_bench(int argc, char **argv)
     if (bg) budget = strtoull(bg + 13, NULL, 10);
     const char *selp = strstr(note, "selected=");
     const char *selected = selp ? selp + 9 : "";
+    /* several devices: "split=11,11,11,10 " before selected= */
+    char split_s[128] = "";
+    const char *spp = strstr(note, "split=");
+    if (spp) sscanf(spp + 6, "%127[0-9,]", split_s);
+    /* several devices overlap a prefill only within one call (N-1 chunks of
+       fill and drain each): longer pieces unless DSV4_PREFILL_CHUNK says */
+    if (split_s[0] && !(pcs && atoll(pcs) > 0)) piece = 8192;
     double scale = (double)z->L / N;
     /* fixed part of the loaded weights (embedding, head, norms): from the config */
     double fixed_w = 2 * cl.head_bytes;
@@ -664,6 +677,7 @@ int dsv4_cmd_bench(int argc, char **argv)
         json_object_set_new(o, "prefill_piece_tokens", json_integer(piece));
         json_object_set_new(o, "open_seconds", json_real(t_open));
         json_object_set_new(o, "device_budget_bytes", json_integer((json_int_t)budget));
+        if (split_s[0]) json_object_set_new(o, "layers_per_device", json_string(split_s));
         json_object_set_new(o, "weight_bytes_loaded", json_integer((json_int_t)wbytes));
         json_object_set_new(o, "weight_bytes_model_est", json_real(wtotal_est));
         json_object_set_new(o, "weight_bytes_model_config", json_real(cl.weights_total));
@@ -731,6 +745,7 @@ int dsv4_cmd_bench(int argc, char **argv)
     } else {
         printf("dsv4-batch bench: %s\n", config);
         printf("device: %s (device-local budget %.1f GiB)\n", dsv4_engine_device_name(e), budget / 1073741824.0);
+        if (split_s[0]) printf("layers per device: %s (pipeline parallel)\n", split_s);
         printf("layers: %d of %d loaded with synthetic weights (original layers %s)%s\n", N, z->L, selected,
                N < z->L ? "; the other layers are EXTRAPOLATED linearly per layer" : "");
         human(hb, sizeof hb, (double)wbytes);

@@ -53,18 +53,22 @@ static void add_row(conf_row *rows, int *n, const char *name, int kind, const ds
 
 int dsv4_cmd_conformance(int argc, char **argv)
 {
-    const char *model = NULL, *golden = NULL;
+    const char *model = NULL, *golden = NULL, *devices = NULL, *split = NULL;
     int json = 0, verbose = 0, profile = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--model") == 0 && i + 1 < argc) model = argv[++i];
         else if (strcmp(argv[i], "--golden") == 0 && i + 1 < argc) golden = argv[++i];
+        else if (strcmp(argv[i], "--devices") == 0 && i + 1 < argc) devices = argv[++i];
+        else if (strcmp(argv[i], "--split") == 0 && i + 1 < argc) split = argv[++i];
         else if (strcmp(argv[i], "--json") == 0) json = 1;
         else if (strcmp(argv[i], "--verbose") == 0) verbose = 1;
         else if (strcmp(argv[i], "--profile") == 0) profile = 1;
         else if (strcmp(argv[i], "--help") == 0) {
             printf("usage: dsv4-batch conformance --model DIR --golden CASE.safetensors [--json] [--verbose] [--profile]\n"
+                   "                              [--devices LIST] [--split LIST]\n"
                    "Runs a golden case of the official DeepSeek-V4 code through the engine and prints each\n"
-                   "metric against its threshold; exit 0 only when all pass.\n");
+                   "metric against its threshold; exit 0 only when all pass. --devices 0,1 splits the\n"
+                   "model over several Vulkan devices, --split 3,2 gives the blocks per device.\n");
             return DSV4_EXIT_OK;
         } else {
             fprintf(stderr, "conformance: unknown argument '%s' (see --help)\n", argv[i]);
@@ -83,7 +87,7 @@ int dsv4_cmd_conformance(int argc, char **argv)
     float *buf = NULL, *x = NULL, *y = NULL;
     conf_row rows[80];
     int nrows = 0;
-    dsv4_engine_options opt = {.verbose = verbose, .profile = profile};
+    dsv4_engine_options opt = {.verbose = verbose, .profile = profile, .devices = devices, .split = split};
     int rc = dsv4_engine_open(model, &opt, &e, err, sizeof err);
     if (rc) {
         fprintf(stderr, "conformance: %s\n", err);

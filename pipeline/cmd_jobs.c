@@ -324,7 +324,7 @@ done:
 
 static const char run_usage[] =
     "usage: dsv4-batch run [--home DIR] [--once | --until-idle] [--poll SECONDS] [--lease SECONDS]\n"
-    "                      [--worker-id ID] [--json] [--quiet]\n"
+    "                      [--worker-id ID] [--devices LIST] [--split LIST] [--json] [--quiet]\n"
     "\n"
     "A worker: claims queued jobs one at a time and runs them. Without --once or\n"
     "--until-idle it waits for new jobs until SIGINT/SIGTERM, which finish the\n"
@@ -335,6 +335,9 @@ static const char run_usage[] =
     "  --poll SECONDS    wait between looks at an empty queue (default 2)\n"
     "  --lease SECONDS   lease length; a dead worker's job is taken over after it (default 60)\n"
     "  --worker-id ID    name of this worker in the job store (default HOST:PID)\n"
+    "  --devices LIST    split the model over these Vulkan devices, e.g. 0,1,2,3 (indices or\n"
+    "                    name substrings; default $DSV4_DEVICES, else one device)\n"
+    "  --split LIST      blocks per device, e.g. 11,11,11,10 (default $DSV4_SPLIT, else by free memory)\n"
     "  --json            one JSON object per event and progress update\n"
     "  --quiet           print nothing\n"
     "exit status: 0 every job it ran succeeded (or none was queued), 1 a job failed\n"
@@ -353,7 +356,7 @@ static int parse_seconds(const char *s, int64_t *ms)
 int dsv4_cmd_run(int argc, char **argv)
 {
     common_opts c = {0};
-    const char *poll_s = NULL, *lease_s = NULL, *worker = NULL;
+    const char *poll_s = NULL, *lease_s = NULL, *worker = NULL, *devices = NULL, *split = NULL;
     int once = 0, idle = 0, quiet = 0, r;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -362,7 +365,9 @@ int dsv4_cmd_run(int argc, char **argv)
         }
         if ((r = common_opt(argc, argv, &i, &c)) || (r = opt_value(argc, argv, &i, "--poll", &poll_s)) ||
             (r = opt_value(argc, argv, &i, "--lease", &lease_s)) ||
-            (r = opt_value(argc, argv, &i, "--worker-id", &worker))) {
+            (r = opt_value(argc, argv, &i, "--worker-id", &worker)) ||
+            (r = opt_value(argc, argv, &i, "--devices", &devices)) ||
+            (r = opt_value(argc, argv, &i, "--split", &split))) {
             if (r < 0) return DSV4_EXIT_USAGE;
         } else if (!strcmp(argv[i], "--once")) once = 1;
         else if (!strcmp(argv[i], "--until-idle")) idle = 1;
@@ -391,7 +396,9 @@ int dsv4_cmd_run(int argc, char **argv)
                                     : c.json ? DSV4_OUT_JSON
                                     : (isatty(STDOUT_FILENO) && isatty(STDERR_FILENO)) ? DSV4_OUT_TTY
                                                                                       : DSV4_OUT_LINES,
-                          .handle_signals = 1};
+                          .handle_signals = 1,
+                          .devices = devices,
+                          .split = split};
     dsv4_worker_stats st;
     char err[2048];
     int rc = dsv4_worker_run(h.db, &o, &st, err, sizeof err);

@@ -801,6 +801,8 @@ int dsv4_pipeline_run_job(dsv4_jobs *db, int64_t job_id, const dsv4_worker_ctx *
 
     dsv4_engine_options eo = {0};
     eo.verbose = ctx->output != DSV4_OUT_QUIET;
+    eo.devices = ctx->devices;
+    eo.split = ctx->split;
     double t_open = now_ms();
     int erc = dsv4_engine_open(model_dir, &eo, &engine, err, errlen);
     if (erc == DSV4_EDEVICE) {

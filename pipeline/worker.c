@@ -407,7 +407,9 @@ int dsv4_worker_run(dsv4_jobs *db, const dsv4_worker_opts *opts, dsv4_worker_sta
                                .job_id = id,
                                .attempt = attempt,
                                .output = o.output,
-                               .state = s};
+                               .state = s,
+                               .devices = o.devices,
+                               .split = o.split};
         char run_err[2048] = "";
         int run_rc;
         if (start_heartbeat(s) != 0) {

@@ -67,6 +67,7 @@ typedef struct dsv4_worker_ctx {
     int attempt; /* 1 on the first run, more when resuming after a dead worker */
     int output;  /* DSV4_OUT_* */
     struct dsv4_worker_state *state;
+    const char *devices, *split; /* --devices/--split: dsv4_engine_options' (NULL: env) */
 } dsv4_worker_ctx;
 
 /* DSV4_STOP_*: cheap (reads flags), call it often. */
@@ -103,6 +104,7 @@ typedef struct dsv4_worker_opts {
     int until_idle;        /* return when nothing is queued */
     int output;            /* DSV4_OUT_* */
     int handle_signals;    /* install SIGINT/SIGTERM handlers for the run */
+    const char *devices, *split; /* several devices: dsv4_engine_options' devices and split */
     dsv4_job_runner runner; /* NULL = dsv4_pipeline_run_job */
 } dsv4_worker_opts;
 

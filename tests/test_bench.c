@@ -1,7 +1,8 @@
 /* `dsv4-batch bench` as a process on the Vulkan device (lavapipe here), with
  * the golden tiny config and short contexts: the JSON report must carry
  * every figure, positive, the synthetic weights must keep the logits finite,
- * and a layer subset must be the documented stratified sample. No timing is
+ * a layer subset must be the documented stratified sample, and --devices
+ * splits the layers over several devices. No timing is
  * asserted (benchmarks measure; tests check). Needs a Vulkan device: exit
  * status 3 from the command is a skip. */
 #include <jansson.h>
@@ -153,6 +154,38 @@ static void bench_keeps_a_stratified_subset(void)
     json_decref(o);
 }
 
+/* --devices: the layers split over lavapipe opened twice; all five kept,
+   the split in the report, a bad split named. */
+static void bench_splits_over_devices(void)
+{
+    int st;
+    char *out = run("bin/dsv4-batch bench --config " TINY " --devices 0,0 --contexts 64 --decode-contexts 64 "
+                    "--batches 1 --steps 1 --json 2>/dev/null", &st);
+    if (st == 3) {
+        free(out);
+        SKIP("no Vulkan device");
+    }
+    CHECKF(st == 0, "exit status %d", st);
+    json_error_t je;
+    json_t *o = out ? json_loads(out, 0, &je) : NULL;
+    free(out);
+    CHECK(o != NULL);
+    if (!o) return;
+    CHECK(num(o, "layers_loaded") == 5 && json_is_false(json_object_get(o, "extrapolated")));
+    const char *split = json_string_value(json_object_get(o, "layers_per_device"));
+    CHECKF(split && strchr(split, ',') && !strchr(strchr(split, ',') + 1, ','), "layers_per_device %s",
+           split ? split : "(none)");
+    const char *dev = json_string_value(json_object_get(o, "device"));
+    CHECKF(dev && strstr(dev, " + "), "device %s", dev ? dev : "(none)");
+    json_t *p0 = json_array_get(json_object_get(o, "prefill"), 0);
+    CHECK(num(p0, "tokens_per_s_measured") > 0);
+    json_decref(o);
+    out = run("bin/dsv4-batch bench --config " TINY " --devices 0,0 --split 4,2 --contexts 64 --decode-contexts 64 "
+              "2>&1", &st);
+    CHECKF(st == 1 && out && strstr(out, "split gives 6 layers in all"), "%d %s", st, out ? out : "");
+    free(out);
+}
+
 static void bench_rejects_bad_input(void)
 {
     int st;
@@ -173,5 +206,6 @@ int main(void)
     RUN(bench_rejects_bad_input);
     RUN(bench_json_has_every_field);
     RUN(bench_keeps_a_stratified_subset);
+    RUN(bench_splits_over_devices);
     CHECK_EXIT();
 }
