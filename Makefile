@@ -18,6 +18,10 @@ override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -MMD -MP -I. -I$
            $(shell pkg-config --cflags $(PKGS))
 LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lm -lpthread
 GLSLC   ?= glslc
+# Debian 13's glslc for the cooperative-matrix shaders (Debian 12's cannot
+# compile them); scripts/install-deps.sh unpacks it here, outside BUILD_DIR so
+# the asan build shares it.
+GLSLC_COOPMAT ?= build/tools/trixie/glslc
 
 MODULES   := engine ingest cache jobs pipeline
 LIB_SRCS  := $(filter-out pipeline/main.c,$(wildcard $(addsuffix /*.c,$(MODULES))))
@@ -44,8 +48,11 @@ $(BUILD_DIR)/%.o: %.c
 
 # Every shader is compiled to SPIR-V and embedded, so the installed program
 # needs no shader files at run time.
-$(BUILD_DIR)/shaders/embedded.c: $(SHADER_SRCS) scripts/build-shaders.sh
-	GLSLC=$(GLSLC) scripts/build-shaders.sh shaders $(BUILD_DIR)/shaders
+$(BUILD_DIR)/shaders/embedded.c: $(SHADER_SRCS) scripts/build-shaders.sh | $(GLSLC_COOPMAT)
+	GLSLC=$(GLSLC) GLSLC_COOPMAT=$(GLSLC_COOPMAT) scripts/build-shaders.sh shaders $(BUILD_DIR)/shaders
+
+build/tools/trixie/glslc:
+	scripts/install-deps.sh coopmat-glslc
 
 $(BUILD_DIR)/shaders/embedded.o: $(BUILD_DIR)/shaders/embedded.c
 	$(CC) $(CFLAGS) -Wno-overlength-strings -c -o $@ $<
@@ -109,7 +116,7 @@ clean:
 	rm -rf build bin build-asan bin-asan
 
 .PHONY: all tests test deps asan demo install clean
--include $(shell find $(BUILD_DIR) -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD_DIR) -name '*.d' -type f -not -path '*/tools/*' 2>/dev/null)
 
 # ---- fuzzing (ingest/) ----------------------------------------------------
 # `make fuzz` builds one libFuzzer program per parser entry point

@@ -503,6 +503,16 @@ fail:
 
 /* ------------------------------------------------------------ recording */
 
+/* The tensor-core twin (shaders/gemm_cm.comp) of tiled GEMM pipe p when the
+ * device has it and the operands meet its alignment (K a multiple of its 32-wide
+ * K slices, X rows in whole vec4s), else -1. */
+static int cm_pipe(dsv4_engine *e, vk_pipe_id p, uint32_t K, uint32_t ldx, uint32_t x_off)
+{
+    int cm = vkrt_cm_twin(p);
+    if (cm < 0 || !e->rt.coopmat || !e->rt.pipe[cm]) return -1;
+    return K % 32 == 0 && ldx % 4 == 0 && x_off % 4 == 0 ? cm : -1;
+}
+
 static void gemm(dsv4_engine *e, const gw *w, vkview X, uint32_t ldx, uint32_t x_off, vkview Y, uint32_t ldy,
                  uint32_t y_off, uint32_t M, uint32_t flags, uint32_t w_row0, uint32_t N)
 {
@@ -510,8 +520,11 @@ static void gemm(dsv4_engine *e, const gw *w, vkview X, uint32_t ldx, uint32_t x
                  : w->q == DSV4_WQ_F32 ? P_GEMM_F32 : P_GEMM_BF16;
     pc_gemm pc = {M, N ? N : w->out, w->in, ldx, ldy, x_off, y_off, w_row0, flags, w->s_cols, 0, 0, 0, 0, 0, 0};
     vkview v[5] = {X, w->w, w->s, Y, e->dummy};
+    int cm = cm_pipe(e, p, pc.K, ldx, x_off);
     if (M <= (uint32_t)e->small_rows)
         vkrt_dispatch(&e->rt, p + P_GEMM_SMALL_FIRST, v, 5, &pc, sizeof pc, cdiv(pc.N, 64), cdiv(M, 8), 1);
+    else if (cm >= 0)
+        vkrt_dispatch(&e->rt, (vk_pipe_id)cm, v, 5, &pc, sizeof pc, cdiv(pc.N, 128), cdiv(M, 64), 1);
     else
         vkrt_dispatch(&e->rt, p, v, 5, &pc, sizeof pc, cdiv(pc.N, 32), cdiv(M, 32), 1);
 }
@@ -748,7 +761,14 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
         pgath += P_GEMM_SMALL_FIRST;
         pgrp += P_GEMM_SMALL_FIRST;
     }
-    uint32_t gx_in = small ? cdiv(inter, 64) : cdiv(inter, 32), gx_out = small ? cdiv(D, 64) : cdiv(D, 32);
+    /* the tensor-core twins read whole 16-byte pieces of each expert's rows */
+    int ex_al = g->ex_wstride[0] % 16 == 0 && g->ex_wstride[1] % 16 == 0 && g->ex_wstride[2] % 16 == 0;
+    int cm_in = small || !ex_al ? -1 : cm_pipe(e, pgath, D, D, 0);
+    int cm_out = small || !ex_al ? -1 : cm_pipe(e, pgrp, inter, inter, 0);
+    uint32_t gx_in = small ? cdiv(inter, 64) : cm_in >= 0 ? cdiv(inter, 128) : cdiv(inter, 32);
+    uint32_t gx_out = small ? cdiv(D, 64) : cm_out >= 0 ? cdiv(D, 128) : cdiv(D, 32);
+    if (cm_in >= 0) pgath = (vk_pipe_id)cm_in;
+    if (cm_out >= 0) pgrp = (vk_pipe_id)cm_out;
     for (int j = 0; j < 3; j += 2) {
         for (int q = 0; q < g->n_exgroups; q++) {
             uint32_t e0 = (uint32_t)(q * g->ex_per_group), e1 = e0 + (uint32_t)g->ex_per_group < E ? e0 + (uint32_t)g->ex_per_group : E;

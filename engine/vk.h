@@ -26,6 +26,11 @@ typedef enum {
     P_MOE_COMBINE, P_EMBED, P_ADD_BCAST,
     P_ATTN_SERIAL,      /* attn, one invocation per (token, head): CPU drivers */
     P_FILL_RANDOM,      /* synthetic weights for the bench (engine/bench_weights.c) */
+    /* tensor-core twins of the tiled GEMMs (shaders/gemm_cm.comp): created
+       only when rt->coopmat; no f32 variant */
+    P_GEMM_CM_BF16, P_GEMM_CM_FP8, P_GEMM_CM_FP4,
+    P_GEMM_CM_FP4_GATHER, P_GEMM_CM_FP4_GROUPED, P_GEMM_CM_FP8_GATHER, P_GEMM_CM_FP8_GROUPED,
+    P_GEMM_CM_BF16_GATHER, P_GEMM_CM_BF16_GROUPED,
     P_COUNT
 } vk_pipe_id;
 
@@ -61,6 +66,7 @@ typedef struct vkrt {
     VkPipelineLayout pl[P_COUNT];
     VkPipeline pipe[P_COUNT];
     int recording;
+    int coopmat;        /* VK_KHR_cooperative_matrix enabled, P_GEMM_CM_* created */
     vkbuf stage;        /* host-visible staging for uploads/downloads */
     /* profiling */
     int profile;
@@ -100,6 +106,24 @@ void vkrt_dispatch(vkrt *rt, vk_pipe_id p, const vkview *views, int nviews, cons
 void vkrt_copy(vkrt *rt, vkview src, vkview dst, VkDeviceSize n);
 void vkrt_fill(vkrt *rt, vkview dst, VkDeviceSize n, uint32_t value);
 int vkrt_submit_wait(vkrt *rt, char *err, size_t errlen);
+
+/* The tensor-core twin of a tiled GEMM pipe (P_GEMM_BF16 .. P_GEMM_BF16_GROUPED),
+ * or -1 (no twin: f32 weights, SMALL variants, other pipes). */
+static inline int vkrt_cm_twin(vk_pipe_id p)
+{
+    switch (p) {
+    case P_GEMM_BF16: return P_GEMM_CM_BF16;
+    case P_GEMM_FP8: return P_GEMM_CM_FP8;
+    case P_GEMM_FP4: return P_GEMM_CM_FP4;
+    case P_GEMM_FP4_GATHER: return P_GEMM_CM_FP4_GATHER;
+    case P_GEMM_FP4_GROUPED: return P_GEMM_CM_FP4_GROUPED;
+    case P_GEMM_FP8_GATHER: return P_GEMM_CM_FP8_GATHER;
+    case P_GEMM_FP8_GROUPED: return P_GEMM_CM_FP8_GROUPED;
+    case P_GEMM_BF16_GATHER: return P_GEMM_CM_BF16_GATHER;
+    case P_GEMM_BF16_GROUPED: return P_GEMM_CM_BF16_GROUPED;
+    default: return -1;
+    }
+}
 
 /* The number of storage buffer bindings and push-constant bytes of each pipe. */
 int vkrt_pipe_bindings(vk_pipe_id p);

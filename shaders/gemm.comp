@@ -43,9 +43,9 @@ uint sbyte_at(uint byte_off) { return (S[byte_off >> 2] >> ((byte_off & 3u) * 8u
 float wval(uint n, uint k, uint wbase, uint sbase)
 {
 #if defined(WT_F32)
-    return uintBitsToFloat(W[n * p.K + k]);
+    return uintBitsToFloat(W[(wbase >> 2) + n * p.K + k]);
 #elif defined(WT_BF16)
-    uint e = n * p.K + k;
+    uint e = (wbase >> 1) + n * p.K + k;
     return bf16_at(W[e >> 1], e & 1u);
 #elif defined(WT_FP8)
     float s = e8m0_decode(sbyte_at(sbase + (n >> 7) * p.s_cols + (k >> 7)));
