@@ -64,6 +64,11 @@ $(BUILD_DIR)/tools/ttft: bench/ttft.c $(BUILD_DIR)/libdsv4.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
+# GEMM kernel timings (docs/benchmarks.md): every variant at V4-Flash sizes.
+$(BUILD_DIR)/tools/gemm_bench: bench/gemm_bench.c $(BUILD_DIR)/libdsv4.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
 $(BUILD_DIR)/tests/runner: tests/runner.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS)
@@ -78,7 +83,7 @@ $(BUILD_DIR)/tests/%: $(BUILD_DIR)/tests/%.o $(TEST_SUPPORT_OBJS) $(BUILD_DIR)/l
 # CPU reference code must round the same way everywhere.
 $(BUILD_DIR)/tests/ref_%.o: override CFLAGS += -ffp-contract=off
 
-tests: $(TEST_BINS) $(BUILD_DIR)/tests/runner $(BIN_DIR)/dsv4-batch
+tests: $(TEST_BINS) $(BUILD_DIR)/tests/runner $(BIN_DIR)/dsv4-batch $(BUILD_DIR)/tools/gemm_bench
 
 deps:
 	scripts/install-deps.sh

@@ -513,6 +513,9 @@ static int cm_pipe(dsv4_engine *e, vk_pipe_id p, uint32_t K, uint32_t ldx, uint3
     return K % 32 == 0 && ldx % 4 == 0 && x_off % 4 == 0 ? cm : -1;
 }
 
+/* The SMALL variants read 16 weight bytes and X in vec4s at a time. */
+static int small_ok(uint32_t K, uint32_t ldx, uint32_t x_off) { return K % 32 == 0 && ldx % 4 == 0 && x_off % 4 == 0; }
+
 static void gemm(dsv4_engine *e, const gw *w, vkview X, uint32_t ldx, uint32_t x_off, vkview Y, uint32_t ldy,
                  uint32_t y_off, uint32_t M, uint32_t flags, uint32_t w_row0, uint32_t N)
 {
@@ -521,8 +524,8 @@ static void gemm(dsv4_engine *e, const gw *w, vkview X, uint32_t ldx, uint32_t x
     pc_gemm pc = {M, N ? N : w->out, w->in, ldx, ldy, x_off, y_off, w_row0, flags, w->s_cols, 0, 0, 0, 0, 0, 0};
     vkview v[5] = {X, w->w, w->s, Y, e->dummy};
     int cm = cm_pipe(e, p, pc.K, ldx, x_off);
-    if (M <= (uint32_t)e->small_rows)
-        vkrt_dispatch(&e->rt, p + P_GEMM_SMALL_FIRST, v, 5, &pc, sizeof pc, cdiv(pc.N, 64), cdiv(M, 8), 1);
+    if (M <= (uint32_t)e->small_rows && small_ok(pc.K, ldx, x_off))
+        vkrt_dispatch(&e->rt, p + P_GEMM_SMALL_FIRST, v, 5, &pc, sizeof pc, cdiv(pc.N, 8), cdiv(M, 16), 1);
     else if (cm >= 0)
         vkrt_dispatch(&e->rt, (vk_pipe_id)cm, v, 5, &pc, sizeof pc, cdiv(pc.N, 128), cdiv(M, 64), 1);
     else
@@ -756,7 +759,7 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     vk_pipe_id pgath = fp4 ? P_GEMM_FP4_GATHER : g->ex_q == DSV4_WQ_FP8 ? P_GEMM_FP8_GATHER : P_GEMM_BF16_GATHER;
     vk_pipe_id pgrp = fp4 ? P_GEMM_FP4_GROUPED : g->ex_q == DSV4_WQ_FP8 ? P_GEMM_FP8_GROUPED : P_GEMM_BF16_GROUPED;
     uint32_t scols_in = fp4 ? D / 32 : cdiv(D, 128), scols_mid = fp4 ? inter / 32 : cdiv(inter, 128);
-    int small = (uint64_t)T * k <= 4 * (uint64_t)e->small_rows;
+    int small = (uint64_t)T * k <= 4 * (uint64_t)e->small_rows && small_ok(D, D, 0) && small_ok(inter, inter, 0);
     if (small) {
         pgath += P_GEMM_SMALL_FIRST;
         pgrp += P_GEMM_SMALL_FIRST;
@@ -765,8 +768,8 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     int ex_al = g->ex_wstride[0] % 16 == 0 && g->ex_wstride[1] % 16 == 0 && g->ex_wstride[2] % 16 == 0;
     int cm_in = small || !ex_al ? -1 : cm_pipe(e, pgath, D, D, 0);
     int cm_out = small || !ex_al ? -1 : cm_pipe(e, pgrp, inter, inter, 0);
-    uint32_t gx_in = small ? cdiv(inter, 64) : cm_in >= 0 ? cdiv(inter, 128) : cdiv(inter, 32);
-    uint32_t gx_out = small ? cdiv(D, 64) : cm_out >= 0 ? cdiv(D, 128) : cdiv(D, 32);
+    uint32_t gx_in = small ? cdiv(inter, 8) : cm_in >= 0 ? cdiv(inter, 128) : cdiv(inter, 32);
+    uint32_t gx_out = small ? cdiv(D, 8) : cm_out >= 0 ? cdiv(D, 128) : cdiv(D, 32);
     if (cm_in >= 0) pgath = (vk_pipe_id)cm_in;
     if (cm_out >= 0) pgrp = (vk_pipe_id)cm_out;
     for (int j = 0; j < 3; j += 2) {

@@ -313,6 +313,13 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
             .layout = rt->pl[i]};
         VkResult pr = vkCreateComputePipelines(rt->dev, VK_NULL_HANDLE, 1, &cci, NULL, &rt->pipe[i]);
         vkDestroyShaderModule(rt->dev, sm, NULL);
+        if (pr != VK_SUCCESS && pipe_info[i].coopmat) {
+            /* the portable GEMM stays: forward.c uses a twin only where it exists */
+            fprintf(stderr, "dsv4: tensor-core pipeline '%s' failed on '%s' (VkResult %d); the portable GEMM runs instead\n",
+                    pipe_info[i].shader, dn, (int)pr);
+            rt->pipe[i] = VK_NULL_HANDLE;
+            continue;
+        }
         if (pr != VK_SUCCESS) {
             snprintf(err, errlen, "vulkan: pipeline '%s' failed (VkResult %d)", pipe_info[i].shader, (int)pr);
             return DSV4_EVULKAN;

@@ -9,18 +9,26 @@
  * moe_group.comp (MoE tokens grouped by expert): tile = (expert, m0, m1);
  * GATHER additionally reads X row rowmap[m] (the token of sorted slot m).
  * 32x32 output tile per workgroup, 256 threads with 2x2 outputs each; the
- * SMALL variant (few rows: decode) gives each invocation one output column
- * for up to 8 rows at a time, with no shared memory and no barriers, which
- * is what a CPU driver like lavapipe runs fastest. */
+ * SMALL variant (few rows: decode; every GEMM on a CPU driver) streams the
+ * weights once per 16 rows, see below. gemm_cm.comp is the tensor-core twin
+ * of the tiled variant. */
 #version 450
+#extension GL_EXT_control_flow_attributes : require
 #include "common.glsl"
 #ifdef SMALL
-layout(local_size_x = 64) in;
+layout(local_size_x = 256) in;
 #else
 layout(local_size_x = 16, local_size_y = 16) in;
 #endif
+#ifdef SMALL
+layout(std430, binding = 0) readonly buffer BX { vec4 X4[]; };
+#else
 layout(std430, binding = 0) readonly buffer BX { float X[]; };
+#endif
 layout(std430, binding = 1) readonly buffer BW { uint W[]; };
+#ifdef SMALL
+layout(std430, binding = 1) readonly buffer BW4 { uvec4 W4[]; };  /* the same bytes, 16 at a time */
+#endif
 layout(std430, binding = 2) readonly buffer BS { uint S[]; };
 layout(std430, binding = 3) buffer BY { float Y[]; };
 layout(std430, binding = 4) readonly buffer BR { uint R[]; };
@@ -58,9 +66,32 @@ float wval(uint n, uint k, uint wbase, uint sbase)
 }
 
 #ifdef SMALL
+/* SMALL: bandwidth-bound, for few rows (decode). 8 output columns per
+ * workgroup, 32 invocations per column splitting K: each reads 16 bytes of
+ * the packed row at a time (consecutive invocations consecutive pieces, so a
+ * column's 32 invocations read 512 contiguous bytes), decodes them once and
+ * applies them to up to 16 rows of X; the 32 partial sums of each (row,
+ * column) meet in shared memory. Each invocation loops K / (32 * VEC) times
+ * per 16 rows, far below llvmpipe's 65535-iteration cap at the sizes it runs.
+ * Requires K % VEC == 0, ldx % 4 == 0 and x_off % 4 == 0 (forward.c). */
+#if defined(WT_FP4)
+#define VEC 32u
+#elif defined(WT_FP8)
+#define VEC 16u
+#elif defined(WT_BF16)
+#define VEC 8u
+#else
+#define VEC 4u
+#endif
+#define MR 16u
+shared float red[MR * 256u];
+const float E2M1[16] = float[16](0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+                                 -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0);
+
 void main()
 {
-    uint n = gl_GlobalInvocationID.x;
+    uint tid = gl_LocalInvocationID.x, lane = tid & 31u, col = tid >> 5;
+    uint n = gl_WorkGroupID.x * 8u + col;
     uint m0, m1, wbase = 0u, sbase = 0u;
 #ifdef GROUPED
     uint slot = gl_WorkGroupID.y;
@@ -72,35 +103,82 @@ void main()
     wbase = (ex - p.e0) * p.w_estride;
     sbase = (ex - p.e0) * p.s_estride;
 #else
-    m0 = gl_WorkGroupID.y * 8u;
-    m1 = min(m0 + 8u, p.M);
+    m0 = gl_WorkGroupID.y * MR;
+    m1 = min(m0 + MR, p.M);
 #endif
-    if (n >= p.N) return;
-    for (uint r0 = m0; r0 < m1; r0 += 8u) {
-        uint xr[8];
-        float acc[8];
-        for (uint i = 0u; i < 8u; i++) {
+    bool nok = n < p.N;
+    uint wn = p.w_row0 + (nok ? n : 0u);
+    /* uint index of this row's first byte */
+#if defined(WT_FP4)
+    uint wrow = (wbase >> 2) + wn * (p.K >> 3);
+#elif defined(WT_FP8)
+    uint wrow = (wbase >> 2) + wn * (p.K >> 2);
+#elif defined(WT_BF16)
+    uint wrow = (wbase >> 2) + wn * (p.K >> 1);
+#else
+    uint wrow = (wbase >> 2) + wn * p.K;
+#endif
+    for (uint r0 = m0; r0 < m1; r0 += MR) {
+        uint nr = min(MR, m1 - r0);
+        uint xr[MR];
+        float acc[MR];
+        [[unroll]] for (uint i = 0u; i < MR; i++) {
             uint m = min(r0 + i, m1 - 1u);
 #ifdef GATHER
-            xr[i] = R[p.rowmap_off + m] * p.ldx + p.x_off;
+            xr[i] = (R[p.rowmap_off + m] * p.ldx + p.x_off) >> 2;
 #else
-            xr[i] = m * p.ldx + p.x_off;
+            xr[i] = (m * p.ldx + p.x_off) >> 2;
 #endif
             acc[i] = 0.0;
         }
-        for (uint k = 0u; k < p.K; k++) {
-            float w = wval(p.w_row0 + n, k, wbase, sbase);
-            for (uint i = 0u; i < 8u; i++) acc[i] += X[xr[i] + k] * w;
+        for (uint k = lane * VEC; nok && k < p.K; k += 32u * VEC) {
+            uvec4 q = W4[(wrow >> 2) + k / VEC];
+            float w[VEC];
+#if defined(WT_FP4)
+            float sc = e8m0_decode(sbyte_at(sbase + wn * p.s_cols + (k >> 5)));
+            [[unroll]] for (uint j = 0u; j < 32u; j++) w[j] = E2M1[(q[j >> 3] >> ((j & 7u) * 4u)) & 15u] * sc;
+#elif defined(WT_FP8)
+            float sc = e8m0_decode(sbyte_at(sbase + (wn >> 7) * p.s_cols + (k >> 7))) * 256.0;
+            [[unroll]] for (uint j = 0u; j < 4u; j++) {
+                /* two e4m3 bytes -> two fp16 bit patterns worth value * 2^-8 (exact) */
+                uint lo = q[j] & 0xffffu, hi = q[j] >> 16;
+                vec2 a = unpackHalf2x16(((lo & 0x80u) << 8) | ((lo & 0x7fu) << 7) | ((lo & 0x8000u) << 16) | ((lo & 0x7f00u) << 15));
+                vec2 b = unpackHalf2x16(((hi & 0x80u) << 8) | ((hi & 0x7fu) << 7) | ((hi & 0x8000u) << 16) | ((hi & 0x7f00u) << 15));
+                w[4u * j] = a.x * sc; w[4u * j + 1u] = a.y * sc; w[4u * j + 2u] = b.x * sc; w[4u * j + 3u] = b.y * sc;
+            }
+#elif defined(WT_BF16)
+            [[unroll]] for (uint j = 0u; j < 4u; j++) {
+                w[2u * j] = uintBitsToFloat(q[j] << 16);
+                w[2u * j + 1u] = uintBitsToFloat(q[j] & 0xffff0000u);
+            }
+#else
+            [[unroll]] for (uint j = 0u; j < 4u; j++) w[j] = uintBitsToFloat(q[j]);
+#endif
+            [[unroll]] for (uint i = 0u; i < MR; i++) {
+                if (i >= nr) break;
+                uint xb = xr[i] + (k >> 2);
+                float s = acc[i];
+                [[unroll]] for (uint j = 0u; j < VEC / 4u; j++) {
+                    vec4 xv = X4[xb + j];
+                    s += xv.x * w[4u * j] + xv.y * w[4u * j + 1u] + xv.z * w[4u * j + 2u] + xv.w * w[4u * j + 3u];
+                }
+                acc[i] = s;
+            }
         }
-        for (uint i = 0u; i < 8u; i++) {
-            uint m = r0 + i;
-            if (m >= m1) break;
-            uint o = m * p.ldy + p.y_off + n;
-            float v = acc[i];
-            if ((p.flags & 2u) != 0u) v += Y[o];
-            if ((p.flags & 1u) != 0u) v = bf16r(v);
-            Y[o] = v;
+        [[unroll]] for (uint i = 0u; i < MR; i++) red[i * 256u + tid] = acc[i];
+        barrier();
+        if (tid < 8u * MR) {
+            uint c = tid >> 4, i = tid & 15u, nn = gl_WorkGroupID.x * 8u + c, m = r0 + i;
+            if (i < nr && nn < p.N) {
+                float v = 0.0;
+                for (uint l = 0u; l < 32u; l++) v += red[i * 256u + c * 32u + l];
+                uint o = m * p.ldy + p.y_off + nn;
+                if ((p.flags & 2u) != 0u) v += Y[o];
+                if ((p.flags & 1u) != 0u) v = bf16r(v);
+                Y[o] = v;
+            }
         }
+        barrier();
     }
 }
 #else

@@ -143,7 +143,7 @@ static void gemm_case(dsv4_wq q, int M, int N, int K, int small, int cm)
                   q == DSV4_WQ_FP4 ? (uint32_t)K / 32 : (uint32_t)(K + 127) / 128, 0, 0, 0, 0, 0, 0};
     vk_pipe_id p = q == DSV4_WQ_FP8 ? P_GEMM_FP8 : q == DSV4_WQ_FP4 ? P_GEMM_FP4 : P_GEMM_BF16;
     if (cm) run1((vk_pipe_id)vkrt_cm_twin(p), bufs, 5, &pc, sizeof pc, (N + 127) / 128, (M + 63) / 64);
-    else if (small) run1(p + P_GEMM_SMALL_FIRST, bufs, 5, &pc, sizeof pc, (N + 63) / 64, (M + 7) / 8);
+    else if (small) run1(p + P_GEMM_SMALL_FIRST, bufs, 5, &pc, sizeof pc, (N + 7) / 8, (M + 15) / 16);
     else run1(p, bufs, 5, &pc, sizeof pc, (N + 31) / 32, (M + 31) / 32);
     int guard = readbuf(&by, yg, (size_t)M * N * 4);
     double e = nmse(yg, yr, (size_t)M * N);
@@ -163,6 +163,8 @@ static void gemm_formats(void)
     for (int i = 0; i < 3; i++) {
         gemm_case(qs[i], 37, 200, 256, 0, 0);
         gemm_case(qs[i], 5, 130, 384, 1, 0);
+        gemm_case(qs[i], 16, 67, 1024, 1, 0);  /* 16 rows, a K loop of 2+ pieces per invocation */
+        gemm_case(qs[i], 37, 200, 256, 1, 0);  /* more than 16 rows: what lavapipe runs */
     }
 }
 
@@ -219,7 +221,7 @@ static void grouped_case(dsv4_wq q, int gather, int variant /* 0 tiled, 1 small,
                                     : (gather ? P_GEMM_BF16_GATHER : P_GEMM_BF16_GROUPED);
     uint32_t gy = tiles + 2;
     if (variant == 2) run1((vk_pipe_id)vkrt_cm_twin(p), bufs, 5, &pc, sizeof pc, (N + 127) / 128, gy);
-    else if (variant == 1) run1(p + P_GEMM_SMALL_FIRST, bufs, 5, &pc, sizeof pc, (N + 63) / 64, gy);
+    else if (variant == 1) run1(p + P_GEMM_SMALL_FIRST, bufs, 5, &pc, sizeof pc, (N + 7) / 8, gy);
     else run1(p, bufs, 5, &pc, sizeof pc, (N + 31) / 32, gy);
     int guard = readbuf(&by, yg, (size_t)S * N * 4);
     double e = nmse(yg, yr, (size_t)S * N);
@@ -250,6 +252,9 @@ static void gemm_coopmat(void)
     if (!open_rt()) SKIP("no Vulkan device");
     if (!rt.coopmat) SKIP("device '%.120s' has no usable VK_KHR_cooperative_matrix (16x16x16 fp16, subgroups of 32)",
                           rt.props.deviceName);
+    for (int p = P_GEMM_CM_BF16; p <= P_GEMM_CM_BF16_GROUPED; p++)
+        CHECKF(rt.pipe[p] != VK_NULL_HANDLE, "tensor-core pipeline %d was not created", p);
+    if (check_case_failed) return;
     const dsv4_wq qs[3] = {DSV4_WQ_BF16, DSV4_WQ_FP8, DSV4_WQ_FP4};
     for (int i = 0; i < 3; i++) {
         gemm_case(qs[i], 37, 200, 256, 0, 1);
