@@ -119,7 +119,7 @@ int main(int argc, char **argv)
                        timed("small", p + P_GEMM_SMALL_FIRST, v, &pc, cdiv(d->N, 8), cdiv(M, 16)));
                 continue;
             }
-            report(d->name, "tiled", M, d->N, d->K, wb, timed("tiled", p, v, &pc, cdiv(d->N, 32), cdiv(M, 32)));
+            report(d->name, "tiled", M, d->N, d->K, wb, timed("tiled", p, v, &pc, cdiv(d->N, 64), cdiv(M, 64)));
             if (rt.coopmat)
                 report(d->name, "coopmat", M, d->N, d->K, wb,
                        timed("coopmat", (vk_pipe_id)vkrt_cm_twin(p), v, &pc, cdiv(d->N, 128), cdiv(M, 64)));
@@ -136,8 +136,8 @@ int main(int argc, char **argv)
     mk(&w1, ew1 * E); mk(&s1, es1 * E); mk(&w2, ew2 * E); mk(&s2, es2 * E);
     fill(&w1, ew1 * E, 4, 21, 0, 0, 0); fill(&w2, ew2 * E, 4, 22, 0, 0, 0);
     fill(&s1, es1 * E, 3, 23, 118, 0, 0); fill(&s2, es2 * E, 3, 24, 118, 0, 0);
-    uint32_t tok[] = {1, 16, quick ? 64 : 256};
-    uint32_t rcap = 4 + 4 * (maxM / 32 + E) + 2 * maxM + 64;
+    uint32_t tok[] = {1, 16, quick ? 64 : 256, quick ? 64 : 1024};
+    uint32_t maxS = tok[3] * k, rcap = 4 + 4 * (maxS / 32 + E) + 2 * maxS + 64;
     uint32_t *R = calloc(rcap, 4);
     mk(&br, (VkDeviceSize)rcap * 4);
     for (size_t t = 0; t < sizeof tok / sizeof tok[0]; t++) {
@@ -155,7 +155,6 @@ int main(int argc, char **argv)
         }
         R[0] = tiles;
         if (vkrt_upload(&rt, vkbuf_view(&br, 0, br.size), R, (size_t)rcap * 4, err, sizeof err)) DIE("%s", err);
-        int small = S <= 64;
         for (int j = 0; j < 2; j++) {
             uint32_t N = j ? D : inter, K = j ? inter : D;
             pc_gemm pc = {0, N, K, K, N, 0, 0, 0, 1, K / 32, (uint32_t)(j ? ew2 : ew1), (uint32_t)(j ? es2 : es1), 0, E,
@@ -168,9 +167,8 @@ int main(int argc, char **argv)
             uint32_t gy = tiles + 1;
             char what[64];
             snprintf(what, sizeof what, "%s T=%u", j ? "experts w2" : "experts w1", T);
-            if (small)
-                report(what, "small", S, N, K, wb, timed("esmall", p + P_GEMM_SMALL_FIRST, v, &pc, cdiv(N, 8), gy));
-            report(what, "tiled", S, N, K, wb, timed("etiled", p, v, &pc, cdiv(N, 32), gy));
+            report(what, "small", S, N, K, wb, timed("esmall", p + P_GEMM_SMALL_FIRST, v, &pc, cdiv(N, 8), gy));
+            report(what, "tiled", S, N, K, wb, timed("etiled", p, v, &pc, cdiv(N, 64), gy));
             if (rt.coopmat)
                 report(what, "coopmat", S, N, K, wb,
                        timed("ecoopmat", (vk_pipe_id)vkrt_cm_twin(p), v, &pc, cdiv(N, 128), gy));

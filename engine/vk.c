@@ -5,8 +5,9 @@
  * device (lavapipe on machines without a GPU). The features the shaders need
  * are checked up front and a missing one is named in the error: compute
  * queue, VK_KHR_push_descriptor, shaderFloat64 (RoPE range reduction),
- * 128 push-constant bytes. Everything else is plain storage buffers of
- * 32-bit words, so lavapipe (Mesa 22.3) runs every shader.
+ * subgroup arithmetic in compute (the SMALL GEMMs), 128 push-constant bytes.
+ * Everything else is plain storage buffers of 32-bit words, so lavapipe
+ * (Mesa 22.3) runs every shader.
  * Optional: VK_KHR_cooperative_matrix with a 16x16x16 fp16 x fp16 -> fp32
  * subgroup shape, shaderFloat16, vulkanMemoryModel and subgroups of 32 (NVIDIA
  * GPUs): then it is enabled and the P_GEMM_CM_* pipelines are created
@@ -210,6 +211,14 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
     vkGetPhysicalDeviceFeatures(rt->phys, &feat);
     if (!feat.shaderFloat64) {
         snprintf(err, errlen, "vulkan: device '%s' lacks shaderFloat64", dn);
+        return DSV4_EDEVICE;
+    }
+    VkPhysicalDeviceSubgroupProperties sgp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+    VkPhysicalDeviceProperties2 sgp2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &sgp};
+    vkGetPhysicalDeviceProperties2(rt->phys, &sgp2);
+    if (!(sgp.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) ||
+        !(sgp.supportedOperations & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT)) {
+        snprintf(err, errlen, "vulkan: device '%s' lacks subgroup arithmetic in compute shaders (the SMALL GEMMs)", dn);
         return DSV4_EDEVICE;
     }
     if (rt->props.limits.maxPushConstantsSize < 128) {

@@ -18,12 +18,12 @@
  * Tiling: a workgroup of 256 invocations (8 subgroups of 32) computes a BM x 128
  * output tile (BM = 64, or 32 for GROUPED: moe_group.comp's expert tiles hold
  * at most 32 rows), each subgroup BM/2 x 32 of it as (BM/32) x 2 accumulator
- * fragments. K advances by 32: the next slice of X (vec4 loads) and of W
+ * fragments. K advances by 32 (GROUPED: 64): the next slice of X (vec4 loads) and of W
  * (uvec4/uvec2 loads of the packed bytes) is fetched into registers while the
  * current one, decoded and scaled to fp16 in shared memory, feeds the matrix
  * products. The output goes through shared memory so the epilogue (bf16
  * rounding, add into Y) and the bounds checks stay per element.
- * Requires K % 32 == 0, ldx % 4 == 0, x_off % 4 == 0 and 16-byte aligned weight
+ * Requires K % 64 == 0, ldx % 4 == 0, x_off % 4 == 0 and 16-byte aligned weight
  * rows (forward.c picks the portable shader otherwise) and subgroups of 32
  * (vk.c creates these pipelines only then). */
 #version 450
@@ -40,8 +40,12 @@
 #define BM 64
 #endif
 #define BN 128
-#define BK 32
-#define LDS (BK + 8)   /* fp16 row stride of the staged tiles (80 bytes: fewer bank conflicts) */
+#ifdef GROUPED
+#define BK 64          /* expert tiles have few rows: longer K slices, fewer barriers per byte */
+#else
+#define BK 32          /* BM x BN f32 outputs + the staged slices fill the 48 KiB */
+#endif
+#define LDS (BK + 8)   /* fp16 row stride of the staged tiles (16 bytes of padding: fewer bank conflicts) */
 #define FM (BM / 32)   /* accumulator fragments per subgroup along M */
 
 layout(local_size_x = 256) in;
@@ -70,17 +74,18 @@ shared float Cs[BM * BN];
 
 uint sbyte_at(uint byte_off) { return (S[byte_off >> 2] >> ((byte_off & 3u) * 8u)) & 0xffu; }
 
-/* A: BM x BK floats = BM*8 vec4, AV per invocation */
-#define AV (BM * BK / 4 / 256)
-/* W: BN rows of BK codes; FP8 2 uvec4 per row, FP4 2 uvec2, BF16 4 uvec4 */
+/* A: BM x BK floats, APR vec4 per row, AV per invocation */
+#define APR (BK / 4)
+#define AV (BM * APR / 256)
+/* W: BN rows of BK codes, WPR pieces per row (FP8: uvec4 of 16 e4m3, FP4: uvec2
+   of 16 e2m1, BF16: uvec4 of 8), WV per invocation */
 #if defined(WT_BF16)
-#define WV 2
+#define WPR (BK / 8)
 #else
-#define WV 1
+#define WPR (BK / 16)
 #endif
+#define WV (BN * WPR / 256)
 
-const float E2M1[16] = float[16](0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
-                                 -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0);
 
 void main()
 {
@@ -107,7 +112,7 @@ void main()
     int a_src[AV];   /* vec4 index of the row start (k = 0), -1 past m1 */
     [[unroll]] for (uint i = 0u; i < AV; i++) {
         uint idx = tid + i * 256u;
-        a_row[i] = idx >> 3; a_c4[i] = idx & 7u;
+        a_row[i] = idx / APR; a_c4[i] = idx % APR;
         uint m = m0 + a_row[i];
         if (m < m1) {
 #ifdef GATHER
@@ -126,13 +131,13 @@ void main()
     [[unroll]] for (uint i = 0u; i < WV; i++) {
         uint idx = tid + i * 256u;
 #if defined(WT_BF16)
-        w_r[i] = idx >> 2; w_part[i] = idx & 3u;       /* 4 uvec4 = 32 bf16 per row */
+        w_r[i] = idx / WPR; w_part[i] = idx % WPR;
         w_src[i] = (wbase >> 4) + (((p.w_row0 + n0 + w_r[i]) * p.K) >> 3);
 #elif defined(WT_FP8)
-        w_r[i] = idx >> 1; w_part[i] = idx & 1u;       /* 2 uvec4 = 32 e4m3 per row */
+        w_r[i] = idx / WPR; w_part[i] = idx % WPR;
         w_src[i] = (wbase >> 4) + (((p.w_row0 + n0 + w_r[i]) * p.K) >> 4);
 #else
-        w_r[i] = idx >> 1; w_part[i] = idx & 1u;       /* 2 uvec2 = 32 e2m1 per row */
+        w_r[i] = idx / WPR; w_part[i] = idx % WPR;
         w_src[i] = (wbase >> 3) + (((p.w_row0 + n0 + w_r[i]) * (p.K >> 1)) >> 3);
 #endif
         w_ok[i] = n0 + w_r[i] < p.N;
@@ -167,7 +172,7 @@ void main()
     rs[i] = e8m0_decode(sbyte_at(sbase + ((p.w_row0 + n0 + w_r[i]) >> 7) * p.s_cols + ((k0) >> 7))) * 256.0;
 #else
 #define FETCH_W(i, k0) rw[i] = Wv[w_src[i] + ((k0) >> 4) + w_part[i]]; \
-    rs[i] = e8m0_decode(sbyte_at(sbase + (p.w_row0 + n0 + w_r[i]) * p.s_cols + ((k0) >> 5)));
+    rs[i] = e8m0_decode(sbyte_at(sbase + (p.w_row0 + n0 + w_r[i]) * p.s_cols + (((k0) + 16u * w_part[i]) >> 5))) * 16384.0;
 #endif
 
     FETCH(0u)
@@ -191,10 +196,8 @@ void main()
             [[unroll]] for (uint j = 0u; j < 4u; j++) {
                 uint v = w_ok[i] ? rw[i][j] : 0u;
                 /* two e4m3 bytes -> two fp16 bit patterns worth value * 2^-8 */
-                uint lo = v & 0xffffu, hi = v >> 16;
-                uint hl = ((lo & 0x80u) << 8) | ((lo & 0x7fu) << 7) | ((lo & 0x8000u) << 16) | ((lo & 0x7f00u) << 15);
-                uint hh = ((hi & 0x80u) << 8) | ((hi & 0x7fu) << 7) | ((hi & 0x8000u) << 16) | ((hi & 0x7f00u) << 15);
-                vec2 fl = unpackHalf2x16(hl) * rs[i], fh = unpackHalf2x16(hh) * rs[i];
+                vec2 fl = unpackHalf2x16(e4m3x2_to_half2(v & 0xffffu)) * rs[i];
+                vec2 fh = unpackHalf2x16(e4m3x2_to_half2(v >> 16)) * rs[i];
                 Ws[o + 4u * j] = float16_t(fl.x); Ws[o + 4u * j + 1u] = float16_t(fl.y);
                 Ws[o + 4u * j + 2u] = float16_t(fh.x); Ws[o + 4u * j + 3u] = float16_t(fh.y);
             }
@@ -202,8 +205,10 @@ void main()
             uint o = w_r[i] * LDS + w_part[i] * 16u;
             [[unroll]] for (uint j = 0u; j < 2u; j++) {
                 uint v = w_ok[i] ? rw[i][j] : 0u;
-                [[unroll]] for (uint q = 0u; q < 8u; q++)
-                    Ws[o + 8u * j + q] = float16_t(E2M1[(v >> (4u * q)) & 15u] * rs[i]);
+                [[unroll]] for (uint q = 0u; q < 4u; q++) {
+                    vec2 f = unpackHalf2x16(e2m1x2_to_half2(v >> (8u * q))) * rs[i];
+                    Ws[o + 8u * j + 2u * q] = float16_t(f.x); Ws[o + 8u * j + 2u * q + 1u] = float16_t(f.y);
+                }
             }
 #endif
         }

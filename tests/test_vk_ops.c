@@ -144,7 +144,7 @@ static void gemm_case(dsv4_wq q, int M, int N, int K, int small, int cm)
     vk_pipe_id p = q == DSV4_WQ_FP8 ? P_GEMM_FP8 : q == DSV4_WQ_FP4 ? P_GEMM_FP4 : P_GEMM_BF16;
     if (cm) run1((vk_pipe_id)vkrt_cm_twin(p), bufs, 5, &pc, sizeof pc, (N + 127) / 128, (M + 63) / 64);
     else if (small) run1(p + P_GEMM_SMALL_FIRST, bufs, 5, &pc, sizeof pc, (N + 7) / 8, (M + 15) / 16);
-    else run1(p, bufs, 5, &pc, sizeof pc, (N + 31) / 32, (M + 31) / 32);
+    else run1(p, bufs, 5, &pc, sizeof pc, (N + 63) / 64, (M + 63) / 64);
     int guard = readbuf(&by, yg, (size_t)M * N * 4);
     double e = nmse(yg, yr, (size_t)M * N);
     printf("  gemm q%d %dx%dx%d %s: nmse %.3g\n", q, M, N, K, cm ? "coopmat" : small ? "small" : "tiled", e);
@@ -162,6 +162,7 @@ static void gemm_formats(void)
     const dsv4_wq qs[3] = {DSV4_WQ_BF16, DSV4_WQ_FP8, DSV4_WQ_FP4};
     for (int i = 0; i < 3; i++) {
         gemm_case(qs[i], 37, 200, 256, 0, 0);
+        gemm_case(qs[i], 130, 70, qs[i] == DSV4_WQ_BF16 ? 264 : 384, 0, 0); /* partial tiles (bf16: and K slice) */
         gemm_case(qs[i], 5, 130, 384, 1, 0);
         gemm_case(qs[i], 16, 67, 1024, 1, 0);  /* 16 rows, a K loop of 2+ pieces per invocation */
         gemm_case(qs[i], 37, 200, 256, 1, 0);  /* more than 16 rows: what lavapipe runs */
@@ -222,7 +223,7 @@ static void grouped_case(dsv4_wq q, int gather, int variant /* 0 tiled, 1 small,
     uint32_t gy = tiles + 2;
     if (variant == 2) run1((vk_pipe_id)vkrt_cm_twin(p), bufs, 5, &pc, sizeof pc, (N + 127) / 128, gy);
     else if (variant == 1) run1(p + P_GEMM_SMALL_FIRST, bufs, 5, &pc, sizeof pc, (N + 7) / 8, gy);
-    else run1(p, bufs, 5, &pc, sizeof pc, (N + 31) / 32, gy);
+    else run1(p, bufs, 5, &pc, sizeof pc, (N + 63) / 64, gy);
     int guard = readbuf(&by, yg, (size_t)S * N * 4);
     double e = nmse(yg, yr, (size_t)S * N);
     printf("  gemm q%d %s %d slots x %dx%d %s: nmse %.3g\n", q, gather ? "gather" : "grouped", S, N, K,
