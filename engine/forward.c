@@ -63,8 +63,6 @@ enum { F_RMS_SCALE = 1, F_RMS_W = 2, F_ROPE = 4, F_ROPE_INV = 8, F_HADAMARD = 16
 #define SMALL_ROWS 16
 /* ... unless they have more rows than this and a tensor-core twin runs */
 #define CM_MIN_ROWS 4u
-/* routed experts: SMALL while they average at most this many rows each */
-#define EXPERT_SMALL_ROWS 16u
 
 #define ARENA_BYTES ((VkDeviceSize)256 << 20)
 
@@ -530,7 +528,9 @@ static void gemm(dsv4_engine *e, const gw *w, vkview X, uint32_t ldx, uint32_t x
     int cm = cm_pipe(e, p, pc.K, ldx, x_off);
     /* with tensor cores the SMALL variants win only for the fewest rows: their
        cost grows with every row, the tensor-core tile's barely (docs/benchmarks.md) */
-    if (M <= (uint32_t)e->small_rows && small_ok(pc.K, ldx, x_off) && !(cm >= 0 && M > CM_MIN_ROWS))
+    if (e->cpu_device && M <= (uint32_t)e->small_rows)
+        vkrt_dispatch(&e->rt, p + P_GEMM_SERIAL_FIRST, v, 5, &pc, sizeof pc, cdiv(pc.N, 64), cdiv(M, 8), 1);
+    else if (M <= (uint32_t)e->small_rows && small_ok(pc.K, ldx, x_off) && !(cm >= 0 && M > CM_MIN_ROWS))
         vkrt_dispatch(&e->rt, p + P_GEMM_SMALL_FIRST, v, 5, &pc, sizeof pc, cdiv(pc.N, 8), cdiv(M, 16), 1);
     else if (cm >= 0)
         vkrt_dispatch(&e->rt, (vk_pipe_id)cm, v, 5, &pc, sizeof pc, cdiv(pc.N, 128), cdiv(M, 64), 1);
@@ -765,25 +765,21 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     vk_pipe_id pgath = fp4 ? P_GEMM_FP4_GATHER : g->ex_q == DSV4_WQ_FP8 ? P_GEMM_FP8_GATHER : P_GEMM_BF16_GATHER;
     vk_pipe_id pgrp = fp4 ? P_GEMM_FP4_GROUPED : g->ex_q == DSV4_WQ_FP8 ? P_GEMM_FP8_GROUPED : P_GEMM_BF16_GROUPED;
     uint32_t scols_in = fp4 ? D / 32 : cdiv(D, 128), scols_mid = fp4 ? inter / 32 : cdiv(inter, 128);
-    /* SMALL reads each expert's weights once per 16 of its rows at near memory
-       speed; the tiled and tensor-core kernels once per 32-row tile but far
-       slower per byte (FP4 decode in the staging loop). So SMALL while the
-       experts get few rows each (prefill chunks of a few hundred tokens spread
-       6 x 256 over 256 experts); DSV4_EXPERT_SMALL_ROWS overrides the average. */
-    const char *esr = getenv("DSV4_EXPERT_SMALL_ROWS");
-    uint64_t avg_rows = esr && *esr ? (uint64_t)atoi(esr) : EXPERT_SMALL_ROWS;
-    int small = ((uint64_t)T * k <= 4 * (uint64_t)e->small_rows || (uint64_t)T * k <= avg_rows * E) &&
-                small_ok(D, D, 0) && small_ok(inter, inter, 0);
+    /* SMALL (decode batches; SERIAL on CPU drivers) while T x k is small; the
+       tensor-core kernels beat it from a few tokens up even though expert tiles
+       then hold only ~6 rows (gemm_bench, docs/benchmarks.md) */
+    int serial = e->cpu_device && (uint64_t)T * k <= 4 * (uint64_t)e->small_rows;
+    int small = serial || ((uint64_t)T * k <= 4 * (uint64_t)e->small_rows && small_ok(D, D, 0) && small_ok(inter, inter, 0));
     if (small) {
-        pgath += P_GEMM_SMALL_FIRST;
-        pgrp += P_GEMM_SMALL_FIRST;
+        pgath += serial ? P_GEMM_SERIAL_FIRST : P_GEMM_SMALL_FIRST;
+        pgrp += serial ? P_GEMM_SERIAL_FIRST : P_GEMM_SMALL_FIRST;
     }
     /* the tensor-core twins read whole 16-byte pieces of each expert's rows */
     int ex_al = g->ex_wstride[0] % 16 == 0 && g->ex_wstride[1] % 16 == 0 && g->ex_wstride[2] % 16 == 0;
     int cm_in = small || !ex_al ? -1 : cm_pipe(e, pgath, D, D, 0);
     int cm_out = small || !ex_al ? -1 : cm_pipe(e, pgrp, inter, inter, 0);
-    uint32_t gx_in = small ? cdiv(inter, 8) : cm_in >= 0 ? cdiv(inter, 128) : cdiv(inter, 64);
-    uint32_t gx_out = small ? cdiv(D, 8) : cm_out >= 0 ? cdiv(D, 128) : cdiv(D, 64);
+    uint32_t gx_in = serial ? cdiv(inter, 64) : small ? cdiv(inter, 8) : cm_in >= 0 ? cdiv(inter, 128) : cdiv(inter, 64);
+    uint32_t gx_out = serial ? cdiv(D, 64) : small ? cdiv(D, 8) : cm_out >= 0 ? cdiv(D, 128) : cdiv(D, 64);
     if (cm_in >= 0) pgath = (vk_pipe_id)cm_in;
     if (cm_out >= 0) pgrp = (vk_pipe_id)cm_out;
     for (int j = 0; j < 3; j += 2) {

@@ -78,6 +78,11 @@ static const struct {
     [P_GEMM_CM_FP4_GATHER] = {"gemm_cm_fp4_gather", 5, 1}, [P_GEMM_CM_FP4_GROUPED] = {"gemm_cm_fp4_grouped", 5, 1},
     [P_GEMM_CM_FP8_GATHER] = {"gemm_cm_fp8_gather", 5, 1}, [P_GEMM_CM_FP8_GROUPED] = {"gemm_cm_fp8_grouped", 5, 1},
     [P_GEMM_CM_BF16_GATHER] = {"gemm_cm_bf16_gather", 5, 1}, [P_GEMM_CM_BF16_GROUPED] = {"gemm_cm_bf16_grouped", 5, 1},
+    [P_GEMM_SERIAL_FIRST + 0] = {"gemm_bf16_serial", 5}, [P_GEMM_SERIAL_FIRST + 1] = {"gemm_f32_serial", 5},
+    [P_GEMM_SERIAL_FIRST + 2] = {"gemm_fp8_serial", 5},  [P_GEMM_SERIAL_FIRST + 3] = {"gemm_fp4_serial", 5},
+    [P_GEMM_SERIAL_FIRST + 4] = {"gemm_fp4_gather_serial", 5}, [P_GEMM_SERIAL_FIRST + 5] = {"gemm_fp4_grouped_serial", 5},
+    [P_GEMM_SERIAL_FIRST + 6] = {"gemm_fp8_gather_serial", 5}, [P_GEMM_SERIAL_FIRST + 7] = {"gemm_fp8_grouped_serial", 5},
+    [P_GEMM_SERIAL_FIRST + 8] = {"gemm_bf16_gather_serial", 5}, [P_GEMM_SERIAL_FIRST + 9] = {"gemm_bf16_grouped_serial", 5},
 };
 
 int vkrt_pipe_bindings(vk_pipe_id p) { return pipe_info[p].nbind; }

@@ -31,6 +31,9 @@ typedef enum {
     P_GEMM_CM_BF16, P_GEMM_CM_FP8, P_GEMM_CM_FP4,
     P_GEMM_CM_FP4_GATHER, P_GEMM_CM_FP4_GROUPED, P_GEMM_CM_FP8_GATHER, P_GEMM_CM_FP8_GROUPED,
     P_GEMM_CM_BF16_GATHER, P_GEMM_CM_BF16_GROUPED,
+    /* the SMALL ten again, SERIAL variants (one column per invocation, no
+       barriers): what CPU drivers run, in the same order */
+    P_GEMM_SERIAL_FIRST, P_GEMM_SERIAL_LAST = P_GEMM_SERIAL_FIRST + 9,
     P_COUNT
 } vk_pipe_id;
 

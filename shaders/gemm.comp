@@ -10,16 +10,19 @@
  * GATHER additionally reads X row rowmap[m] (the token of sorted slot m).
  * 64x64 output tile per workgroup (32x64 GROUPED), 256 threads with 4x4 (2x4)
  * outputs each; the
- * SMALL variant (few rows: decode; every GEMM on a CPU driver) streams the
- * weights once per 16 rows, see below. gemm_cm.comp is the tensor-core twin
- * of the tiled variant. */
+ * SMALL variant (few rows: decode) streams the weights once per 16 rows and
+ * the SERIAL variant (every GEMM on a CPU driver) gives each invocation one
+ * output column, see below. gemm_cm.comp is the tensor-core twin of the tiled
+ * variant. */
 #version 450
 #extension GL_EXT_control_flow_attributes : require
 #ifdef SMALL
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #endif
 #include "common.glsl"
-#ifdef SMALL
+#if defined(SERIAL)
+layout(local_size_x = 64) in;
+#elif defined(SMALL)
 layout(local_size_x = 256) in;
 #else
 layout(local_size_x = 16, local_size_y = 16) in;
@@ -46,7 +49,7 @@ layout(push_constant) uniform P {
     uint tiles_off, rowmap_off;
 } p;
 
-#ifndef SMALL
+#if !defined(SMALL) && !defined(SERIAL)
 #ifdef GROUPED
 #define TBM 32u
 #else
@@ -77,7 +80,57 @@ float wval(uint n, uint k, uint wbase, uint sbase)
 #endif
 }
 
-#ifdef SMALL
+#if defined(SERIAL)
+/* SERIAL: one output column per invocation, up to 8 rows at a time, no shared
+ * memory and no barriers: what a CPU driver (lavapipe) runs fastest; the
+ * engine uses it there for every GEMM. Each invocation loops K times per 8
+ * rows (K x ceil(rows / 8) within llvmpipe's loop cap at its sizes). */
+void main()
+{
+    uint n = gl_GlobalInvocationID.x;
+    uint m0, m1, wbase = 0u, sbase = 0u;
+#ifdef GROUPED
+    uint slot = gl_WorkGroupID.y;
+    if (slot >= R[p.tiles_off]) return;
+    uint tb = p.tiles_off + 4u + slot * 4u;
+    uint ex = R[tb];
+    if (ex < p.e0 || ex >= p.e1) return;
+    m0 = R[tb + 1u]; m1 = R[tb + 2u];
+    wbase = (ex - p.e0) * p.w_estride;
+    sbase = (ex - p.e0) * p.s_estride;
+#else
+    m0 = gl_WorkGroupID.y * 8u;
+    m1 = min(m0 + 8u, p.M);
+#endif
+    if (n >= p.N) return;
+    for (uint r0 = m0; r0 < m1; r0 += 8u) {
+        uint xr[8];
+        float acc[8];
+        for (uint i = 0u; i < 8u; i++) {
+            uint m = min(r0 + i, m1 - 1u);
+#ifdef GATHER
+            xr[i] = R[p.rowmap_off + m] * p.ldx + p.x_off;
+#else
+            xr[i] = m * p.ldx + p.x_off;
+#endif
+            acc[i] = 0.0;
+        }
+        for (uint k = 0u; k < p.K; k++) {
+            float w = wval(p.w_row0 + n, k, wbase, sbase);
+            for (uint i = 0u; i < 8u; i++) acc[i] += X[xr[i] + k] * w;
+        }
+        for (uint i = 0u; i < 8u; i++) {
+            uint m = r0 + i;
+            if (m >= m1) break;
+            uint o = m * p.ldy + p.y_off + n;
+            float v = acc[i];
+            if ((p.flags & 2u) != 0u) v += Y[o];
+            if ((p.flags & 1u) != 0u) v = bf16r(v);
+            Y[o] = v;
+        }
+    }
+}
+#elif defined(SMALL)
 /* SMALL: bandwidth-bound, for few rows (decode). 8 output columns per
  * workgroup, 32 invocations per column splitting K: each reads 16 bytes of
  * the packed row at a time (consecutive invocations consecutive pieces, so a

@@ -125,7 +125,8 @@ static void tw_free(tw *t)
     free(t->wd); free(t->sd);
 }
 
-/* cm: run the tensor-core twin (P_GEMM_CM_*) instead of the portable shader */
+/* small: 1 the SMALL variant, 2 the SERIAL one; cm: the tensor-core twin
+ * (P_GEMM_CM_*) instead of the portable shader */
 static void gemm_case(dsv4_wq q, int M, int N, int K, int small, int cm)
 {
     tw t;
@@ -143,11 +144,13 @@ static void gemm_case(dsv4_wq q, int M, int N, int K, int small, int cm)
                   q == DSV4_WQ_FP4 ? (uint32_t)K / 32 : (uint32_t)(K + 127) / 128, 0, 0, 0, 0, 0, 0};
     vk_pipe_id p = q == DSV4_WQ_FP8 ? P_GEMM_FP8 : q == DSV4_WQ_FP4 ? P_GEMM_FP4 : P_GEMM_BF16;
     if (cm) run1((vk_pipe_id)vkrt_cm_twin(p), bufs, 5, &pc, sizeof pc, (N + 127) / 128, (M + 63) / 64);
+    else if (small == 2) run1(p + P_GEMM_SERIAL_FIRST, bufs, 5, &pc, sizeof pc, (N + 63) / 64, (M + 7) / 8);
     else if (small) run1(p + P_GEMM_SMALL_FIRST, bufs, 5, &pc, sizeof pc, (N + 7) / 8, (M + 15) / 16);
     else run1(p, bufs, 5, &pc, sizeof pc, (N + 63) / 64, (M + 63) / 64);
     int guard = readbuf(&by, yg, (size_t)M * N * 4);
     double e = nmse(yg, yr, (size_t)M * N);
-    printf("  gemm q%d %dx%dx%d %s: nmse %.3g\n", q, M, N, K, cm ? "coopmat" : small ? "small" : "tiled", e);
+    printf("  gemm q%d %dx%dx%d %s: nmse %.3g\n", q, M, N, K,
+           cm ? "coopmat" : small == 2 ? "serial" : small ? "small" : "tiled", e);
     CHECKF(e < 1e-5, "gemm nmse %g", e);
     CHECK(guard == 0);
     vkbuf *all[5] = {&bx, &bw, &bs, &by, &bd};
@@ -165,7 +168,9 @@ static void gemm_formats(void)
         gemm_case(qs[i], 130, 70, qs[i] == DSV4_WQ_BF16 ? 264 : 384, 0, 0); /* partial tiles (bf16: and K slice) */
         gemm_case(qs[i], 5, 130, 384, 1, 0);
         gemm_case(qs[i], 16, 67, 1024, 1, 0);  /* 16 rows, a K loop of 2+ pieces per invocation */
-        gemm_case(qs[i], 37, 200, 256, 1, 0);  /* more than 16 rows: what lavapipe runs */
+        gemm_case(qs[i], 37, 200, 256, 1, 0);  /* more than 16 rows */
+        gemm_case(qs[i], 5, 130, 384, 2, 0);
+        gemm_case(qs[i], 37, 200, 256, 2, 0);  /* what lavapipe runs */
     }
 }
 
@@ -174,7 +179,7 @@ static void gemm_formats(void)
  * token of each slot); GATHER reads X row rowmap[m], GROUPED row m. Sorted
  * slot m's output row is m. Dispatched with more tile slots than tiles, as
  * forward.c does. */
-static void grouped_case(dsv4_wq q, int gather, int variant /* 0 tiled, 1 small, 2 coopmat */)
+static void grouped_case(dsv4_wq q, int gather, int variant /* 0 tiled, 1 small, 2 coopmat, 3 serial */)
 {
     enum { E = 3, T = 29, N = 160, K = 256 };
     static const int cnt[E] = {37, 0, 20}; /* slots per expert: 2 tiles, none, 1 tile */
@@ -223,11 +228,12 @@ static void grouped_case(dsv4_wq q, int gather, int variant /* 0 tiled, 1 small,
     uint32_t gy = tiles + 2;
     if (variant == 2) run1((vk_pipe_id)vkrt_cm_twin(p), bufs, 5, &pc, sizeof pc, (N + 127) / 128, gy);
     else if (variant == 1) run1(p + P_GEMM_SMALL_FIRST, bufs, 5, &pc, sizeof pc, (N + 7) / 8, gy);
+    else if (variant == 3) run1(p + P_GEMM_SERIAL_FIRST, bufs, 5, &pc, sizeof pc, (N + 63) / 64, gy);
     else run1(p, bufs, 5, &pc, sizeof pc, (N + 63) / 64, gy);
     int guard = readbuf(&by, yg, (size_t)S * N * 4);
     double e = nmse(yg, yr, (size_t)S * N);
     printf("  gemm q%d %s %d slots x %dx%d %s: nmse %.3g\n", q, gather ? "gather" : "grouped", S, N, K,
-           variant == 2 ? "coopmat" : variant == 1 ? "small" : "tiled", e);
+           variant == 3 ? "serial" : variant == 2 ? "coopmat" : variant == 1 ? "small" : "tiled", e);
     CHECKF(e < 1e-5, "grouped gemm nmse %g", e);
     CHECK(guard == 0);
     vkbuf *all[5] = {&bx, &bw, &bs, &by, &br};
@@ -244,6 +250,7 @@ static void gemm_grouped(void)
         for (int g = 0; g < 2; g++) {
             grouped_case(qs[i], g, 0);
             grouped_case(qs[i], g, 1);
+            grouped_case(qs[i], g, 3);
         }
 }
 
