@@ -768,14 +768,15 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     /* SMALL (decode batches; SERIAL on CPU drivers) while T x k is small; the
        tensor-core kernels beat it from a few tokens up even though expert tiles
        then hold only ~6 rows (gemm_bench, docs/benchmarks.md) */
+    /* SMALL and the tensor-core twins read whole 16-byte pieces of each expert's rows */
+    int ex_al = g->ex_wstride[0] % 16 == 0 && g->ex_wstride[1] % 16 == 0 && g->ex_wstride[2] % 16 == 0;
     int serial = e->cpu_device && (uint64_t)T * k <= 4 * (uint64_t)e->small_rows;
-    int small = serial || ((uint64_t)T * k <= 4 * (uint64_t)e->small_rows && small_ok(D, D, 0) && small_ok(inter, inter, 0));
+    int small = serial || ((uint64_t)T * k <= 4 * (uint64_t)e->small_rows && ex_al && small_ok(D, D, 0) &&
+                           small_ok(inter, inter, 0));
     if (small) {
         pgath += serial ? P_GEMM_SERIAL_FIRST : P_GEMM_SMALL_FIRST;
         pgrp += serial ? P_GEMM_SERIAL_FIRST : P_GEMM_SMALL_FIRST;
     }
-    /* the tensor-core twins read whole 16-byte pieces of each expert's rows */
-    int ex_al = g->ex_wstride[0] % 16 == 0 && g->ex_wstride[1] % 16 == 0 && g->ex_wstride[2] % 16 == 0;
     int cm_in = small || !ex_al ? -1 : cm_pipe(e, pgath, D, D, 0);
     int cm_out = small || !ex_al ? -1 : cm_pipe(e, pgrp, inter, inter, 0);
     uint32_t gx_in = serial ? cdiv(inter, 64) : small ? cdiv(inter, 8) : cm_in >= 0 ? cdiv(inter, 128) : cdiv(inter, 64);

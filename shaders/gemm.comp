@@ -8,12 +8,11 @@
  * GROUPED: rows come in expert tiles from the route buffer written by
  * moe_group.comp (MoE tokens grouped by expert): tile = (expert, m0, m1);
  * GATHER additionally reads X row rowmap[m] (the token of sorted slot m).
- * 64x64 output tile per workgroup (32x64 GROUPED), 256 threads with 4x4 (2x4)
- * outputs each; the
- * SMALL variant (few rows: decode) streams the weights once per 16 rows and
- * the SERIAL variant (every GEMM on a CPU driver) gives each invocation one
- * output column, see below. gemm_cm.comp is the tensor-core twin of the tiled
- * variant. */
+ * Tiled: a 64x64 output tile per workgroup (32x64 GROUPED), 256 threads with
+ * 4x4 (2x4) outputs each; the SMALL variant (few rows: decode) streams the
+ * weights once per 16 rows and the SERIAL variant (every GEMM on a CPU driver)
+ * gives each invocation one output column, see below. gemm_cm.comp is the
+ * tensor-core twin of the tiled variant. */
 #version 450
 #extension GL_EXT_control_flow_attributes : require
 #ifdef SMALL
@@ -136,9 +135,10 @@ void main()
  * the packed row at a time (consecutive invocations consecutive pieces, so a
  * column's 32 invocations read 512 contiguous bytes), decodes them once and
  * applies them to up to 16 rows of X; the 32 partial sums of each (row,
- * column) are added with subgroupAdd and, across subgroups, in shared memory. Each invocation loops K / (32 * VEC) times
- * per 16 rows, far below llvmpipe's 65535-iteration cap at the sizes it runs.
- * Requires K % VEC == 0, ldx % 4 == 0 and x_off % 4 == 0 (forward.c). */
+ * column) are added with subgroupAdd and, across subgroups, in shared memory.
+ * Each invocation loops K / (32 * VEC) times per 16 rows, far below llvmpipe's
+ * 65535-iteration cap. Requires K % VEC == 0, 16-byte aligned weight rows
+ * (GROUPED: expert strides), ldx % 4 == 0 and x_off % 4 == 0 (forward.c). */
 #if defined(WT_FP4)
 #define VEC 32u
 #elif defined(WT_FP8)
