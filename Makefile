@@ -18,6 +18,10 @@ override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -MMD -MP -I. -I$
            $(shell pkg-config --cflags $(PKGS))
 LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lm -lpthread
 GLSLC   ?= glslc
+# Debian 13's glslc for the cooperative-matrix shaders (Debian 12's cannot
+# compile them); scripts/install-deps.sh unpacks it here, outside BUILD_DIR so
+# the asan build shares it.
+GLSLC_COOPMAT ?= build/tools/trixie/glslc
 
 MODULES   := engine ingest cache jobs pipeline
 LIB_SRCS  := $(filter-out pipeline/main.c,$(wildcard $(addsuffix /*.c,$(MODULES))))
@@ -44,8 +48,11 @@ $(BUILD_DIR)/%.o: %.c
 
 # Every shader is compiled to SPIR-V and embedded, so the installed program
 # needs no shader files at run time.
-$(BUILD_DIR)/shaders/embedded.c: $(SHADER_SRCS) scripts/build-shaders.sh
-	GLSLC=$(GLSLC) scripts/build-shaders.sh shaders $(BUILD_DIR)/shaders
+$(BUILD_DIR)/shaders/embedded.c: $(SHADER_SRCS) scripts/build-shaders.sh | $(GLSLC_COOPMAT)
+	GLSLC=$(GLSLC) GLSLC_COOPMAT=$(GLSLC_COOPMAT) scripts/build-shaders.sh shaders $(BUILD_DIR)/shaders
+
+build/tools/trixie/glslc:
+	scripts/install-deps.sh coopmat-glslc
 
 $(BUILD_DIR)/shaders/embedded.o: $(BUILD_DIR)/shaders/embedded.c
 	$(CC) $(CFLAGS) -Wno-overlength-strings -c -o $@ $<
@@ -54,6 +61,11 @@ $(BUILD_DIR)/ingest/tokenizer_embed.o: models/deepseek-v4-tokenizer/tokenizer.js
 
 # Measurement tools (not installed): time to first token with and without the cache.
 $(BUILD_DIR)/tools/ttft: bench/ttft.c $(BUILD_DIR)/libdsv4.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+# GEMM kernel timings (docs/benchmarks.md): every variant at V4-Flash sizes.
+$(BUILD_DIR)/tools/gemm_bench: bench/gemm_bench.c $(BUILD_DIR)/libdsv4.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
@@ -71,7 +83,7 @@ $(BUILD_DIR)/tests/%: $(BUILD_DIR)/tests/%.o $(TEST_SUPPORT_OBJS) $(BUILD_DIR)/l
 # CPU reference code must round the same way everywhere.
 $(BUILD_DIR)/tests/ref_%.o: override CFLAGS += -ffp-contract=off
 
-tests: $(TEST_BINS) $(BUILD_DIR)/tests/runner $(BIN_DIR)/dsv4-batch
+tests: $(TEST_BINS) $(BUILD_DIR)/tests/runner $(BIN_DIR)/dsv4-batch $(BUILD_DIR)/tools/gemm_bench
 
 deps:
 	scripts/install-deps.sh
@@ -109,7 +121,7 @@ clean:
 	rm -rf build bin build-asan bin-asan
 
 .PHONY: all tests test deps asan demo install clean
--include $(shell find $(BUILD_DIR) -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD_DIR) -name '*.d' -type f -not -path '*/tools/*' 2>/dev/null)
 
 # ---- fuzzing (ingest/) ----------------------------------------------------
 # `make fuzz` builds one libFuzzer program per parser entry point

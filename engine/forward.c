@@ -63,6 +63,8 @@ enum { F_RMS_SCALE = 1, F_RMS_W = 2, F_ROPE = 4, F_ROPE_INV = 8, F_HADAMARD = 16
 
 /* GEMMs with at most this many rows use the SMALL shader variants */
 #define SMALL_ROWS 16
+/* ... unless they have more rows than this and a tensor-core twin runs */
+#define CM_MIN_ROWS 4u
 
 #define ARENA_BYTES ((VkDeviceSize)256 << 20)
 
@@ -532,6 +534,19 @@ fail:
 
 /* ------------------------------------------------------------ recording */
 
+/* The tensor-core twin (shaders/gemm_cm.comp) of tiled GEMM pipe p when the
+ * device has it and the operands meet its alignment (K a multiple of its K
+ * slices, X rows in whole vec4s), else -1. */
+static int cm_pipe(dsv4_engine *e, vk_pipe_id p, uint32_t K, uint32_t ldx, uint32_t x_off)
+{
+    int cm = vkrt_cm_twin(p);
+    if (cm < 0 || !e->rt.coopmat || !e->rt.pipe[cm]) return -1;
+    return K % 64 == 0 && ldx % 4 == 0 && x_off % 4 == 0 ? cm : -1;
+}
+
+/* The SMALL variants read 16 weight bytes and X in vec4s at a time. */
+static int small_ok(uint32_t K, uint32_t ldx, uint32_t x_off) { return K % 32 == 0 && ldx % 4 == 0 && x_off % 4 == 0; }
+
 static void gemm(dsv4_engine *e, const gw *w, vkview X, uint32_t ldx, uint32_t x_off, vkview Y, uint32_t ldy,
                  uint32_t y_off, uint32_t M, uint32_t flags, uint32_t w_row0, uint32_t N)
 {
@@ -539,10 +554,17 @@ static void gemm(dsv4_engine *e, const gw *w, vkview X, uint32_t ldx, uint32_t x
                  : w->q == DSV4_WQ_F32 ? P_GEMM_F32 : P_GEMM_BF16;
     pc_gemm pc = {M, N ? N : w->out, w->in, ldx, ldy, x_off, y_off, w_row0, flags, w->s_cols, 0, 0, 0, 0, 0, 0};
     vkview v[5] = {X, w->w, w->s, Y, e->dummy};
-    if (M <= (uint32_t)e->small_rows)
-        vkrt_dispatch(&e->rt, p + P_GEMM_SMALL_FIRST, v, 5, &pc, sizeof pc, cdiv(pc.N, 64), cdiv(M, 8), 1);
+    int cm = cm_pipe(e, p, pc.K, ldx, x_off);
+    /* with tensor cores the SMALL variants win only for the fewest rows: their
+       cost grows with every row, the tensor-core tile's barely (docs/benchmarks.md) */
+    if (e->cpu_device && M <= (uint32_t)e->small_rows)
+        vkrt_dispatch(&e->rt, p + P_GEMM_SERIAL_FIRST, v, 5, &pc, sizeof pc, cdiv(pc.N, 64), cdiv(M, 8), 1);
+    else if (M <= (uint32_t)e->small_rows && small_ok(pc.K, ldx, x_off) && !(cm >= 0 && M > CM_MIN_ROWS))
+        vkrt_dispatch(&e->rt, p + P_GEMM_SMALL_FIRST, v, 5, &pc, sizeof pc, cdiv(pc.N, 8), cdiv(M, 16), 1);
+    else if (cm >= 0)
+        vkrt_dispatch(&e->rt, (vk_pipe_id)cm, v, 5, &pc, sizeof pc, cdiv(pc.N, 128), cdiv(M, 64), 1);
     else
-        vkrt_dispatch(&e->rt, p, v, 5, &pc, sizeof pc, cdiv(pc.N, 32), cdiv(M, 32), 1);
+        vkrt_dispatch(&e->rt, p, v, 5, &pc, sizeof pc, cdiv(pc.N, 64), cdiv(M, 64), 1);
 }
 
 /* FP8/FP4 weights: quantize the activations first (linear() in model.py). */
@@ -776,12 +798,24 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     vk_pipe_id pgath = fp4 ? P_GEMM_FP4_GATHER : g->ex_q == DSV4_WQ_FP8 ? P_GEMM_FP8_GATHER : P_GEMM_BF16_GATHER;
     vk_pipe_id pgrp = fp4 ? P_GEMM_FP4_GROUPED : g->ex_q == DSV4_WQ_FP8 ? P_GEMM_FP8_GROUPED : P_GEMM_BF16_GROUPED;
     uint32_t scols_in = fp4 ? D / 32 : cdiv(D, 128), scols_mid = fp4 ? inter / 32 : cdiv(inter, 128);
-    int small = (uint64_t)T * k <= 4 * (uint64_t)e->small_rows;
+    /* SMALL (decode batches; SERIAL on CPU drivers) while T x k is small; the
+       tensor-core kernels beat it from a few tokens up even though expert tiles
+       then hold only ~6 rows (gemm_bench, docs/benchmarks.md) */
+    /* SMALL and the tensor-core twins read whole 16-byte pieces of each expert's rows */
+    int ex_al = g->ex_wstride[0] % 16 == 0 && g->ex_wstride[1] % 16 == 0 && g->ex_wstride[2] % 16 == 0;
+    int serial = e->cpu_device && (uint64_t)T * k <= 4 * (uint64_t)e->small_rows;
+    int small = serial || ((uint64_t)T * k <= 4 * (uint64_t)e->small_rows && ex_al && small_ok(D, D, 0) &&
+                           small_ok(inter, inter, 0));
     if (small) {
-        pgath += P_GEMM_SMALL_FIRST;
-        pgrp += P_GEMM_SMALL_FIRST;
+        pgath += serial ? P_GEMM_SERIAL_FIRST : P_GEMM_SMALL_FIRST;
+        pgrp += serial ? P_GEMM_SERIAL_FIRST : P_GEMM_SMALL_FIRST;
     }
-    uint32_t gx_in = small ? cdiv(inter, 64) : cdiv(inter, 32), gx_out = small ? cdiv(D, 64) : cdiv(D, 32);
+    int cm_in = small || !ex_al ? -1 : cm_pipe(e, pgath, D, D, 0);
+    int cm_out = small || !ex_al ? -1 : cm_pipe(e, pgrp, inter, inter, 0);
+    uint32_t gx_in = serial ? cdiv(inter, 64) : small ? cdiv(inter, 8) : cm_in >= 0 ? cdiv(inter, 128) : cdiv(inter, 64);
+    uint32_t gx_out = serial ? cdiv(D, 64) : small ? cdiv(D, 8) : cm_out >= 0 ? cdiv(D, 128) : cdiv(D, 64);
+    if (cm_in >= 0) pgath = (vk_pipe_id)cm_in;
+    if (cm_out >= 0) pgrp = (vk_pipe_id)cm_out;
     for (int j = 0; j < 3; j += 2) {
         for (int q = 0; q < g->n_exgroups; q++) {
             uint32_t e0 = (uint32_t)(q * g->ex_per_group), e1 = e0 + (uint32_t)g->ex_per_group < E ? e0 + (uint32_t)g->ex_per_group : E;

@@ -5,8 +5,13 @@
  * device (lavapipe on machines without a GPU). The features the shaders need
  * are checked up front and a missing one is named in the error: compute
  * queue, VK_KHR_push_descriptor, shaderFloat64 (RoPE range reduction),
- * 128 push-constant bytes. Everything else is plain storage buffers of
- * 32-bit words, so lavapipe (Mesa 22.3) runs every shader. */
+ * subgroup arithmetic in compute (the SMALL GEMMs), 128 push-constant bytes.
+ * Everything else is plain storage buffers of 32-bit words, so lavapipe
+ * (Mesa 22.3) runs every shader.
+ * Optional: VK_KHR_cooperative_matrix with a 16x16x16 fp16 x fp16 -> fp32
+ * subgroup shape, shaderFloat16, vulkanMemoryModel and subgroups of 32 (NVIDIA
+ * GPUs): then it is enabled and the P_GEMM_CM_* pipelines are created
+ * (rt->coopmat); DSV4_COOPMAT=0 turns this off. */
 #include "engine/vk.h"
 
 #include <stdio.h>
@@ -16,9 +21,36 @@
 #include "engine/dsv4_engine.h"
 #include "shaders/dsv4_shaders.h"
 
+/* Debian 12's Vulkan headers (1.3.239) predate VK_KHR_cooperative_matrix
+ * (1.3.255): its names and values from the Vulkan registry (extension 507). */
+#ifndef VK_KHR_cooperative_matrix
+#define VK_KHR_cooperative_matrix 1
+#define VK_KHR_COOPERATIVE_MATRIX_EXTENSION_NAME "VK_KHR_cooperative_matrix"
+#define VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR ((VkStructureType)1000506000)
+#define VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_KHR ((VkStructureType)1000506001)
+typedef enum { VK_COMPONENT_TYPE_FLOAT16_KHR = 0, VK_COMPONENT_TYPE_FLOAT32_KHR = 1 } VkComponentTypeKHR;
+typedef enum { VK_SCOPE_SUBGROUP_KHR = 3 } VkScopeKHR;
+typedef struct VkCooperativeMatrixPropertiesKHR {
+    VkStructureType sType;
+    void *pNext;
+    uint32_t MSize, NSize, KSize;
+    VkComponentTypeKHR AType, BType, CType, ResultType;
+    VkBool32 saturatingAccumulation;
+    VkScopeKHR scope;
+} VkCooperativeMatrixPropertiesKHR;
+typedef struct VkPhysicalDeviceCooperativeMatrixFeaturesKHR {
+    VkStructureType sType;
+    void *pNext;
+    VkBool32 cooperativeMatrix, cooperativeMatrixRobustBufferAccess;
+} VkPhysicalDeviceCooperativeMatrixFeaturesKHR;
+typedef VkResult(VKAPI_PTR *PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR)(
+    VkPhysicalDevice, uint32_t *, VkCooperativeMatrixPropertiesKHR *);
+#endif
+
 static const struct {
     const char *shader;
     int nbind;
+    int coopmat; /* needs VK_KHR_cooperative_matrix */
 } pipe_info[P_COUNT] = {
     [P_GEMM_BF16] = {"gemm_bf16", 5},           [P_GEMM_F32] = {"gemm_f32", 5},
     [P_GEMM_FP8] = {"gemm_fp8", 5},             [P_GEMM_FP4] = {"gemm_fp4", 5},
@@ -42,6 +74,16 @@ static const struct {
     [P_ADD_BCAST] = {"add_bcast", 3},
     [P_ATTN_SERIAL] = {"attn_serial", 7},
     [P_FILL_RANDOM] = {"fill_random", 1},
+    [P_GEMM_CM_BF16] = {"gemm_cm_bf16", 5, 1},  [P_GEMM_CM_FP8] = {"gemm_cm_fp8", 5, 1},
+    [P_GEMM_CM_FP4] = {"gemm_cm_fp4", 5, 1},
+    [P_GEMM_CM_FP4_GATHER] = {"gemm_cm_fp4_gather", 5, 1}, [P_GEMM_CM_FP4_GROUPED] = {"gemm_cm_fp4_grouped", 5, 1},
+    [P_GEMM_CM_FP8_GATHER] = {"gemm_cm_fp8_gather", 5, 1}, [P_GEMM_CM_FP8_GROUPED] = {"gemm_cm_fp8_grouped", 5, 1},
+    [P_GEMM_CM_BF16_GATHER] = {"gemm_cm_bf16_gather", 5, 1}, [P_GEMM_CM_BF16_GROUPED] = {"gemm_cm_bf16_grouped", 5, 1},
+    [P_GEMM_SERIAL_FIRST + 0] = {"gemm_bf16_serial", 5}, [P_GEMM_SERIAL_FIRST + 1] = {"gemm_f32_serial", 5},
+    [P_GEMM_SERIAL_FIRST + 2] = {"gemm_fp8_serial", 5},  [P_GEMM_SERIAL_FIRST + 3] = {"gemm_fp4_serial", 5},
+    [P_GEMM_SERIAL_FIRST + 4] = {"gemm_fp4_gather_serial", 5}, [P_GEMM_SERIAL_FIRST + 5] = {"gemm_fp4_grouped_serial", 5},
+    [P_GEMM_SERIAL_FIRST + 6] = {"gemm_fp8_gather_serial", 5}, [P_GEMM_SERIAL_FIRST + 7] = {"gemm_fp8_grouped_serial", 5},
+    [P_GEMM_SERIAL_FIRST + 8] = {"gemm_bf16_gather_serial", 5}, [P_GEMM_SERIAL_FIRST + 9] = {"gemm_bf16_grouped_serial", 5},
 };
 
 int vkrt_pipe_bindings(vk_pipe_id p) { return pipe_info[p].nbind; }
@@ -67,6 +109,45 @@ static int has_ext(VkPhysicalDevice pd, const char *name)
     for (uint32_t i = 0; i < n; i++)
         if (strcmp(e[i].extensionName, name) == 0) ok = 1;
     free(e);
+    return ok;
+}
+
+/* Whether the device can run shaders/gemm_cm.comp: the extension, a 16x16x16
+ * fp16 x fp16 + fp32 subgroup shape, shaderFloat16, the Vulkan memory model
+ * (glslang emits it with cooperative matrices) and subgroups of 32 (the
+ * shader's 8 subgroups per 256 invocations). */
+static int coopmat_usable(VkInstance inst, VkPhysicalDevice pd, const VkPhysicalDeviceProperties *props)
+{
+    const char *env = getenv("DSV4_COOPMAT");
+    if (env && strcmp(env, "0") == 0) return 0;
+    if (props->apiVersion < VK_API_VERSION_1_2 || !has_ext(pd, VK_KHR_COOPERATIVE_MATRIX_EXTENSION_NAME)) return 0;
+    VkPhysicalDeviceCooperativeMatrixFeaturesKHR cmf = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR};
+    VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES, .pNext = &cmf};
+    VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f12};
+    vkGetPhysicalDeviceFeatures2(pd, &f2);
+    if (!cmf.cooperativeMatrix || !f12.shaderFloat16 || !f12.vulkanMemoryModel) return 0;
+    VkPhysicalDeviceSubgroupProperties sp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &sp};
+    vkGetPhysicalDeviceProperties2(pd, &p2);
+    if (sp.subgroupSize != 32 || !(sp.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT)) return 0;
+    if (props->limits.maxComputeSharedMemorySize < 48u * 1024u) return 0;
+    PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR get =
+        (PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR)vkGetInstanceProcAddr(
+            inst, "vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR");
+    if (!get) return 0;
+    uint32_t n = 0;
+    if (get(pd, &n, NULL) != VK_SUCCESS || n == 0) return 0;
+    VkCooperativeMatrixPropertiesKHR *cp = calloc(n, sizeof *cp);
+    if (!cp) return 0;
+    for (uint32_t i = 0; i < n; i++) cp[i].sType = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_KHR;
+    int ok = 0;
+    if (get(pd, &n, cp) == VK_SUCCESS)
+        for (uint32_t i = 0; i < n; i++)
+            ok |= cp[i].MSize == 16 && cp[i].NSize == 16 && cp[i].KSize == 16 &&
+                  cp[i].AType == VK_COMPONENT_TYPE_FLOAT16_KHR && cp[i].BType == VK_COMPONENT_TYPE_FLOAT16_KHR &&
+                  cp[i].CType == VK_COMPONENT_TYPE_FLOAT32_KHR && cp[i].ResultType == VK_COMPONENT_TYPE_FLOAT32_KHR &&
+                  cp[i].scope == VK_SCOPE_SUBGROUP_KHR;
+    free(cp);
     return ok;
 }
 
@@ -138,6 +219,14 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
         snprintf(err, errlen, "vulkan: device '%s' lacks shaderFloat64", dn);
         return DSV4_EDEVICE;
     }
+    VkPhysicalDeviceSubgroupProperties sgp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+    VkPhysicalDeviceProperties2 sgp2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &sgp};
+    vkGetPhysicalDeviceProperties2(rt->phys, &sgp2);
+    if (!(sgp.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) ||
+        !(sgp.supportedOperations & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT)) {
+        snprintf(err, errlen, "vulkan: device '%s' lacks subgroup arithmetic in compute shaders (the SMALL GEMMs)", dn);
+        return DSV4_EDEVICE;
+    }
     if (rt->props.limits.maxPushConstantsSize < 128) {
         snprintf(err, errlen, "vulkan: device '%s' has only %u push-constant bytes (need 128)", dn,
                  rt->props.limits.maxPushConstantsSize);
@@ -169,11 +258,18 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
     float prio = 1.0f;
     VkDeviceQueueCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
                                    .queueFamilyIndex = rt->qfam, .queueCount = 1, .pQueuePriorities = &prio};
-    const char *exts[] = {VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME};
+    const char *exts[] = {VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME, VK_KHR_COOPERATIVE_MATRIX_EXTENSION_NAME};
     VkPhysicalDeviceFeatures want = {.shaderFloat64 = VK_TRUE, .shaderInt64 = feat.shaderInt64};
+    rt->coopmat = coopmat_usable(rt->inst, rt->phys, &rt->props);
+    VkPhysicalDeviceCooperativeMatrixFeaturesKHR cm_want = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR, .cooperativeMatrix = VK_TRUE};
+    VkPhysicalDeviceVulkan12Features f12_want = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES,
+                                                 .pNext = &cm_want, .shaderFloat16 = VK_TRUE,
+                                                 .vulkanMemoryModel = VK_TRUE};
     VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
+                              .pNext = rt->coopmat ? &f12_want : NULL,
                               .queueCreateInfoCount = 1, .pQueueCreateInfos = &qci,
-                              .enabledExtensionCount = 1, .ppEnabledExtensionNames = exts,
+                              .enabledExtensionCount = rt->coopmat ? 2 : 1, .ppEnabledExtensionNames = exts,
                               .pEnabledFeatures = &want};
     VKCHK(vkCreateDevice(rt->phys, &dci, NULL, &rt->dev), "vkCreateDevice");
     vkGetDeviceQueue(rt->dev, rt->qfam, 0, &rt->queue);
@@ -194,6 +290,13 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
     VKCHK(vkCreateFence(rt->dev, &fci, NULL, &rt->fence), "vkCreateFence");
 
     for (int i = 0; i < P_COUNT; i++) {
+        if (pipe_info[i].coopmat && !rt->coopmat) continue;
+        /* DSV4_COOPMAT=nobf16: tensor cores for FP8/FP4 weights only (their fp16
+           products are exact; bf16 operands outside fp16's range are not) */
+        const char *cmenv = getenv("DSV4_COOPMAT");
+        if (pipe_info[i].coopmat && cmenv && strcmp(cmenv, "nobf16") == 0 &&
+            (i == P_GEMM_CM_BF16 || i == P_GEMM_CM_BF16_GATHER || i == P_GEMM_CM_BF16_GROUPED))
+            continue;
         const dsv4_spirv *sp = dsv4_spirv_find(pipe_info[i].shader);
         if (!sp) {
             snprintf(err, errlen, "shader '%s' is not embedded (shaders/shaders.list)", pipe_info[i].shader);
@@ -226,6 +329,13 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
             .layout = rt->pl[i]};
         VkResult pr = vkCreateComputePipelines(rt->dev, VK_NULL_HANDLE, 1, &cci, NULL, &rt->pipe[i]);
         vkDestroyShaderModule(rt->dev, sm, NULL);
+        if (pr != VK_SUCCESS && pipe_info[i].coopmat) {
+            /* the portable GEMM stays: forward.c uses a twin only where it exists */
+            fprintf(stderr, "dsv4: tensor-core pipeline '%s' failed on '%s' (VkResult %d); the portable GEMM runs instead\n",
+                    pipe_info[i].shader, dn, (int)pr);
+            rt->pipe[i] = VK_NULL_HANDLE;
+            continue;
+        }
         if (pr != VK_SUCCESS) {
             snprintf(err, errlen, "vulkan: pipeline '%s' failed (VkResult %d)", pipe_info[i].shader, (int)pr);
             return DSV4_EVULKAN;
@@ -243,12 +353,13 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
     int rc = vkbuf_create(rt, 64u << 20, 0, &rt->stage, err, errlen);
     if (rc) return rc;
     if (verbose)
-        fprintf(stderr, "dsv4: Vulkan device %d of %u: %s (%s), maxStorageBufferRange %llu, maxMemoryAllocationSize %llu\n",
+        fprintf(stderr, "dsv4: Vulkan device %d of %u: %s (%s), maxStorageBufferRange %llu, maxMemoryAllocationSize %llu%s\n",
                 di, n, dn,
                 rt->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU ? "discrete GPU"
                 : rt->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU      ? "CPU"
                                                                             : "GPU",
-                (unsigned long long)rt->max_range, (unsigned long long)rt->max_alloc);
+                (unsigned long long)rt->max_range, (unsigned long long)rt->max_alloc,
+                rt->coopmat ? ", cooperative-matrix GEMMs" : "");
     return 0;
 }
 

@@ -27,6 +27,14 @@ typedef enum {
     P_HC_MIX, P_HC_MIX_HEAD, /* hc_pre's products with fn, split over slices of a token */
     P_ATTN_SERIAL,      /* attn, one invocation per (token, head): CPU drivers */
     P_FILL_RANDOM,      /* synthetic weights for the bench (engine/bench_weights.c) */
+    /* tensor-core twins of the tiled GEMMs (shaders/gemm_cm.comp): created
+       only when rt->coopmat; no f32 variant */
+    P_GEMM_CM_BF16, P_GEMM_CM_FP8, P_GEMM_CM_FP4,
+    P_GEMM_CM_FP4_GATHER, P_GEMM_CM_FP4_GROUPED, P_GEMM_CM_FP8_GATHER, P_GEMM_CM_FP8_GROUPED,
+    P_GEMM_CM_BF16_GATHER, P_GEMM_CM_BF16_GROUPED,
+    /* the SMALL ten again, SERIAL variants (one column per invocation, no
+       barriers): what CPU drivers run, in the same order */
+    P_GEMM_SERIAL_FIRST, P_GEMM_SERIAL_LAST = P_GEMM_SERIAL_FIRST + 9,
     P_COUNT
 } vk_pipe_id;
 
@@ -72,6 +80,7 @@ typedef struct vkrt {
     struct vkrange { VkBuffer buf; VkDeviceSize off, end; } hz_w[VK_MAX_HAZARDS], hz_r[VK_MAX_HAZARDS];
     int n_hz_w, n_hz_r;
     uint64_t n_barriers; /* recorded so far (tests) */
+    int coopmat;        /* VK_KHR_cooperative_matrix enabled, P_GEMM_CM_* created */
     vkbuf stage;        /* host-visible staging for uploads/downloads */
     /* profiling */
     int profile;
@@ -111,6 +120,24 @@ void vkrt_dispatch(vkrt *rt, vk_pipe_id p, const vkview *views, int nviews, cons
 void vkrt_copy(vkrt *rt, vkview src, vkview dst, VkDeviceSize n);
 void vkrt_fill(vkrt *rt, vkview dst, VkDeviceSize n, uint32_t value);
 int vkrt_submit_wait(vkrt *rt, char *err, size_t errlen);
+
+/* The tensor-core twin of a tiled GEMM pipe (P_GEMM_BF16 .. P_GEMM_BF16_GROUPED),
+ * or -1 (no twin: f32 weights, SMALL variants, other pipes). */
+static inline int vkrt_cm_twin(vk_pipe_id p)
+{
+    switch (p) {
+    case P_GEMM_BF16: return P_GEMM_CM_BF16;
+    case P_GEMM_FP8: return P_GEMM_CM_FP8;
+    case P_GEMM_FP4: return P_GEMM_CM_FP4;
+    case P_GEMM_FP4_GATHER: return P_GEMM_CM_FP4_GATHER;
+    case P_GEMM_FP4_GROUPED: return P_GEMM_CM_FP4_GROUPED;
+    case P_GEMM_FP8_GATHER: return P_GEMM_CM_FP8_GATHER;
+    case P_GEMM_FP8_GROUPED: return P_GEMM_CM_FP8_GROUPED;
+    case P_GEMM_BF16_GATHER: return P_GEMM_CM_BF16_GATHER;
+    case P_GEMM_BF16_GROUPED: return P_GEMM_CM_BF16_GROUPED;
+    default: return -1;
+    }
+}
 
 /* The number of storage buffer bindings and push-constant bytes of each pipe. */
 int vkrt_pipe_bindings(vk_pipe_id p);

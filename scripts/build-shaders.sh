@@ -4,9 +4,13 @@
 # the table declared in shaders/dsv4_shaders.h. A line whose source is newer
 # than its .spv (or whose defines changed) is recompiled; others are reused.
 # Outputs go through temporary names so parallel builds never read a half file.
+# A line whose defines start with @coopmat is compiled with GLSLC_COOPMAT
+# (Debian 13's glslc, provided by scripts/install-deps.sh: Debian 12's cannot
+# compile GL_KHR_cooperative_matrix); every other line with GLSLC.
 set -eu
 src=$1; out=$2
 GLSLC=${GLSLC:-glslc}
+GLSLC_COOPMAT=${GLSLC_COOPMAT:-build/tools/trixie/glslc}
 mkdir -p "$out"
 tmp="$out/embedded.c.tmp.$$"
 list="$out/list.tmp.$$"
@@ -18,13 +22,23 @@ list="$out/list.tmp.$$"
 names=""
 grep -v '^[[:space:]]*#' "$src/shaders.list" | grep -v '^[[:space:]]*$' > "$list" || true
 while read -r name file defs; do
+    cc=$GLSLC
+    case "$defs" in
+    @coopmat*)
+        defs=${defs#@coopmat}; cc=$GLSLC_COOPMAT
+        if ! [ -x "$cc" ]; then
+            echo "build-shaders: $name needs Debian 13's glslc at $cc (GL_KHR_cooperative_matrix); run scripts/install-deps.sh" >&2
+            exit 1
+        fi ;;
+    esac
     spv="$out/$name.spv"; inc="$out/$name.inc"; stamp="$out/$name.defs"
     if [ ! -f "$inc" ] || [ "$src/$file" -nt "$inc" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$defs" ] \
        || [ -n "$(find "$src" -name '*.glsl' -newer "$inc" 2>/dev/null)" ]; then
         # shellcheck disable=SC2086
-        "$GLSLC" --target-env=vulkan1.2 -O -I"$src" $defs -fshader-stage=compute "$src/$file" -o "$spv.$$"
+        "$cc" --target-env=vulkan1.2 -O -I"$src" $defs -fshader-stage=compute "$src/$file" -o "$spv.$$"
         mv "$spv.$$" "$spv"
-        "$GLSLC" --target-env=vulkan1.2 -O -I"$src" $defs -fshader-stage=compute -mfmt=c "$src/$file" -o "$inc.$$"
+        # shellcheck disable=SC2086
+        "$cc" --target-env=vulkan1.2 -O -I"$src" $defs -fshader-stage=compute -mfmt=c "$src/$file" -o "$inc.$$"
         echo "$defs" > "$stamp"
         mv "$inc.$$" "$inc"
     fi

@@ -44,6 +44,21 @@ float e2m1_decode(uint c)
     return (c & 8u) != 0u ? -v : v;
 }
 
+/* Packed minifloats to fp16 bit patterns, for decoding with unpackHalf2x16
+ * (exact, no table: a table indexed per element becomes per-invocation local
+ * memory on GPUs). e4m3 pair (bytes b0 | b1 << 8 of x): sign and the 7 other
+ * bits move into fp16's, which is the value times 2^-8. e2m1 pair (the two
+ * nibbles of byte b, low first): the value times 2^-14. */
+uint e4m3x2_to_half2(uint x)
+{
+    return ((x & 0x80u) << 8) | ((x & 0x7fu) << 7) | ((x & 0x8000u) << 16) | ((x & 0x7f00u) << 15);
+}
+
+uint e2m1x2_to_half2(uint b)
+{
+    return ((b & 8u) << 12) | ((b & 7u) << 9) | ((b & 0x80u) << 24) | ((b & 0x70u) << 21);
+}
+
 /* Smallest power of two >= x (fast_round_scale in kernel_tilelang.py). */
 float pow2_ceil(float x)
 {

@@ -8,19 +8,33 @@
  * GROUPED: rows come in expert tiles from the route buffer written by
  * moe_group.comp (MoE tokens grouped by expert): tile = (expert, m0, m1);
  * GATHER additionally reads X row rowmap[m] (the token of sorted slot m).
- * 32x32 output tile per workgroup, 256 threads with 2x2 outputs each; the
- * SMALL variant (few rows: decode) gives each invocation one output column
- * for up to 8 rows at a time, with no shared memory and no barriers, which
- * is what a CPU driver like lavapipe runs fastest. */
+ * Tiled: a 64x64 output tile per workgroup (32x64 GROUPED), 256 threads with
+ * 4x4 (2x4) outputs each; the SMALL variant (few rows: decode) streams the
+ * weights once per 16 rows and the SERIAL variant (every GEMM on a CPU driver)
+ * gives each invocation one output column, see below. gemm_cm.comp is the
+ * tensor-core twin of the tiled variant. */
 #version 450
-#include "common.glsl"
+#extension GL_EXT_control_flow_attributes : require
 #ifdef SMALL
+#extension GL_KHR_shader_subgroup_arithmetic : require
+#endif
+#include "common.glsl"
+#if defined(SERIAL)
 layout(local_size_x = 64) in;
+#elif defined(SMALL)
+layout(local_size_x = 256) in;
 #else
 layout(local_size_x = 16, local_size_y = 16) in;
 #endif
+#ifdef SMALL
+layout(std430, binding = 0) readonly buffer BX { vec4 X4[]; };
+#else
 layout(std430, binding = 0) readonly buffer BX { float X[]; };
+#endif
 layout(std430, binding = 1) readonly buffer BW { uint W[]; };
+#ifdef SMALL
+layout(std430, binding = 1) readonly buffer BW4 { uvec4 W4[]; };  /* the same bytes, 16 at a time */
+#endif
 layout(std430, binding = 2) readonly buffer BS { uint S[]; };
 layout(std430, binding = 3) buffer BY { float Y[]; };
 layout(std430, binding = 4) readonly buffer BR { uint R[]; };
@@ -34,8 +48,16 @@ layout(push_constant) uniform P {
     uint tiles_off, rowmap_off;
 } p;
 
-shared float As[32][33];
-shared float Ws[32][33];
+#if !defined(SMALL) && !defined(SERIAL)
+#ifdef GROUPED
+#define TBM 32u
+#else
+#define TBM 64u
+#endif
+#define TM (TBM / 16u)
+shared float As[16][TBM + 4u];
+shared float Ws[16][68];
+#endif
 
 uint byte_at(uint byte_off) { return (W[byte_off >> 2] >> ((byte_off & 3u) * 8u)) & 0xffu; }
 uint sbyte_at(uint byte_off) { return (S[byte_off >> 2] >> ((byte_off & 3u) * 8u)) & 0xffu; }
@@ -43,9 +65,9 @@ uint sbyte_at(uint byte_off) { return (S[byte_off >> 2] >> ((byte_off & 3u) * 8u
 float wval(uint n, uint k, uint wbase, uint sbase)
 {
 #if defined(WT_F32)
-    return uintBitsToFloat(W[n * p.K + k]);
+    return uintBitsToFloat(W[(wbase >> 2) + n * p.K + k]);
 #elif defined(WT_BF16)
-    uint e = n * p.K + k;
+    uint e = (wbase >> 1) + n * p.K + k;
     return bf16_at(W[e >> 1], e & 1u);
 #elif defined(WT_FP8)
     float s = e8m0_decode(sbyte_at(sbase + (n >> 7) * p.s_cols + (k >> 7)));
@@ -57,7 +79,11 @@ float wval(uint n, uint k, uint wbase, uint sbase)
 #endif
 }
 
-#ifdef SMALL
+#if defined(SERIAL)
+/* SERIAL: one output column per invocation, up to 8 rows at a time, no shared
+ * memory and no barriers: what a CPU driver (lavapipe) runs fastest; the
+ * engine uses it there for every GEMM. Each invocation loops K times per 8
+ * rows (K x ceil(rows / 8) within llvmpipe's loop cap at its sizes). */
 void main()
 {
     uint n = gl_GlobalInvocationID.x;
@@ -103,12 +129,32 @@ void main()
         }
     }
 }
+#elif defined(SMALL)
+/* SMALL: bandwidth-bound, for few rows (decode). 8 output columns per
+ * workgroup, 32 invocations per column splitting K: each reads 16 bytes of
+ * the packed row at a time (consecutive invocations consecutive pieces, so a
+ * column's 32 invocations read 512 contiguous bytes), decodes them once and
+ * applies them to up to 16 rows of X; the 32 partial sums of each (row,
+ * column) are added with subgroupAdd and, across subgroups, in shared memory.
+ * Each invocation loops K / (32 * VEC) times per 16 rows, far below llvmpipe's
+ * 65535-iteration cap. Requires K % VEC == 0, 16-byte aligned weight rows
+ * (GROUPED: expert strides), ldx % 4 == 0 and x_off % 4 == 0 (forward.c). */
+#if defined(WT_FP4)
+#define VEC 32u
+#elif defined(WT_FP8)
+#define VEC 16u
+#elif defined(WT_BF16)
+#define VEC 8u
 #else
+#define VEC 4u
+#endif
+#define MR 16u
+shared float red[MR * 256u];
+
 void main()
 {
-    uint tx = gl_LocalInvocationID.x, ty = gl_LocalInvocationID.y;
-    uint tid = ty * 16u + tx;
-    uint n0 = gl_WorkGroupID.x * 32u;
+    uint tid = gl_LocalInvocationID.x, lane = tid & 31u, col = tid >> 5;
+    uint n = gl_WorkGroupID.x * 8u + col;
     uint m0, m1, wbase = 0u, sbase = 0u;
 #ifdef GROUPED
     uint slot = gl_WorkGroupID.y;
@@ -120,13 +166,127 @@ void main()
     wbase = (ex - p.e0) * p.w_estride;
     sbase = (ex - p.e0) * p.s_estride;
 #else
-    m0 = gl_WorkGroupID.y * 32u;
-    m1 = min(m0 + 32u, p.M);
+    m0 = gl_WorkGroupID.y * MR;
+    m1 = min(m0 + MR, p.M);
 #endif
-    float acc[2][2] = {{0.0, 0.0}, {0.0, 0.0}};
-    for (uint k0 = 0u; k0 < p.K; k0 += 32u) {
-        for (uint i = tid; i < 1024u; i += 256u) {
-            uint r = i >> 5, c = i & 31u;
+    bool nok = n < p.N;
+    uint wn = p.w_row0 + (nok ? n : 0u);
+    /* uint index of this row's first byte */
+#if defined(WT_FP4)
+    uint wrow = (wbase >> 2) + wn * (p.K >> 3);
+#elif defined(WT_FP8)
+    uint wrow = (wbase >> 2) + wn * (p.K >> 2);
+#elif defined(WT_BF16)
+    uint wrow = (wbase >> 2) + wn * (p.K >> 1);
+#else
+    uint wrow = (wbase >> 2) + wn * p.K;
+#endif
+    for (uint r0 = m0; r0 < m1; r0 += MR) {
+        uint nr = min(MR, m1 - r0);
+        uint xr[MR];
+        float acc[MR];
+        [[unroll]] for (uint i = 0u; i < MR; i++) {
+            uint m = min(r0 + i, m1 - 1u);
+#ifdef GATHER
+            xr[i] = (R[p.rowmap_off + m] * p.ldx + p.x_off) >> 2;
+#else
+            xr[i] = (m * p.ldx + p.x_off) >> 2;
+#endif
+            acc[i] = 0.0;
+        }
+        for (uint k = lane * VEC; nok && k < p.K; k += 32u * VEC) {
+            uvec4 q = W4[(wrow >> 2) + k / VEC];
+            float w[VEC];
+#if defined(WT_FP4)
+            float sc = e8m0_decode(sbyte_at(sbase + wn * p.s_cols + (k >> 5))) * 16384.0;
+            [[unroll]] for (uint j = 0u; j < 16u; j++) {
+                vec2 a = unpackHalf2x16(e2m1x2_to_half2(q[j >> 2] >> ((j & 3u) * 8u)));
+                w[2u * j] = a.x * sc; w[2u * j + 1u] = a.y * sc;
+            }
+#elif defined(WT_FP8)
+            float sc = e8m0_decode(sbyte_at(sbase + (wn >> 7) * p.s_cols + (k >> 7))) * 256.0;
+            [[unroll]] for (uint j = 0u; j < 4u; j++) {
+                /* two e4m3 bytes -> two fp16 bit patterns worth value * 2^-8 (exact) */
+                vec2 a = unpackHalf2x16(e4m3x2_to_half2(q[j] & 0xffffu)), b = unpackHalf2x16(e4m3x2_to_half2(q[j] >> 16));
+                w[4u * j] = a.x * sc; w[4u * j + 1u] = a.y * sc; w[4u * j + 2u] = b.x * sc; w[4u * j + 3u] = b.y * sc;
+            }
+#elif defined(WT_BF16)
+            [[unroll]] for (uint j = 0u; j < 4u; j++) {
+                w[2u * j] = uintBitsToFloat(q[j] << 16);
+                w[2u * j + 1u] = uintBitsToFloat(q[j] & 0xffff0000u);
+            }
+#else
+            [[unroll]] for (uint j = 0u; j < 4u; j++) w[j] = uintBitsToFloat(q[j]);
+#endif
+            [[unroll]] for (uint i = 0u; i < MR; i++) {
+                if (i >= nr) break;
+                uint xb = xr[i] + (k >> 2);
+                float s = acc[i];
+                [[unroll]] for (uint j = 0u; j < VEC / 4u; j++) {
+                    vec4 xv = X4[xb + j];
+                    s += xv.x * w[4u * j] + xv.y * w[4u * j + 1u] + xv.z * w[4u * j + 2u] + xv.w * w[4u * j + 3u];
+                }
+                acc[i] = s;
+            }
+        }
+        /* the 32 partial sums of each (row, column): added within subgroups, then
+           the subgroups of a column in shared memory; subgroups wider than a
+           column's 32 invocations (wave64) go through shared memory whole */
+        uint parts;
+        if (gl_SubgroupSize <= 32u) {
+            parts = 32u / gl_SubgroupSize;
+            for (uint i = 0u; i < nr; i++) {
+                float v = subgroupAdd(acc[i]);
+                if (subgroupElect()) red[i * 256u + gl_SubgroupID] = v;
+            }
+        } else {
+            parts = 32u;
+            for (uint i = 0u; i < nr; i++) red[i * 256u + tid] = acc[i];
+        }
+        barrier();
+        if (tid < 8u * MR) {
+            uint c = tid >> 4, i = tid & 15u, nn = gl_WorkGroupID.x * 8u + c, m = r0 + i;
+            if (i < nr && nn < p.N) {
+                float v = 0.0;
+                for (uint l = 0u; l < parts; l++) v += red[i * 256u + c * parts + l];
+                uint o = m * p.ldy + p.y_off + nn;
+                if ((p.flags & 2u) != 0u) v += Y[o];
+                if ((p.flags & 1u) != 0u) v = bf16r(v);
+                Y[o] = v;
+            }
+        }
+        barrier();
+    }
+}
+#else
+/* tiled: a BM x 64 output tile per workgroup (BM = 64, or 32 for GROUPED, whose
+ * expert tiles hold at most 32 rows), each invocation TM x 4 outputs; K in
+ * slices of 16 staged k-major in shared memory */
+void main()
+{
+    uint tx = gl_LocalInvocationID.x, ty = gl_LocalInvocationID.y;
+    uint tid = ty * 16u + tx;
+    uint n0 = gl_WorkGroupID.x * 64u;
+    uint m0, m1, wbase = 0u, sbase = 0u;
+#ifdef GROUPED
+    uint slot = gl_WorkGroupID.y;
+    if (slot >= R[p.tiles_off]) return;
+    uint tb = p.tiles_off + 4u + slot * 4u;
+    uint ex = R[tb];
+    if (ex < p.e0 || ex >= p.e1) return;
+    m0 = R[tb + 1u]; m1 = R[tb + 2u];
+    wbase = (ex - p.e0) * p.w_estride;
+    sbase = (ex - p.e0) * p.s_estride;
+#else
+    m0 = gl_WorkGroupID.y * TBM;
+    m1 = min(m0 + TBM, p.M);
+#endif
+    float acc[TM][4];
+    [[unroll]] for (uint i = 0u; i < TM; i++)
+        [[unroll]] for (uint j = 0u; j < 4u; j++) acc[i][j] = 0.0;
+    for (uint k0 = 0u; k0 < p.K; k0 += 16u) {
+        [[unroll]] for (uint q = 0u; q < TBM / 16u; q++) {
+            uint i = tid + q * 256u, r = i >> 4, c = i & 15u;
             uint m = m0 + r, k = k0 + c;
             float xv = 0.0;
             if (m < m1 && k < p.K) {
@@ -137,22 +297,26 @@ void main()
 #endif
                 xv = X[row * p.ldx + p.x_off + k];
             }
-            As[r][c] = xv;
-            uint n = n0 + r;
-            Ws[r][c] = (n < p.N && k < p.K) ? wval(p.w_row0 + n, k, wbase, sbase) : 0.0;
+            As[c][r] = xv;
+        }
+        [[unroll]] for (uint q = 0u; q < 4u; q++) {
+            uint i = tid + q * 256u, r = i >> 4, c = i & 15u;
+            uint n = n0 + r, k = k0 + c;
+            Ws[c][r] = (n < p.N && k < p.K) ? wval(p.w_row0 + n, k, wbase, sbase) : 0.0;
         }
         barrier();
-        for (uint c = 0u; c < 32u; c++) {
-            float a0 = As[ty * 2u][c], a1 = As[ty * 2u + 1u][c];
-            float b0 = Ws[tx * 2u][c], b1 = Ws[tx * 2u + 1u][c];
-            acc[0][0] += a0 * b0; acc[0][1] += a0 * b1;
-            acc[1][0] += a1 * b0; acc[1][1] += a1 * b1;
+        [[unroll]] for (uint c = 0u; c < 16u; c++) {
+            float a[TM], b[4];
+            [[unroll]] for (uint i = 0u; i < TM; i++) a[i] = As[c][ty * TM + i];
+            [[unroll]] for (uint j = 0u; j < 4u; j++) b[j] = Ws[c][tx * 4u + j];
+            [[unroll]] for (uint i = 0u; i < TM; i++)
+                [[unroll]] for (uint j = 0u; j < 4u; j++) acc[i][j] += a[i] * b[j];
         }
         barrier();
     }
-    for (uint i = 0u; i < 2u; i++)
-        for (uint j = 0u; j < 2u; j++) {
-            uint m = m0 + ty * 2u + i, n = n0 + tx * 2u + j;
+    for (uint i = 0u; i < TM; i++)
+        for (uint j = 0u; j < 4u; j++) {
+            uint m = m0 + ty * TM + i, n = n0 + tx * 4u + j;
             if (m >= m1 || n >= p.N) continue;
             uint o = m * p.ldy + p.y_off + n;
             float v = acc[i][j];

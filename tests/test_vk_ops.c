@@ -88,7 +88,10 @@ static float bf(float x) { return dsv4_round_bf16(x); }
 /* ---- gemm: every weight format, tiled and SMALL ---- */
 typedef struct { uint32_t M, N, K, ldx, ldy, x_off, y_off, w_row0, flags, s_cols, w_estride, s_estride, e0, e1, tiles_off, rowmap_off; } pc_gemm;
 
-static void gemm_case(dsv4_wq q, int M, int N, int K, int small)
+/* Random weights of format q ([N][K], scales as stored) and their CPU form. */
+typedef struct { uint8_t *wd, *sd; size_t wb, sb; ref_weight rw; } tw;
+
+static void tw_make(tw *t, dsv4_wq q, int N, int K)
 {
     dsv4_weight w;
     memset(&w, 0, sizeof w);
@@ -112,31 +115,48 @@ static void gemm_case(dsv4_wq q, int M, int N, int K, int small)
     w.w.data = wd;
     w.w.nbytes = wb;
     w.scale.data = q == DSV4_WQ_BF16 ? NULL : sd;
-    ref_weight rw;
-    ref_weight_load(&w, &rw);
+    ref_weight_load(&w, &t->rw);
+    t->wd = wd; t->sd = sd; t->wb = wb; t->sb = sb;
+}
+
+static void tw_free(tw *t)
+{
+    ref_weight_free(&t->rw);
+    free(t->wd); free(t->sd);
+}
+
+/* small: 1 the SMALL variant, 2 the SERIAL one; cm: the tensor-core twin
+ * (P_GEMM_CM_*) instead of the portable shader */
+static void gemm_case(dsv4_wq q, int M, int N, int K, int small, int cm)
+{
+    tw t;
+    tw_make(&t, q, N, K);
     float *x = malloc((size_t)M * K * 4), *yr = malloc((size_t)M * N * 4), *yg = malloc((size_t)M * N * 4);
     for (int i = 0; i < M * K; i++) x[i] = bf(frand());
     float *xq = malloc((size_t)M * K * 4);
     memcpy(xq, x, (size_t)M * K * 4);
     if (q != DSV4_WQ_BF16) ref_act_quant(xq, M, K, K, 128); /* the engine quantizes in act_quant */
-    ref_linear(&rw, x, M, yr);
-    vkbuf bx = mkbuf(xq, (size_t)M * K * 4), bw = mkbuf(wd, wb), bs = mkbuf(sd, sb), by = mkbuf(NULL, (size_t)M * N * 4),
-          bd = mkbuf(NULL, 16);
+    ref_linear(&t.rw, x, M, yr);
+    vkbuf bx = mkbuf(xq, (size_t)M * K * 4), bw = mkbuf(t.wd, t.wb), bs = mkbuf(t.sd, t.sb),
+          by = mkbuf(NULL, (size_t)M * N * 4), bd = mkbuf(NULL, 16);
     vkbuf *bufs[5] = {&bx, &bw, &bs, &by, &bd};
     pc_gemm pc = {(uint32_t)M, (uint32_t)N, (uint32_t)K, (uint32_t)K, (uint32_t)N, 0, 0, 0, 1,
                   q == DSV4_WQ_FP4 ? (uint32_t)K / 32 : (uint32_t)(K + 127) / 128, 0, 0, 0, 0, 0, 0};
     vk_pipe_id p = q == DSV4_WQ_FP8 ? P_GEMM_FP8 : q == DSV4_WQ_FP4 ? P_GEMM_FP4 : P_GEMM_BF16;
-    if (small) run1(p + P_GEMM_SMALL_FIRST, bufs, 5, &pc, sizeof pc, (N + 63) / 64, (M + 7) / 8);
-    else run1(p, bufs, 5, &pc, sizeof pc, (N + 31) / 32, (M + 31) / 32);
+    if (cm) run1((vk_pipe_id)vkrt_cm_twin(p), bufs, 5, &pc, sizeof pc, (N + 127) / 128, (M + 63) / 64);
+    else if (small == 2) run1(p + P_GEMM_SERIAL_FIRST, bufs, 5, &pc, sizeof pc, (N + 63) / 64, (M + 7) / 8);
+    else if (small) run1(p + P_GEMM_SMALL_FIRST, bufs, 5, &pc, sizeof pc, (N + 7) / 8, (M + 15) / 16);
+    else run1(p, bufs, 5, &pc, sizeof pc, (N + 63) / 64, (M + 63) / 64);
     int guard = readbuf(&by, yg, (size_t)M * N * 4);
     double e = nmse(yg, yr, (size_t)M * N);
-    printf("  gemm q%d %dx%dx%d %s: nmse %.3g\n", q, M, N, K, small ? "small" : "tiled", e);
+    printf("  gemm q%d %dx%dx%d %s: nmse %.3g\n", q, M, N, K,
+           cm ? "coopmat" : small == 2 ? "serial" : small ? "small" : "tiled", e);
     CHECKF(e < 1e-5, "gemm nmse %g", e);
     CHECK(guard == 0);
     vkbuf *all[5] = {&bx, &bw, &bs, &by, &bd};
     for (int i = 0; i < 5; i++) vkbuf_free(&rt, all[i]);
-    ref_weight_free(&rw);
-    free(wd); free(sd); free(x); free(xq); free(yr); free(yg);
+    tw_free(&t);
+    free(x); free(xq); free(yr); free(yg);
 }
 
 static void gemm_formats(void)
@@ -144,8 +164,110 @@ static void gemm_formats(void)
     if (!open_rt()) SKIP("no Vulkan device");
     const dsv4_wq qs[3] = {DSV4_WQ_BF16, DSV4_WQ_FP8, DSV4_WQ_FP4};
     for (int i = 0; i < 3; i++) {
-        gemm_case(qs[i], 37, 200, 256, 0);
-        gemm_case(qs[i], 5, 130, 384, 1);
+        gemm_case(qs[i], 37, 200, 256, 0, 0);
+        gemm_case(qs[i], 130, 70, qs[i] == DSV4_WQ_BF16 ? 264 : 384, 0, 0); /* partial tiles (bf16: and K slice) */
+        gemm_case(qs[i], 5, 130, 384, 1, 0);
+        gemm_case(qs[i], 16, 67, 1024, 1, 0);  /* 16 rows, a K loop of 2+ pieces per invocation */
+        gemm_case(qs[i], 37, 200, 256, 1, 0);  /* more than 16 rows */
+        gemm_case(qs[i], 5, 130, 384, 2, 0);
+        gemm_case(qs[i], 37, 200, 256, 2, 0);  /* what lavapipe runs */
+    }
+}
+
+/* The MoE expert GEMMs: 3 experts' weights back to back; the route buffer as
+ * moe_group.comp writes it (tiles of <= 32 sorted slots of one expert, the
+ * token of each slot); GATHER reads X row rowmap[m], GROUPED row m. Sorted
+ * slot m's output row is m. Dispatched with more tile slots than tiles, as
+ * forward.c does. */
+static void grouped_case(dsv4_wq q, int gather, int variant /* 0 tiled, 1 small, 2 coopmat, 3 serial */)
+{
+    enum { E = 3, T = 29, N = 160, K = 256 };
+    static const int cnt[E] = {37, 0, 20}; /* slots per expert: 2 tiles, none, 1 tile */
+    int S = cnt[0] + cnt[1] + cnt[2];
+    tw t[E];
+    for (int i = 0; i < E; i++) tw_make(&t[i], q, N, K);
+    size_t wb = t[0].wb, sb = t[0].sb;
+    uint8_t *wall = malloc(wb * E), *sall = malloc(sb * E);
+    for (int i = 0; i < E; i++) {
+        memcpy(wall + i * wb, t[i].wd, wb);
+        memcpy(sall + i * sb, t[i].sd, sb);
+    }
+    int xrows = gather ? T : S;
+    float *x = malloc((size_t)xrows * K * 4), *xs = malloc((size_t)K * 4);
+    for (int i = 0; i < xrows * K; i++) x[i] = bf(frand());
+    if (q != DSV4_WQ_BF16) ref_act_quant(x, xrows, K, K, 128);
+    uint32_t R[4 + 4 * 8 + 64];
+    memset(R, 0, sizeof R);
+    uint32_t tiles = 0, off = 0, rowmap_off = 4 + 4 * 8;
+    for (int ex = 0; ex < E; ex++) {
+        for (int m = 0; m < cnt[ex]; m += 32) {
+            uint32_t *tb = R + 4 + 4 * tiles++;
+            tb[0] = (uint32_t)ex; tb[1] = off + (uint32_t)m;
+            tb[2] = off + (uint32_t)(m + 32 < cnt[ex] ? m + 32 : cnt[ex]);
+        }
+        off += (uint32_t)cnt[ex];
+    }
+    R[0] = tiles;
+    for (int m = 0; m < S; m++) R[rowmap_off + m] = (uint32_t)((m * 7 + 3) % T);
+    float *yr = malloc((size_t)S * N * 4), *yg = malloc((size_t)S * N * 4);
+    for (int m = 0, ex = 0, seen = 0; m < S; m++) {
+        while (seen + cnt[ex] <= m) seen += cnt[ex++];
+        const float *xr = x + (size_t)(gather ? (int)R[rowmap_off + m] : m) * K;
+        memcpy(xs, xr, (size_t)K * 4);
+        /* the rows are already act-quantized, and quantizing is idempotent */
+        ref_linear(&t[ex].rw, xs, 1, yr + (size_t)m * N);
+    }
+    vkbuf bx = mkbuf(x, (size_t)xrows * K * 4), bw = mkbuf(wall, wb * E), bs = mkbuf(sall, sb * E),
+          by = mkbuf(NULL, (size_t)S * N * 4), br = mkbuf(R, sizeof R);
+    vkbuf *bufs[5] = {&bx, &bw, &bs, &by, &br};
+    pc_gemm pc = {0, N, K, K, N, 0, 0, 0, 1, q == DSV4_WQ_FP4 ? (uint32_t)K / 32 : (uint32_t)(K + 127) / 128,
+                  (uint32_t)wb, (uint32_t)sb, 0, E, 0, rowmap_off};
+    vk_pipe_id p = q == DSV4_WQ_FP8 ? (gather ? P_GEMM_FP8_GATHER : P_GEMM_FP8_GROUPED)
+                 : q == DSV4_WQ_FP4 ? (gather ? P_GEMM_FP4_GATHER : P_GEMM_FP4_GROUPED)
+                                    : (gather ? P_GEMM_BF16_GATHER : P_GEMM_BF16_GROUPED);
+    uint32_t gy = tiles + 2;
+    if (variant == 2) run1((vk_pipe_id)vkrt_cm_twin(p), bufs, 5, &pc, sizeof pc, (N + 127) / 128, gy);
+    else if (variant == 1) run1(p + P_GEMM_SMALL_FIRST, bufs, 5, &pc, sizeof pc, (N + 7) / 8, gy);
+    else if (variant == 3) run1(p + P_GEMM_SERIAL_FIRST, bufs, 5, &pc, sizeof pc, (N + 63) / 64, gy);
+    else run1(p, bufs, 5, &pc, sizeof pc, (N + 63) / 64, gy);
+    int guard = readbuf(&by, yg, (size_t)S * N * 4);
+    double e = nmse(yg, yr, (size_t)S * N);
+    printf("  gemm q%d %s %d slots x %dx%d %s: nmse %.3g\n", q, gather ? "gather" : "grouped", S, N, K,
+           variant == 3 ? "serial" : variant == 2 ? "coopmat" : variant == 1 ? "small" : "tiled", e);
+    CHECKF(e < 1e-5, "grouped gemm nmse %g", e);
+    CHECK(guard == 0);
+    vkbuf *all[5] = {&bx, &bw, &bs, &by, &br};
+    for (int i = 0; i < 5; i++) vkbuf_free(&rt, all[i]);
+    for (int i = 0; i < E; i++) tw_free(&t[i]);
+    free(wall); free(sall); free(x); free(xs); free(yr); free(yg);
+}
+
+static void gemm_grouped(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    const dsv4_wq qs[3] = {DSV4_WQ_BF16, DSV4_WQ_FP8, DSV4_WQ_FP4};
+    for (int i = 0; i < 3; i++)
+        for (int g = 0; g < 2; g++) {
+            grouped_case(qs[i], g, 0);
+            grouped_case(qs[i], g, 1);
+            grouped_case(qs[i], g, 3);
+        }
+}
+
+/* The tensor-core twins (GPU only: lavapipe has no cooperative matrices). */
+static void gemm_coopmat(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    if (!rt.coopmat) SKIP("device '%.120s' has no usable VK_KHR_cooperative_matrix (16x16x16 fp16, subgroups of 32)",
+                          rt.props.deviceName);
+    for (int p = P_GEMM_CM_BF16; p <= P_GEMM_CM_BF16_GROUPED; p++)
+        CHECKF(rt.pipe[p] != VK_NULL_HANDLE, "tensor-core pipeline %d was not created", p);
+    if (check_case_failed) return;
+    const dsv4_wq qs[3] = {DSV4_WQ_BF16, DSV4_WQ_FP8, DSV4_WQ_FP4};
+    for (int i = 0; i < 3; i++) {
+        gemm_case(qs[i], 37, 200, 256, 0, 1);
+        gemm_case(qs[i], 150, 300, 512, 0, 1);
+        for (int g = 0; g < 2; g++) grouped_case(qs[i], g, 2);
     }
 }
 
@@ -358,6 +480,8 @@ static void topk_ties_and_visibility(void)
 int main(void)
 {
     RUN(gemm_formats);
+    RUN(gemm_grouped);
+    RUN(gemm_coopmat);
     RUN(act_quant_fp8);
     RUN(rmsnorm_rows);
     RUN(headprep_paths);
