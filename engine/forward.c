@@ -29,7 +29,7 @@ typedef struct { uint32_t D, hc; } pc_hcpost;
 typedef struct { uint32_t D, rd, ldx, x_off, flags, pos_base, pos_step; float eps; } pc_hp;
 typedef struct { uint32_t d, ratio, overlap, i0, p0, t0, ld_out; } pc_comp;
 typedef struct { uint32_t width, lds, ldr, col_off, L, q0, p0, t0, use_ape, ratio; } pc_ring;
-typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; } pc_iscore;
+typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint32_t n_tok; } pc_iscore;
 typedef struct { uint32_t topk, ratio, p0, ld_s, ld_i, i_row0; } pc_topk;
 typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok; } pc_attn;
 typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale; } pc_gate;
@@ -46,7 +46,7 @@ _Static_assert(sizeof(pc_hcpost) == 8, "hc_post push constants");
 _Static_assert(sizeof(pc_hp) == 32, "headprep push constants");
 _Static_assert(sizeof(pc_comp) == 28, "compress push constants");
 _Static_assert(sizeof(pc_ring) == 40, "ring_write push constants");
-_Static_assert(sizeof(pc_iscore) == 32, "index_score push constants");
+_Static_assert(sizeof(pc_iscore) == 36, "index_score push constants");
 _Static_assert(sizeof(pc_topk) == 24, "topk push constants");
 _Static_assert(sizeof(pc_attn) == 44, "attn push constants");
 _Static_assert(sizeof(pc_gate) == 28, "moe_gate push constants");
@@ -602,17 +602,23 @@ static void compressor(dsv4_engine *e, const fseg *sg, lstate *ls, uint32_t rati
     ring_write(e, SC, ring, ape, w, w, 2 * w, w, L, sg, 1, ratio);
 }
 
-/* The attention variant for one segment of block g: attn on GPUs; on CPU
- * drivers attn_serial (fastest there) while its loops fit CPU_LOOP_BUDGET,
- * else the workgroup variant (64 invocations share the keys; both variants
- * round identically, so the choice never changes a result), else -1: the
- * segment needs more than the driver runs, which fwd_run reports. Counts are
- * for the segment's last token, which sees the most keys. */
+/* The attention variant for one segment of block g. GPUs: attn_tile (8
+ * heads of a token share each staged key tile) where head_dim fits it, else
+ * attn. CPU drivers: attn_serial (barrier-free: fastest there) while its
+ * loops fit CPU_LOOP_BUDGET, else attn_tile_s (about 25 loop iterations per
+ * key at head_dim 192 instead of ~600), else attn, else -1: the segment needs
+ * more than the driver runs, which fwd_run reports. All variants sum in the
+ * same order, so the choice never changes a result (tests/test_vk_ops.c
+ * checks the bits). Counts are for the segment's last token, which sees the
+ * most keys. */
 static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg)
 {
-    if (!e->cpu_device) return P_ATTN;
     const dsv4_config *c = &e->m->cfg;
-    uint64_t D = (uint64_t)c->head_dim, win = (uint64_t)c->sliding_window, p1 = (uint64_t)(sg->p0 + sg->n);
+    uint64_t D = (uint64_t)c->head_dim;
+    int tile = D % 4 ? -1 : D <= 256 && vkrt_has_pipe(&e->rt, P_ATTN_TILE_S) ? P_ATTN_TILE_S
+             : D <= 512 && vkrt_has_pipe(&e->rt, P_ATTN_TILE) ? P_ATTN_TILE : -1;
+    if (!e->cpu_device) return tile >= 0 ? tile : P_ATTN;
+    uint64_t win = (uint64_t)c->sliding_window, p1 = (uint64_t)(sg->p0 + sg->n);
     uint64_t topk = c->index_topk > 0 ? (uint64_t)c->index_topk : 0, nc = 0, vis = 0;
     if (g->ratio == 4) {
         nc = topk;
@@ -623,6 +629,14 @@ static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg)
     uint64_t nk = win + nc, valid = (p1 < win ? p1 : win) + vis;
     uint64_t serial = 2 * D + 2 * nk + valid * (3 * D + 32) + 256;
     if (serial <= CPU_LOOP_BUDGET) return P_ATTN_SERIAL;
+    if (tile >= 0) {
+        /* attn_tile.comp with HG = KT = 8, 64 threads: per tile of 8 keys two
+           stagings (D/32 each) and two scores (D/4), the denominator (8) and
+           the value sum (8 keys x float4 column blocks x (8 heads + 1)) */
+        uint64_t d4 = D / 4, nc4 = (tile == P_ATTN_TILE ? 128 : 64) / 64, ntile = (nk + 7) / 8;
+        uint64_t tiled = d4 / 8 + ntile * (2 * (d4 / 8 + 1 + d4) + 8 + 8 * nc4 * 9 + 16) + 8 + 8 * nc4 + 256;
+        if (tiled <= CPU_LOOP_BUDGET) return tile;
+    }
     uint64_t nblk = (nk + 63) / 64, dq = (D + 63) / 64;
     uint64_t wg = dq + nblk * (D + 1) + nblk * (64 + 17 + dq * 64 + 64) + 256;
     return wg <= CPU_LOOP_BUDGET ? P_ATTN : -1;
@@ -689,14 +703,20 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
                 uint32_t m = sg->n - a < (uint32_t)s->iscore_rows ? sg->n - a : (uint32_t)s->iscore_rows;
                 if (n_max > 0) {
                     pc_iscore pi = {inh, ihd, 4, sg->t0 + a, (uint32_t)sg->p0 + a, (uint32_t)s->iscore_cap, n_max,
-                                    (float)(pow(ihd, -0.5) * pow(inh, -0.5))};
+                                    (float)(pow(ihd, -0.5) * pow(inh, -0.5)), m};
                     vkview v[4] = {s->iq, s->iw,
                                    vkbuf_view(&ls->buf, ls->ikv_off, (VkDeviceSize)ls->cap_rows * ihd * 4), s->iscore};
-                    vkrt_dispatch(&e->rt, P_INDEX_SCORE, v, 4, &pi, sizeof pi, cdiv(n_max, 64), m, 1);
+                    /* the tiled product (same bits) where index_head_dim fits it */
+                    if (ihd % 4 == 0 && ihd <= 128)
+                        vkrt_dispatch(&e->rt, P_INDEX_SCORE_TILE, v, 4, &pi, sizeof pi, cdiv(n_max, 32), cdiv(m, 8), 1);
+                    else
+                        vkrt_dispatch(&e->rt, P_INDEX_SCORE, v, 4, &pi, sizeof pi, cdiv(n_max, 64), m, 1);
                 }
+                vkrt_op(&e->rt, "topk");
                 pc_topk pt = {topk, 4, (uint32_t)sg->p0 + a, (uint32_t)s->iscore_cap, topk, a};
                 vkview v2[2] = {s->iscore, s->idx};
-                vkrt_dispatch(&e->rt, P_TOPK, v2, 2, &pt, sizeof pt, m, 1, 1);
+                vkrt_dispatch(&e->rt, P_TOPK_RADIX, v2, 2, &pt, sizeof pt, m, 1, 1);
+                vkrt_op(&e->rt, "indexer");
             }
         }
         vkrt_op(&e->rt, "attention");
@@ -704,8 +724,11 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
                       g->ratio == 0 ? 0u : g->ratio == 4 ? 2u : 1u, topk, topk, (float)(1.0 / sqrt((double)hd)),
                       sg->n};
         vkview va[7] = {s->q, s->kv, ring, cache, s->idx, g->attn_sink, s->o};
-        if (attn_variant(e, g, sg) == P_ATTN_SERIAL) /* barrier-free: what a CPU driver runs fastest */
+        int av = attn_variant(e, g, sg);
+        if (av == P_ATTN_SERIAL) /* barrier-free: what a CPU driver runs fastest */
             vkrt_dispatch(&e->rt, P_ATTN_SERIAL, va, 7, &pa, sizeof pa, cdiv((uint64_t)sg->n * H, 16), 1, 1);
+        else if (av == P_ATTN_TILE || av == P_ATTN_TILE_S)
+            vkrt_dispatch(&e->rt, (vk_pipe_id)av, va, 7, &pa, sizeof pa, sg->n, cdiv(H, 8), 1);
         else
             vkrt_dispatch(&e->rt, P_ATTN, va, 7, &pa, sizeof pa, sg->n, H, 1);
         ring_write(e, s->kv, ring, e->dummy, hd, hd, hd, 0, win, sg, 0, 1);

@@ -19,6 +19,7 @@
 static const struct {
     const char *shader;
     int nbind;
+    int shmem; /* shared-memory bytes, where it may exceed a device's limit */
 } pipe_info[P_COUNT] = {
     [P_GEMM_BF16] = {"gemm_bf16", 5},           [P_GEMM_F32] = {"gemm_f32", 5},
     [P_GEMM_FP8] = {"gemm_fp8", 5},             [P_GEMM_FP4] = {"gemm_fp4", 5},
@@ -41,9 +42,15 @@ static const struct {
     [P_ADD_BCAST] = {"add_bcast", 3},
     [P_ATTN_SERIAL] = {"attn_serial", 7},
     [P_FILL_RANDOM] = {"fill_random", 1},
+    [P_ATTN_TILE] = {"attn_tile", 7, 33344},
+    [P_ATTN_TILE_S] = {"attn_tile_s", 7, 16672},
+    [P_INDEX_SCORE_TILE] = {"index_score_tile", 4},
+    [P_TOPK_RADIX] = {"topk_radix", 2},
 };
 
 int vkrt_pipe_bindings(vk_pipe_id p) { return pipe_info[p].nbind; }
+
+int vkrt_has_pipe(const vkrt *rt, vk_pipe_id p) { return rt->pipe[p] != VK_NULL_HANDLE; }
 
 #define VKCHK(call, what)                                                          \
     do {                                                                           \
@@ -198,6 +205,7 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
             snprintf(err, errlen, "shader '%s' is not embedded (shaders/shaders.list)", pipe_info[i].shader);
             return DSV4_EINVAL;
         }
+        if ((uint32_t)pipe_info[i].shmem > rt->props.limits.maxComputeSharedMemorySize) continue;
         VkDescriptorSetLayoutBinding b[8];
         for (int j = 0; j < pipe_info[i].nbind; j++)
             b[j] = (VkDescriptorSetLayoutBinding){.binding = (uint32_t)j,

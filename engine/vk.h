@@ -26,6 +26,10 @@ typedef enum {
     P_MOE_COMBINE, P_EMBED, P_ADD_BCAST,
     P_ATTN_SERIAL,      /* attn, one invocation per (token, head): CPU drivers */
     P_FILL_RANDOM,      /* synthetic weights for the bench (engine/bench_weights.c) */
+    P_ATTN_TILE,        /* attn, 8 heads of a token per workgroup, head_dim <= 512 (33 KiB shared) */
+    P_ATTN_TILE_S,      /* the same for head_dim <= 256 (17 KiB shared: lavapipe's 32 KiB) */
+    P_INDEX_SCORE_TILE, /* index_score, 8 tokens x 32 entries per workgroup */
+    P_TOPK_RADIX,       /* topk by 8-bit radix select (4 passes instead of 32) */
     P_COUNT
 } vk_pipe_id;
 
@@ -103,5 +107,9 @@ int vkrt_submit_wait(vkrt *rt, char *err, size_t errlen);
 
 /* The number of storage buffer bindings and push-constant bytes of each pipe. */
 int vkrt_pipe_bindings(vk_pipe_id p);
+
+/* 0 when pipe p was not created because its shared memory exceeds the
+ * device's maxComputeSharedMemorySize (the engine then uses another variant). */
+int vkrt_has_pipe(const vkrt *rt, vk_pipe_id p);
 
 #endif

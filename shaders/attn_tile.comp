@@ -1,0 +1,190 @@
+/* attn_tile: the sparse attention of attn.comp (same key list, same
+ * numerics: the maximum over ALL keys first, probabilities exp(s - max)
+ * rounded to bf16 for the value sum, their f32 sum plus the per-head sink as
+ * the denominator, output rounded to bf16) for HG heads of one token per
+ * workgroup. V4 attention is multi-query: one KV row serves every head, so
+ * a tile of KT key rows is staged once in shared memory and used by all HG
+ * heads, instead of each (token, head) re-reading every 512-wide row from
+ * global memory.
+ *
+ * Every sum runs in the same order as attn.comp's serial variant (a score:
+ * dims 0..D-1; the denominator and each output column: keys in list order,
+ * masked keys skipped), so the three variants give the same bits and the
+ * engine may pick any of them per segment. Scores are computed twice (once
+ * for the maximum, once for the probabilities) rather than staged, so shared
+ * memory does not grow with the key count.
+ *
+ * Threads: NT = HG * KT. For scores thread t owns (head t / KT, key t % KT)
+ * of the tile; for the value sum it owns float4 columns t, t + NT, ... of
+ * all HG heads (register accumulators). Shared memory: Q of the group and
+ * the key tile, HG * DMAX + KT * DMAX floats: 32 KiB at HG = KT = 8 and
+ * DMAX = 512 plus a little; shaders.list builds a DMAX = 256 variant for
+ * drivers with 32 KiB (lavapipe). head_dim must be a multiple of 4 and at
+ * most DMAX (engine/forward.c attn_variant checks). */
+#version 450
+#include "common.glsl"
+#ifndef HG
+#define HG 8
+#endif
+#ifndef KT
+#define KT 8
+#endif
+#ifndef DMAX
+#define DMAX 512
+#endif
+#define NT (HG * KT)
+#define D4MAX (DMAX / 4)
+#define NC4 ((D4MAX + NT - 1) / NT)
+#define NOKEY 0xffffffffu
+layout(local_size_x = NT) in;
+layout(std430, binding = 0) readonly buffer BQ { float Q[]; };
+layout(std430, binding = 1) readonly buffer BK { float KV[]; };
+layout(std430, binding = 2) readonly buffer BR { float RING[]; };
+layout(std430, binding = 3) readonly buffer BC { float CMP[]; };
+layout(std430, binding = 4) readonly buffer BI { int IDX[]; };
+layout(std430, binding = 5) readonly buffer BSK { float SINK[]; };
+layout(std430, binding = 6) writeonly buffer BO { float O[]; };
+layout(push_constant) uniform P {
+    uint D, H, win, t0, p0, ratio, mode, topk, ld_i;
+    float scale;
+    uint n_tok;
+} p;
+
+shared vec4 Qs[HG * D4MAX];
+/* key row j, float4 column c4 lives at j * D4MAX + (c4 ^ (j & 7)): the XOR
+   spreads the rows that a warp's score threads read together over all banks */
+shared vec4 Ks[KT * D4MAX];
+shared uint srcs[KT];
+shared float Es[NT];   /* exp(s - max) of (head, key) of the tile */
+shared float Ps[NT];   /* the same rounded to bf16 */
+shared float Ms[HG];   /* each head's maximum, then its denominator */
+
+/* key j of this token: source (0 chunk, 1 ring, 2 compressed) and row, as attn.comp */
+uint key_of(uint j, uint pos, uint nw, uint tl)
+{
+    if (j < p.win) {
+        if (j >= nw) return NOKEY; /* window slots not yet filled */
+        uint kp = pos + 1u - nw + j;
+        if (kp >= p.p0) return (0u << 30) | (p.t0 + kp - p.p0);
+        return (1u << 30) | (kp % p.win);
+    }
+    j -= p.win;
+    if (p.mode == 1u) return (2u << 30) | j;
+    int e = IDX[tl * p.ld_i + j];
+    return e < 0 ? NOKEY : ((2u << 30) | uint(e));
+}
+
+vec4 kv4(uint s, uint c)
+{
+    uint kind = s >> 30, b = (s & 0x3fffffffu) * p.D + c;
+    if (kind == 0u) return vec4(KV[b], KV[b + 1u], KV[b + 2u], KV[b + 3u]);
+    if (kind == 1u) return vec4(RING[b], RING[b + 1u], RING[b + 2u], RING[b + 3u]);
+    return vec4(CMP[b], CMP[b + 1u], CMP[b + 2u], CMP[b + 3u]);
+}
+
+/* Stages keys b0 .. b0 + KT - 1 (masked or past the list: zero rows, NOKEY). */
+void stage(uint b0, uint nk, uint pos, uint nw, uint tl, uint D4)
+{
+    uint t = gl_LocalInvocationID.x;
+    barrier(); /* the previous tile is no longer read */
+    if (t < KT) srcs[t] = b0 + t < nk ? key_of(b0 + t, pos, nw, tl) : NOKEY;
+    for (uint i = t; i < KT * D4; i += NT) {
+        uint j = i / D4, c4 = i - j * D4;
+        uint key = b0 + j < nk ? key_of(b0 + j, pos, nw, tl) : NOKEY;
+        Ks[j * D4MAX + (c4 ^ (j & 7u))] = key == NOKEY ? vec4(0.0) : kv4(key, c4 * 4u);
+    }
+    barrier();
+}
+
+/* q_h . k_j over dims 0..D-1 in order */
+float score(uint h, uint j, uint D4)
+{
+    float d = 0.0;
+    for (uint c4 = 0u; c4 < D4; c4++) {
+        vec4 q = Qs[h * D4MAX + c4], k = Ks[j * D4MAX + (c4 ^ (j & 7u))];
+        d += q.x * k.x;
+        d += q.y * k.y;
+        d += q.z * k.z;
+        d += q.w * k.w;
+    }
+    return d;
+}
+
+void main()
+{
+    uint tl = gl_WorkGroupID.x, h0 = gl_WorkGroupID.y * HG, t = gl_LocalInvocationID.x;
+    uint tok = p.t0 + tl, pos = p.p0 + tl, D = p.D, D4 = D / 4u;
+    for (uint i = t; i < HG * D4; i += NT) {
+        uint hh = i / D4, c4 = i - hh * D4;
+        vec4 v = vec4(0.0);
+        if (h0 + hh < p.H) {
+            uint b = (tok * p.H + h0 + hh) * D + c4 * 4u;
+            v = vec4(Q[b], Q[b + 1u], Q[b + 2u], Q[b + 3u]);
+        }
+        Qs[hh * D4MAX + c4] = v;
+    }
+    uint nw = min(p.win, pos + 1u);
+    uint nc = p.mode == 0u ? 0u : (p.mode == 1u ? (pos + 1u) / p.ratio : p.topk);
+    uint nk = p.win + nc; /* the window takes win slots, as the official key list */
+    uint sh = t / KT, sj = t - sh * KT;
+
+    /* pass 1: each head's maximum score over every key */
+    float mloc = -1.0 / 0.0;
+    for (uint b0 = 0u; b0 < nk; b0 += KT) {
+        stage(b0, nk, pos, nw, tl, D4);
+        if (srcs[sj] != NOKEY) mloc = max(mloc, score(sh, sj, D4) * p.scale);
+    }
+    Es[t] = mloc;
+    barrier();
+    if (sj == 0u) {
+        float m = Es[t];
+        for (uint j = 1u; j < KT; j++) m = max(m, Es[t + j]);
+        Ms[sh] = m;
+    }
+    barrier();
+    float m = Ms[sh];
+
+    /* pass 2: probabilities, the denominator (kept by the head's thread of
+       key 0) and the value sum */
+    vec4 acc[HG * NC4];
+    for (uint i = 0u; i < HG * NC4; i++) acc[i] = vec4(0.0);
+    float l = 0.0;
+    for (uint b0 = 0u; b0 < nk; b0 += KT) {
+        stage(b0, nk, pos, nw, tl, D4);
+        float e = 0.0;
+        if (srcs[sj] != NOKEY) e = exp_acc(score(sh, sj, D4) * p.scale - m);
+        Es[t] = e;
+        Ps[t] = bf16r(e);
+        barrier();
+        if (sj == 0u)
+            for (uint j = 0u; j < KT; j++)
+                if (srcs[j] != NOKEY) l += Es[t + j];
+        for (uint j = 0u; j < KT; j++) {
+            if (srcs[j] == NOKEY) continue;
+            for (uint i = 0u; i < NC4; i++) {
+                uint c4 = t + i * NT;
+                if (c4 < D4) {
+                    vec4 k = Ks[j * D4MAX + (c4 ^ (j & 7u))];
+                    for (uint hh = 0u; hh < HG; hh++) acc[hh * NC4 + i] += Ps[hh * KT + j] * k;
+                }
+            }
+        }
+    }
+    barrier(); /* Ms is rewritten: every thread has read its maximum */
+    if (sj == 0u && h0 + sh < p.H) Ms[sh] = l + exp_acc(SINK[h0 + sh] - m);
+    barrier();
+    for (uint hh = 0u; hh < HG; hh++) {
+        if (h0 + hh >= p.H) break;
+        float den = Ms[hh];
+        for (uint i = 0u; i < NC4; i++) {
+            uint c4 = t + i * NT;
+            if (c4 >= D4) break;
+            vec4 a = acc[hh * NC4 + i];
+            uint b = (tok * p.H + h0 + hh) * D + c4 * 4u;
+            O[b] = bf16r(div_acc(a.x, den));
+            O[b + 1u] = bf16r(div_acc(a.y, den));
+            O[b + 2u] = bf16r(div_acc(a.z, den));
+            O[b + 3u] = bf16r(div_acc(a.w, den));
+        }
+    }
+}
