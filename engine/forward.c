@@ -580,10 +580,12 @@ static void ring_write(dsv4_engine *e, vkview SRC, vkview RING, vkview APE, uint
 }
 
 /* One compressor (attention's or the indexer's) over a segment: new entries
- * pooled into the cache, normalised, rotated and quantized, then the ring. */
+ * pooled into the cache, normalised, rotated and quantized, then the ring.
+ * part 0: the pooling, which reads the ring; part 1: the rest (the pooled
+ * rows and the ring are disjoint, so its dispatches are independent); -1: both. */
 static void compressor(dsv4_engine *e, const fseg *sg, lstate *ls, uint32_t ratio, int overlap, uint32_t d,
                        vkview KV, vkview SC, VkDeviceSize ring_off, VkDeviceSize cache_off, vkview ape,
-                       vkview norm, int rotate)
+                       vkview norm, int rotate, int part)
 {
     vkbuf *b = &ls->buf;
     uint32_t coff = overlap ? 2 : 1, w = coff * d, L = coff * ratio;
@@ -591,10 +593,13 @@ static void compressor(dsv4_engine *e, const fseg *sg, lstate *ls, uint32_t rati
     uint32_t i0 = (uint32_t)(sg->p0 / ratio), i1 = (uint32_t)(p1 / ratio);
     vkview ring = vkbuf_view(b, ring_off, (VkDeviceSize)L * 2 * w * 4);
     vkview cache = vkbuf_view(b, cache_off, (VkDeviceSize)ls->cap_rows * d * 4);
-    if (i1 > i0) {
+    if (i1 > i0 && part <= 0) {
         pc_comp pc = {d, ratio, (uint32_t)overlap, i0, (uint32_t)sg->p0, sg->t0, d};
         vkview v[5] = {KV, SC, ring, ape, cache};
         vkrt_dispatch(&e->rt, P_COMPRESS, v, 5, &pc, sizeof pc, i1 - i0, cdiv(d, 64), 1);
+    }
+    if (part == 0) return;
+    if (i1 > i0) {
         uint32_t fl = F_RMS_W | F_ROPE | (rotate ? F_HADAMARD | F_FP4 : F_FP8_NOPE);
         headprep(e, cache, norm, 1, d, d, i0 * d, fl, i1 - i0, 1, i0 * ratio, ratio);
     }
@@ -628,7 +633,8 @@ static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg)
     }
     uint64_t nk = win + nc, valid = (p1 < win ? p1 : win) + vis;
     uint64_t serial = 2 * D + 2 * nk + valid * (3 * D + 32) + 256;
-    if (serial <= CPU_LOOP_BUDGET) return P_ATTN_SERIAL;
+    const char *force = getenv("DSV4_ATTN_TILE"); /* tests: attn_tile wherever it fits */
+    if (serial <= CPU_LOOP_BUDGET && !(force && *force == '1' && tile >= 0)) return P_ATTN_SERIAL;
     if (tile >= 0) {
         /* attn_tile.comp with HG = KT = 8, 64 threads: per tile of 8 keys two
            stagings (D/32 each) and two scores (D/4), the denominator (8) and
@@ -642,13 +648,185 @@ static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg)
     return wg <= CPU_LOOP_BUDGET ? P_ATTN : -1;
 }
 
+static vkview subview(vkview v, VkDeviceSize off, VkDeviceSize size)
+{
+    v.off += off;
+    v.size = size;
+    return v;
+}
+
+/* The attention of one segment of block g (its window, ring and compressed
+ * entries; idx: the segment's top-k rows). */
+static void seg_attention(dsv4_engine *e, const gblock *g, const fseg *sg, lstate *ls, uint32_t topk, vkview idx)
+{
+    const dsv4_config *c = &e->m->cfg;
+    fscratch *s = &e->s;
+    uint32_t H = c->num_attention_heads, hd = c->head_dim, win = c->sliding_window;
+    vkview ring = vkbuf_view(&ls->buf, ls->ring_off, (VkDeviceSize)win * hd * 4);
+    vkview cache = g->ratio ? vkbuf_view(&ls->buf, ls->kv_off, (VkDeviceSize)ls->cap_rows * hd * 4) : e->dummy;
+    pc_attn pa = {hd, H, win, sg->t0, (uint32_t)sg->p0, (uint32_t)(g->ratio ? g->ratio : 1),
+                  g->ratio == 0 ? 0u : g->ratio == 4 ? 2u : 1u, topk, topk, (float)(1.0 / sqrt((double)hd)),
+                  sg->n};
+    vkview va[7] = {s->q, s->kv, ring, cache, idx, g->attn_sink, s->o};
+    int av = attn_variant(e, g, sg);
+    if (av == P_ATTN_SERIAL) /* barrier-free: what a CPU driver runs fastest */
+        vkrt_dispatch(&e->rt, P_ATTN_SERIAL, va, 7, &pa, sizeof pa, cdiv((uint64_t)sg->n * H, 16), 1, 1);
+    else if (av == P_ATTN_TILE || av == P_ATTN_TILE_S)
+        vkrt_dispatch(&e->rt, (vk_pipe_id)av, va, 7, &pa, sizeof pa, sg->n, cdiv(H, 8), 1);
+    else
+        vkrt_dispatch(&e->rt, P_ATTN, va, 7, &pa, sizeof pa, sg->n, H, 1);
+}
+
+/* Indexer scores of m tokens of a segment starting at its token a, into
+ * rows 0.. of the view S (row stride iscore_cap). */
+static void seg_index_score(dsv4_engine *e, const gblock *g, const fseg *sg, lstate *ls, uint32_t a, uint32_t m,
+                            vkview S)
+{
+    const dsv4_config *c = &e->m->cfg;
+    fscratch *s = &e->s;
+    uint32_t ihd = c->index_head_dim, inh = c->index_n_heads, n_max = (uint32_t)((sg->p0 + sg->n) / 4);
+    (void)g;
+    if (n_max == 0) return;
+    pc_iscore pi = {inh, ihd, 4, sg->t0 + a, (uint32_t)sg->p0 + a, (uint32_t)s->iscore_cap, n_max,
+                    (float)(pow(ihd, -0.5) * pow(inh, -0.5)), m};
+    vkview v[4] = {s->iq, s->iw, vkbuf_view(&ls->buf, ls->ikv_off, (VkDeviceSize)ls->cap_rows * ihd * 4), S};
+    /* the tiled product (same bits) where index_head_dim fits it */
+    if (ihd % 4 == 0 && ihd <= 128)
+        vkrt_dispatch(&e->rt, P_INDEX_SCORE_TILE, v, 4, &pi, sizeof pi, cdiv(n_max, 32), cdiv(m, 8), 1);
+    else
+        vkrt_dispatch(&e->rt, P_INDEX_SCORE, v, 4, &pi, sizeof pi, cdiv(n_max, 64), m, 1);
+}
+
+/* Top-k of m score rows (view S) of a segment's tokens a.., into rows
+ * i_row0.. of the view IDX. */
+static void seg_topk(dsv4_engine *e, const fseg *sg, uint32_t a, uint32_t m, vkview S, vkview IDX, uint32_t i_row0)
+{
+    uint32_t topk = (uint32_t)e->m->cfg.index_topk;
+    pc_topk pt = {topk, 4, (uint32_t)sg->p0 + a, (uint32_t)e->s.iscore_cap, topk, i_row0};
+    vkview v2[2] = {S, IDX};
+    vkrt_dispatch(&e->rt, P_TOPK_RADIX, v2, 2, &pt, sizeof pt, m, 1, 1);
+}
+
+/* The state-touching work of one segment, dispatch after dispatch (each
+ * waits for the previous): compressors, indexer (scores and top-k in
+ * sub-batches of tokens, so a long history stays within one binding),
+ * attention, window ring. */
+static void record_segment(dsv4_engine *e, const gblock *g, int bi, const fseg *sg)
+{
+    const dsv4_config *c = &e->m->cfg;
+    fscratch *s = &e->s;
+    lstate *ls = &sg->seq->ls[bi];
+    uint32_t hd = c->head_dim, ihd = c->index_head_dim, win = c->sliding_window;
+    vkview ring = vkbuf_view(&ls->buf, ls->ring_off, (VkDeviceSize)win * hd * 4);
+    if (g->ratio) {
+        vkrt_op(&e->rt, "compressor");
+        compressor(e, sg, ls, g->ratio, g->overlap, hd, s->ckv, s->csc, ls->cring_off, ls->kv_off, g->c_ape,
+                   g->c_norm, 0, -1);
+    }
+    uint32_t topk = 0;
+    if (g->ratio == 4) {
+        vkrt_op(&e->rt, "indexer");
+        compressor(e, sg, ls, 4, 1, ihd, s->ikv, s->isc, ls->iring_off, ls->ikv_off, g->ic_ape, g->ic_norm, 1, -1);
+        topk = (uint32_t)c->index_topk;
+        for (uint32_t a = 0; a < sg->n; a += (uint32_t)s->iscore_rows) {
+            uint32_t m = sg->n - a < (uint32_t)s->iscore_rows ? sg->n - a : (uint32_t)s->iscore_rows;
+            vkrt_op(&e->rt, "indexer");
+            seg_index_score(e, g, sg, ls, a, m, s->iscore);
+            vkrt_op(&e->rt, "topk");
+            seg_topk(e, sg, a, m, s->iscore, s->idx, a);
+        }
+    }
+    vkrt_op(&e->rt, "attention");
+    seg_attention(e, g, sg, ls, topk, s->idx);
+    ring_write(e, s->kv, ring, e->dummy, hd, hd, hd, 0, win, sg, 0, 1);
+}
+
+/* Whether the segments of a pass can be recorded phase by phase
+ * (record_segments_phased): several segments of distinct sequences, and
+ * every token's indexer score and top-k rows fit the scratch at their own
+ * offset (rows = token index in the pass, views aligned). */
+static int batched_segments(const dsv4_engine *e, const gblock *g, const fseg *segs, int nsegs, uint32_t T)
+{
+    const fscratch *s = &e->s;
+    if (nsegs < 2) return 0;
+    for (int i = 0; i < nsegs; i++)
+        for (int j = 0; j < i; j++)
+            if (segs[i].seq == segs[j].seq) return 0;
+    if (g->ratio != 4) return 1;
+    VkDeviceSize a = e->rt.align, srow = (VkDeviceSize)s->iscore_cap * 4,
+                 irow = (VkDeviceSize)e->m->cfg.index_topk * 4;
+    if (T > (uint32_t)s->iscore_rows || srow % a || irow % a) return 0;
+    return 1;
+}
+
+/* The same work as record_segment for all segments, one step at a time:
+ * each step's dispatches for the different sequences touch disjoint state
+ * and scratch rows, so they are recorded without barriers between them and
+ * run concurrently; one barrier per step (a decode step of B sequences
+ * waits 6 times per layer instead of about 12 x B). Every dispatch computes
+ * what it computes in record_segment, so the results are the same bits. */
+static void record_segments_phased(dsv4_engine *e, const gblock *g, int bi, const fseg *segs, int nsegs)
+{
+    const dsv4_config *c = &e->m->cfg;
+    fscratch *s = &e->s;
+    uint32_t hd = c->head_dim, ihd = c->index_head_dim, win = c->sliding_window;
+    uint32_t topk = g->ratio == 4 ? (uint32_t)c->index_topk : 0;
+    VkDeviceSize srow = (VkDeviceSize)s->iscore_cap * 4, irow = (VkDeviceSize)topk * 4;
+    for (int part = 0; part < 2 && g->ratio; part++) { /* pooling, then norm/rotation and rings */
+        vkrt_defer_barriers(&e->rt, 1);
+        for (int si = 0; si < nsegs; si++) {
+            const fseg *sg = &segs[si];
+            lstate *ls = &sg->seq->ls[bi];
+            vkrt_op(&e->rt, "compressor");
+            compressor(e, sg, ls, g->ratio, g->overlap, hd, s->ckv, s->csc, ls->cring_off, ls->kv_off, g->c_ape,
+                       g->c_norm, 0, part);
+            if (g->ratio == 4) {
+                vkrt_op(&e->rt, "indexer");
+                compressor(e, sg, ls, 4, 1, ihd, s->ikv, s->isc, ls->iring_off, ls->ikv_off, g->ic_ape, g->ic_norm,
+                           1, part);
+            }
+        }
+        vkrt_defer_barriers(&e->rt, 0);
+    }
+    if (g->ratio == 4) {
+        for (int step = 0; step < 2; step++) {
+            vkrt_defer_barriers(&e->rt, 1);
+            for (int si = 0; si < nsegs; si++) {
+                const fseg *sg = &segs[si];
+                vkview S = subview(s->iscore, sg->t0 * srow, sg->n * srow);
+                vkview I = subview(s->idx, sg->t0 * irow, sg->n * irow);
+                vkrt_op(&e->rt, step ? "topk" : "indexer");
+                if (step == 0) seg_index_score(e, g, sg, &sg->seq->ls[bi], 0, sg->n, S);
+                else seg_topk(e, sg, 0, sg->n, S, I, 0);
+            }
+            vkrt_defer_barriers(&e->rt, 0);
+        }
+    }
+    for (int step = 0; step < 2; step++) { /* attention, then the window rings it read */
+        vkrt_defer_barriers(&e->rt, 1);
+        for (int si = 0; si < nsegs; si++) {
+            const fseg *sg = &segs[si];
+            lstate *ls = &sg->seq->ls[bi];
+            vkrt_op(&e->rt, "attention");
+            if (step == 0) {
+                vkview I = topk ? subview(s->idx, sg->t0 * irow, sg->n * irow) : s->idx;
+                seg_attention(e, g, sg, ls, topk, I);
+            } else {
+                ring_write(e, s->kv, vkbuf_view(&ls->buf, ls->ring_off, (VkDeviceSize)win * hd * 4), e->dummy, hd, hd,
+                           hd, 0, win, sg, 0, 1);
+            }
+        }
+        vkrt_defer_barriers(&e->rt, 0);
+    }
+}
+
 static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, const fseg *segs, int nsegs)
 {
     const dsv4_config *c = &e->m->cfg;
     fscratch *s = &e->s;
     gblock *g = &e->blk[bi];
     uint32_t D = c->hidden_size, H = c->num_attention_heads, hd = c->head_dim, rd = c->qk_rope_head_dim,
-             ihd = c->index_head_dim, inh = c->index_n_heads, win = c->sliding_window;
+             ihd = c->index_head_dim, inh = c->index_n_heads;
     int yarn = g->ratio ? 1 : 0;
     (void)rd;
 
@@ -680,59 +858,10 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
         gemm(e, &g->ic_wkv, s->xn, D, 0, s->ikv, 2 * ihd, 0, T, 0, 0, 0);
         gemm(e, &g->ic_wgate, s->xn, D, 0, s->isc, 2 * ihd, 0, T, 0, 0, 0);
     }
-    for (int si = 0; si < nsegs; si++) {
-        const fseg *sg = &segs[si];
-        lstate *ls = &sg->seq->ls[bi];
-        int64_t p1 = sg->p0 + sg->n;
-        vkview ring = vkbuf_view(&ls->buf, ls->ring_off, (VkDeviceSize)win * hd * 4);
-        vkview cache = g->ratio ? vkbuf_view(&ls->buf, ls->kv_off, (VkDeviceSize)ls->cap_rows * hd * 4) : e->dummy;
-        if (g->ratio) {
-            vkrt_op(&e->rt, "compressor");
-            compressor(e, sg, ls, g->ratio, g->overlap, hd, s->ckv, s->csc, ls->cring_off, ls->kv_off, g->c_ape,
-                       g->c_norm, 0);
-        }
-        uint32_t topk = 0;
-        if (g->ratio == 4) {
-            vkrt_op(&e->rt, "indexer");
-            compressor(e, sg, ls, 4, 1, ihd, s->ikv, s->isc, ls->iring_off, ls->ikv_off, g->ic_ape, g->ic_norm, 1);
-            uint32_t n_max = (uint32_t)(p1 / 4);
-            topk = (uint32_t)c->index_topk;
-            /* scores and top-k in sub-batches of tokens, so a long history
-               (entries x tokens) stays within one binding */
-            for (uint32_t a = 0; a < sg->n; a += (uint32_t)s->iscore_rows) {
-                uint32_t m = sg->n - a < (uint32_t)s->iscore_rows ? sg->n - a : (uint32_t)s->iscore_rows;
-                if (n_max > 0) {
-                    pc_iscore pi = {inh, ihd, 4, sg->t0 + a, (uint32_t)sg->p0 + a, (uint32_t)s->iscore_cap, n_max,
-                                    (float)(pow(ihd, -0.5) * pow(inh, -0.5)), m};
-                    vkview v[4] = {s->iq, s->iw,
-                                   vkbuf_view(&ls->buf, ls->ikv_off, (VkDeviceSize)ls->cap_rows * ihd * 4), s->iscore};
-                    /* the tiled product (same bits) where index_head_dim fits it */
-                    if (ihd % 4 == 0 && ihd <= 128)
-                        vkrt_dispatch(&e->rt, P_INDEX_SCORE_TILE, v, 4, &pi, sizeof pi, cdiv(n_max, 32), cdiv(m, 8), 1);
-                    else
-                        vkrt_dispatch(&e->rt, P_INDEX_SCORE, v, 4, &pi, sizeof pi, cdiv(n_max, 64), m, 1);
-                }
-                vkrt_op(&e->rt, "topk");
-                pc_topk pt = {topk, 4, (uint32_t)sg->p0 + a, (uint32_t)s->iscore_cap, topk, a};
-                vkview v2[2] = {s->iscore, s->idx};
-                vkrt_dispatch(&e->rt, P_TOPK_RADIX, v2, 2, &pt, sizeof pt, m, 1, 1);
-                vkrt_op(&e->rt, "indexer");
-            }
-        }
-        vkrt_op(&e->rt, "attention");
-        pc_attn pa = {hd, H, win, sg->t0, (uint32_t)sg->p0, (uint32_t)(g->ratio ? g->ratio : 1),
-                      g->ratio == 0 ? 0u : g->ratio == 4 ? 2u : 1u, topk, topk, (float)(1.0 / sqrt((double)hd)),
-                      sg->n};
-        vkview va[7] = {s->q, s->kv, ring, cache, s->idx, g->attn_sink, s->o};
-        int av = attn_variant(e, g, sg);
-        if (av == P_ATTN_SERIAL) /* barrier-free: what a CPU driver runs fastest */
-            vkrt_dispatch(&e->rt, P_ATTN_SERIAL, va, 7, &pa, sizeof pa, cdiv((uint64_t)sg->n * H, 16), 1, 1);
-        else if (av == P_ATTN_TILE || av == P_ATTN_TILE_S)
-            vkrt_dispatch(&e->rt, (vk_pipe_id)av, va, 7, &pa, sizeof pa, sg->n, cdiv(H, 8), 1);
-        else
-            vkrt_dispatch(&e->rt, P_ATTN, va, 7, &pa, sizeof pa, sg->n, H, 1);
-        ring_write(e, s->kv, ring, e->dummy, hd, hd, hd, 0, win, sg, 0, 1);
-    }
+    if (batched_segments(e, g, segs, nsegs, T))
+        record_segments_phased(e, g, bi, segs, nsegs);
+    else
+        for (int si = 0; si < nsegs; si++) record_segment(e, g, bi, &segs[si]);
     vkrt_op(&e->rt, "attn_out");
     headprep(e, s->o, e->dummy, yarn, hd, H * hd, 0, F_ROPE_INV | F_POSBUF, T, H, 0, 0);
     uint32_t G = c->o_groups, R = c->o_lora_rank, gin = H * hd / G;

@@ -337,6 +337,7 @@ int vkrt_begin(vkrt *rt, char *err, size_t errlen)
     VKCHK(vkResetCommandBuffer(rt->cmd, 0), "vkResetCommandBuffer");
     VKCHK(vkBeginCommandBuffer(rt->cmd, &bi), "vkBeginCommandBuffer");
     rt->recording = 1;
+    rt->defer = rt->pending = 0;
     rt->nq = 0;
     if (rt->profile) vkCmdResetQueryPool(rt->cmd, rt->qpool, 0, VK_MAX_QUERIES);
     return 0;
@@ -389,7 +390,15 @@ void vkrt_dispatch(vkrt *rt, vk_pipe_id p, const vkview *views, int nviews, cons
         vkCmdWriteTimestamp(rt->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, rt->qpool, rt->nq + 1);
         rt->nq += 2;
     }
-    barrier(rt);
+    if (rt->defer) rt->pending = 1;
+    else barrier(rt);
+}
+
+void vkrt_defer_barriers(vkrt *rt, int on)
+{
+    if (!on && rt->pending) barrier(rt);
+    rt->defer = on;
+    rt->pending = 0;
 }
 
 void vkrt_copy(vkrt *rt, vkview src, vkview dst, VkDeviceSize n)

@@ -65,6 +65,7 @@ typedef struct vkrt {
     VkPipelineLayout pl[P_COUNT];
     VkPipeline pipe[P_COUNT];
     int recording;
+    int defer, pending; /* vkrt_defer_barriers: on, and a dispatch awaits its barrier */
     vkbuf stage;        /* host-visible staging for uploads/downloads */
     /* profiling */
     int profile;
@@ -102,6 +103,10 @@ void vkrt_op(vkrt *rt, const char *name); /* names the following dispatches for 
 void vkrt_dispatch(vkrt *rt, vk_pipe_id p, const vkview *views, int nviews, const void *push,
                    size_t push_size, uint32_t gx, uint32_t gy, uint32_t gz);
 void vkrt_copy(vkrt *rt, vkview src, vkview dst, VkDeviceSize n);
+/* on = 1: the following dispatches get no barrier after each (they must be
+ * independent of each other, e.g. the same step of different sequences, and
+ * may then run concurrently); on = 0: one barrier for all of them. */
+void vkrt_defer_barriers(vkrt *rt, int on);
 void vkrt_fill(vkrt *rt, vkview dst, VkDeviceSize n, uint32_t value);
 int vkrt_submit_wait(vkrt *rt, char *err, size_t errlen);
 
