@@ -622,7 +622,14 @@ static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg)
     uint64_t D = (uint64_t)c->head_dim;
     int tile = D % 4 ? -1 : D <= 256 && vkrt_has_pipe(&e->rt, P_ATTN_TILE_S) ? P_ATTN_TILE_S
              : D <= 512 && vkrt_has_pipe(&e->rt, P_ATTN_TILE) ? P_ATTN_TILE : -1;
-    if (!e->cpu_device) return tile >= 0 ? tile : P_ATTN;
+    if (!e->cpu_device) {
+        if (tile < 0) return P_ATTN;
+        /* few tokens (decode): attn_tile would run n x H/8 workgroups; the
+           direct form runs n x H with 64 keys each at once */
+        const char *dn = getenv("DSV4_ATTN_DIRECT_N"); /* experiments: the segment size below which */
+        uint32_t direct_n = dn ? (uint32_t)atoi(dn) : 64;
+        return sg->n < direct_n ? P_ATTN_DIRECT : tile;
+    }
     uint64_t win = (uint64_t)c->sliding_window, p1 = (uint64_t)(sg->p0 + sg->n);
     uint64_t topk = c->index_topk > 0 ? (uint64_t)c->index_topk : 0, nc = 0, vis = 0;
     if (g->ratio == 4) {
@@ -673,6 +680,8 @@ static void seg_attention(dsv4_engine *e, const gblock *g, const fseg *sg, lstat
         vkrt_dispatch(&e->rt, P_ATTN_SERIAL, va, 7, &pa, sizeof pa, cdiv((uint64_t)sg->n * H, 16), 1, 1);
     else if (av == P_ATTN_TILE || av == P_ATTN_TILE_S)
         vkrt_dispatch(&e->rt, (vk_pipe_id)av, va, 7, &pa, sizeof pa, sg->n, cdiv(H, 8), 1);
+    else if (av == P_ATTN_DIRECT)
+        vkrt_dispatch(&e->rt, P_ATTN_DIRECT, va, 7, &pa, sizeof pa, sg->n, H, 1);
     else
         vkrt_dispatch(&e->rt, P_ATTN, va, 7, &pa, sizeof pa, sg->n, H, 1);
 }
@@ -690,8 +699,9 @@ static void seg_index_score(dsv4_engine *e, const gblock *g, const fseg *sg, lst
     pc_iscore pi = {inh, ihd, 4, sg->t0 + a, (uint32_t)sg->p0 + a, (uint32_t)s->iscore_cap, n_max,
                     (float)(pow(ihd, -0.5) * pow(inh, -0.5)), m};
     vkview v[4] = {s->iq, s->iw, vkbuf_view(&ls->buf, ls->ikv_off, (VkDeviceSize)ls->cap_rows * ihd * 4), S};
-    /* the tiled product (same bits) where index_head_dim fits it */
-    if (ihd % 4 == 0 && ihd <= 128)
+    /* the tiled product (same bits) where index_head_dim fits it and a
+       segment has tokens to share the key tiles (decode: one per entry) */
+    if (ihd % 4 == 0 && ihd <= 128 && m >= 4)
         vkrt_dispatch(&e->rt, P_INDEX_SCORE_TILE, v, 4, &pi, sizeof pi, cdiv(n_max, 32), cdiv(m, 8), 1);
     else
         vkrt_dispatch(&e->rt, P_INDEX_SCORE, v, 4, &pi, sizeof pi, cdiv(n_max, 64), m, 1);

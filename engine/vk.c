@@ -46,6 +46,7 @@ static const struct {
     [P_ATTN_TILE_S] = {"attn_tile_s", 7, 16672},
     [P_INDEX_SCORE_TILE] = {"index_score_tile", 4},
     [P_TOPK_RADIX] = {"topk_radix", 2},
+    [P_ATTN_DIRECT] = {"attn_direct", 7},
 };
 
 int vkrt_pipe_bindings(vk_pipe_id p) { return pipe_info[p].nbind; }

@@ -30,6 +30,7 @@ typedef enum {
     P_ATTN_TILE_S,      /* the same for head_dim <= 256 (17 KiB shared: lavapipe's 32 KiB) */
     P_INDEX_SCORE_TILE, /* index_score, 8 tokens x 32 entries per workgroup */
     P_TOPK_RADIX,       /* topk by 8-bit radix select (4 passes instead of 32) */
+    P_ATTN_DIRECT,      /* attn_tile without key staging, one head per workgroup: few tokens */
     P_COUNT
 } vk_pipe_id;
 

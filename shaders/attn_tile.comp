@@ -20,7 +20,14 @@
  * the key tile, HG * DMAX + KT * DMAX floats: 32 KiB at HG = KT = 8 and
  * DMAX = 512 plus a little; shaders.list builds a DMAX = 256 variant for
  * drivers with 32 KiB (lavapipe). head_dim must be a multiple of 4 and at
- * most DMAX (engine/forward.c attn_variant checks). */
+ * most DMAX (engine/forward.c attn_variant checks).
+ *
+ * -DDIRECT (attn_direct, HG = 1, KT = 64): no key staging; each thread reads
+ * its key row from global memory (L1/L2: the 64 heads of a token read the
+ * same rows). For few tokens (decode) the tiled form has too few workgroups
+ * and each thread's score is a chain of KT-strided keys x D dependent
+ * multiply-adds; this form runs 8x the workgroups and 8x the keys at once,
+ * with the same sums in the same order. */
 #version 450
 #include "common.glsl"
 #ifndef HG
@@ -38,9 +45,10 @@
 #define NOKEY 0xffffffffu
 layout(local_size_x = NT) in;
 layout(std430, binding = 0) readonly buffer BQ { float Q[]; };
-layout(std430, binding = 1) readonly buffer BK { float KV[]; };
-layout(std430, binding = 2) readonly buffer BR { float RING[]; };
-layout(std430, binding = 3) readonly buffer BC { float CMP[]; };
+/* key rows as float4s: head_dim is a multiple of 4 and views start 16-byte aligned */
+layout(std430, binding = 1) readonly buffer BK { vec4 KV[]; };
+layout(std430, binding = 2) readonly buffer BR { vec4 RING[]; };
+layout(std430, binding = 3) readonly buffer BC { vec4 CMP[]; };
 layout(std430, binding = 4) readonly buffer BI { int IDX[]; };
 layout(std430, binding = 5) readonly buffer BSK { float SINK[]; };
 layout(std430, binding = 6) writeonly buffer BO { float O[]; };
@@ -51,9 +59,14 @@ layout(push_constant) uniform P {
 } p;
 
 shared vec4 Qs[HG * D4MAX];
+#ifndef DIRECT
 /* key row j, float4 column c4 lives at j * D4MAX + (c4 ^ (j & 7)): the XOR
    spreads the rows that a warp's score threads read together over all banks */
 shared vec4 Ks[KT * D4MAX];
+#define KLOAD(j, c4) Ks[(j) * D4MAX + ((c4) ^ ((j) & 7u))]
+#else
+#define KLOAD(j, c4) kv4(srcs[j], (c4) * 4u)
+#endif
 shared uint srcs[KT];
 shared float Es[NT];   /* exp(s - max) of (head, key) of the tile */
 shared float Ps[NT];   /* the same rounded to bf16 */
@@ -76,10 +89,10 @@ uint key_of(uint j, uint pos, uint nw, uint tl)
 
 vec4 kv4(uint s, uint c)
 {
-    uint kind = s >> 30, b = (s & 0x3fffffffu) * p.D + c;
-    if (kind == 0u) return vec4(KV[b], KV[b + 1u], KV[b + 2u], KV[b + 3u]);
-    if (kind == 1u) return vec4(RING[b], RING[b + 1u], RING[b + 2u], RING[b + 3u]);
-    return vec4(CMP[b], CMP[b + 1u], CMP[b + 2u], CMP[b + 3u]);
+    uint kind = s >> 30, b = ((s & 0x3fffffffu) * p.D + c) / 4u;
+    if (kind == 0u) return KV[b];
+    if (kind == 1u) return RING[b];
+    return CMP[b];
 }
 
 /* Stages keys b0 .. b0 + KT - 1 (masked or past the list: zero rows, NOKEY). */
@@ -88,11 +101,13 @@ void stage(uint b0, uint nk, uint pos, uint nw, uint tl, uint D4)
     uint t = gl_LocalInvocationID.x;
     barrier(); /* the previous tile is no longer read */
     if (t < KT) srcs[t] = b0 + t < nk ? key_of(b0 + t, pos, nw, tl) : NOKEY;
+#ifndef DIRECT
     for (uint i = t; i < KT * D4; i += NT) {
         uint j = i / D4, c4 = i - j * D4;
         uint key = b0 + j < nk ? key_of(b0 + j, pos, nw, tl) : NOKEY;
         Ks[j * D4MAX + (c4 ^ (j & 7u))] = key == NOKEY ? vec4(0.0) : kv4(key, c4 * 4u);
     }
+#endif
     barrier();
 }
 
@@ -101,7 +116,7 @@ float score(uint h, uint j, uint D4)
 {
     float d = 0.0;
     for (uint c4 = 0u; c4 < D4; c4++) {
-        vec4 q = Qs[h * D4MAX + c4], k = Ks[j * D4MAX + (c4 ^ (j & 7u))];
+        vec4 q = Qs[h * D4MAX + c4], k = KLOAD(j, c4);
         d += q.x * k.x;
         d += q.y * k.y;
         d += q.z * k.z;
@@ -164,7 +179,7 @@ void main()
             for (uint i = 0u; i < NC4; i++) {
                 uint c4 = t + i * NT;
                 if (c4 < D4) {
-                    vec4 k = Ks[j * D4MAX + (c4 ^ (j & 7u))];
+                    vec4 k = KLOAD(j, c4);
                     for (uint hh = 0u; hh < HG; hh++) acc[hh * NC4 + i] += Ps[hh * KT + j] * k;
                 }
             }

@@ -359,8 +359,9 @@ static void topk_ties_and_visibility(void)
 /* One attention case: tokens p0..p0+n-1 of a sequence, mode 1 (HCA: all
  * (pos+1)/ratio entries) or 2 (CSA: a top-k list per token with -1 holes).
  * attn_tile (whichever variant the device has) against ref_sparse_attn, and
- * bit for bit against attn and attn_serial when `same_bits` (the engine
- * picks among them per segment; they must agree exactly). */
+ * bit for bit against attn_direct, and against attn and attn_serial when
+ * `same_bits` (the engine picks among them per segment; they must agree
+ * exactly). */
 static void attn_case(vk_pipe_id tile, int H, int D, int win, int n, int p0, int ratio, int mode, int topk,
                       int same_bits)
 {
@@ -405,13 +406,17 @@ static void attn_case(vk_pipe_id tile, int H, int D, int win, int n, int p0, int
     double e = nmse(g, r, qn);
     printf("  attn_tile H %d D %d win %d p0 %d n %d mode %d topk %d: nmse %.3g\n", H, D, win, p0, n, mode, topk, e);
     CHECKF(e < 1e-6, "attn_tile nmse %g", e);
-    for (int v = 0; same_bits && v < 2; v++) {
-        if (v) run1(P_ATTN_SERIAL, b, 7, &pc, sizeof pc, (uint32_t)(n * H + 15) / 16, 1);
-        else run1(P_ATTN, b, 7, &pc, sizeof pc, (uint32_t)n, (uint32_t)H);
+    static const char *names[3] = {"attn_direct", "attn", "attn_serial"};
+    for (int v = 0; v < 3; v++) {
+        if (v && !same_bits) break;
+        if (v == 2) run1(P_ATTN_SERIAL, b, 7, &pc, sizeof pc, (uint32_t)(n * H + 15) / 16, 1);
+        else if (v == 1) run1(P_ATTN, b, 7, &pc, sizeof pc, (uint32_t)n, (uint32_t)H);
+        else if (D <= 512) run1(P_ATTN_DIRECT, b, 7, &pc, sizeof pc, (uint32_t)n, (uint32_t)H);
+        else continue;
         CHECK(readbuf(&bo, g2, qn * 4) == 0);
         size_t diff = 0;
         for (size_t i = 0; i < qn; i++) diff += memcmp(&g[i], &g2[i], 4) != 0;
-        CHECKF(diff == 0, "attn_tile differs from %s in %zu of %zu values", v ? "attn_serial" : "attn", diff, qn);
+        CHECKF(diff == 0, "attn_tile differs from %s in %zu of %zu values", names[v], diff, qn);
     }
     for (int i = 0; i < 7; i++) vkbuf_free(&rt, b[i]);
     free(q); free(kv); free(ring); free(cmp); free(r); free(g); free(g2); free(sink); free(idx); free(keys);
