@@ -628,7 +628,7 @@ static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg)
            direct form runs n x H with 64 keys each at once */
         const char *dn = getenv("DSV4_ATTN_DIRECT_N"); /* experiments: the segment size below which */
         uint32_t direct_n = dn ? (uint32_t)atoi(dn) : 64;
-        return sg->n < direct_n ? P_ATTN_DIRECT : tile;
+        return sg->n < direct_n && D % 16 == 0 ? P_ATTN_DIRECT : tile;
     }
     uint64_t win = (uint64_t)c->sliding_window, p1 = (uint64_t)(sg->p0 + sg->n);
     uint64_t topk = c->index_topk > 0 ? (uint64_t)c->index_topk : 0, nc = 0, vis = 0;
@@ -644,10 +644,11 @@ static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg)
     if (serial <= CPU_LOOP_BUDGET && !(force && *force == '1' && tile >= 0)) return P_ATTN_SERIAL;
     if (tile >= 0) {
         /* attn_tile.comp with HG = KT = 8, 64 threads: per tile of 8 keys two
-           stagings (D/32 each) and two scores (D/4), the denominator (8) and
-           the value sum (8 keys x float4 column blocks x (8 heads + 1)) */
+           stagings (8 rows x D/256 each) and two scores (D/4), the
+           denominator (8) and the value sum (8 keys x float4 column blocks x
+           (8 heads + 1)) */
         uint64_t d4 = D / 4, nc4 = (tile == P_ATTN_TILE ? 128 : 64) / 64, ntile = (nk + 7) / 8;
-        uint64_t tiled = d4 / 8 + ntile * (2 * (d4 / 8 + 1 + d4) + 8 + 8 * nc4 * 9 + 16) + 8 + 8 * nc4 + 256;
+        uint64_t tiled = d4 / 8 + ntile * (2 * (8 * (d4 / 64 + 2) + 1 + d4) + 8 + 8 * nc4 * 9 + 16) + 8 + 8 * nc4 + 256;
         if (tiled <= CPU_LOOP_BUDGET) return tile;
     }
     uint64_t nblk = (nk + 63) / 64, dq = (D + 63) / 64;

@@ -27,7 +27,8 @@
  * same rows). For few tokens (decode) the tiled form has too few workgroups
  * and each thread's score is a chain of KT-strided keys x D dependent
  * multiply-adds; this form runs 8x the workgroups and 8x the keys at once,
- * with the same sums in the same order. */
+ * with the same sums in the same order. head_dim must be a multiple of 16
+ * there. */
 #version 450
 #include "common.glsl"
 #ifndef HG
@@ -63,9 +64,6 @@ shared vec4 Qs[HG * D4MAX];
 /* key row j, float4 column c4 lives at j * D4MAX + (c4 ^ (j & 7)): the XOR
    spreads the rows that a warp's score threads read together over all banks */
 shared vec4 Ks[KT * D4MAX];
-#define KLOAD(j, c4) Ks[(j) * D4MAX + ((c4) ^ ((j) & 7u))]
-#else
-#define KLOAD(j, c4) kv4(srcs[j], (c4) * 4u)
 #endif
 shared uint srcs[KT];
 shared float Es[NT];   /* exp(s - max) of (head, key) of the tile */
@@ -87,36 +85,41 @@ uint key_of(uint j, uint pos, uint nw, uint tl)
     return e < 0 ? NOKEY : ((2u << 30) | uint(e));
 }
 
-vec4 kv4(uint s, uint c)
-{
-    uint kind = s >> 30, b = ((s & 0x3fffffffu) * p.D + c) / 4u;
-    if (kind == 0u) return KV[b];
-    if (kind == 1u) return RING[b];
-    return CMP[b];
-}
 
-/* Stages keys b0 .. b0 + KT - 1 (masked or past the list: zero rows, NOKEY). */
+/* row base (in float4s) of key s */
+uint kbase(uint s) { return ((s & 0x3fffffffu) * p.D) / 4u; }
+
+/* Stages keys b0 .. b0 + KT - 1 (masked or past the list: zero rows, NOKEY):
+ * their ids first, then each row by consecutive threads. */
 void stage(uint b0, uint nk, uint pos, uint nw, uint tl, uint D4)
 {
     uint t = gl_LocalInvocationID.x;
     barrier(); /* the previous tile is no longer read */
     if (t < KT) srcs[t] = b0 + t < nk ? key_of(b0 + t, pos, nw, tl) : NOKEY;
-#ifndef DIRECT
-    for (uint i = t; i < KT * D4; i += NT) {
-        uint j = i / D4, c4 = i - j * D4;
-        uint key = b0 + j < nk ? key_of(b0 + j, pos, nw, tl) : NOKEY;
-        Ks[j * D4MAX + (c4 ^ (j & 7u))] = key == NOKEY ? vec4(0.0) : kv4(key, c4 * 4u);
-    }
-#endif
     barrier();
+#ifndef DIRECT
+    for (uint j = 0u; j < KT; j++) {
+        uint key = srcs[j], kind = key >> 30, b = kbase(key);
+        for (uint c4 = t; c4 < D4; c4 += NT) {
+            vec4 v = vec4(0.0);
+            if (key == NOKEY) v = vec4(0.0);
+            else if (kind == 0u) v = KV[b + c4];
+            else if (kind == 1u) v = RING[b + c4];
+            else v = CMP[b + c4];
+            Ks[j * D4MAX + (c4 ^ (j & 7u))] = v;
+        }
+    }
+    barrier();
+#endif
 }
 
+#ifndef DIRECT
 /* q_h . k_j over dims 0..D-1 in order */
 float score(uint h, uint j, uint D4)
 {
     float d = 0.0;
     for (uint c4 = 0u; c4 < D4; c4++) {
-        vec4 q = Qs[h * D4MAX + c4], k = KLOAD(j, c4);
+        vec4 q = Qs[h * D4MAX + c4], k = Ks[j * D4MAX + (c4 ^ (j & 7u))];
         d += q.x * k.x;
         d += q.y * k.y;
         d += q.z * k.z;
@@ -124,6 +127,31 @@ float score(uint h, uint j, uint D4)
     }
     return d;
 }
+#else
+/* The same sum straight from the key's buffer, four float4s loaded ahead
+ * (head_dim a multiple of 16), the buffer chosen once per key. */
+#define DOT_ROW(BUF)                                                                              \
+    for (uint c4 = 0u; c4 < D4; c4 += 4u) {                                                       \
+        vec4 k0 = BUF[b + c4], k1 = BUF[b + c4 + 1u], k2 = BUF[b + c4 + 2u], k3 = BUF[b + c4 + 3u]; \
+        vec4 q = Qs[h * D4MAX + c4];                                                              \
+        d += q.x * k0.x; d += q.y * k0.y; d += q.z * k0.z; d += q.w * k0.w;                       \
+        q = Qs[h * D4MAX + c4 + 1u];                                                              \
+        d += q.x * k1.x; d += q.y * k1.y; d += q.z * k1.z; d += q.w * k1.w;                       \
+        q = Qs[h * D4MAX + c4 + 2u];                                                              \
+        d += q.x * k2.x; d += q.y * k2.y; d += q.z * k2.z; d += q.w * k2.w;                       \
+        q = Qs[h * D4MAX + c4 + 3u];                                                              \
+        d += q.x * k3.x; d += q.y * k3.y; d += q.z * k3.z; d += q.w * k3.w;                       \
+    }
+float score(uint h, uint j, uint D4)
+{
+    uint key = srcs[j], kind = key >> 30, b = kbase(key);
+    float d = 0.0;
+    if (kind == 0u) { DOT_ROW(KV) }
+    else if (kind == 1u) { DOT_ROW(RING) }
+    else { DOT_ROW(CMP) }
+    return d;
+}
+#endif
 
 void main()
 {
@@ -175,11 +203,19 @@ void main()
             for (uint j = 0u; j < KT; j++)
                 if (srcs[j] != NOKEY) l += Es[t + j];
         for (uint j = 0u; j < KT; j++) {
-            if (srcs[j] == NOKEY) continue;
+            uint key = srcs[j];
+            if (key == NOKEY) continue;
+#ifdef DIRECT
+            uint kind = key >> 30, b = kbase(key);
+#endif
             for (uint i = 0u; i < NC4; i++) {
                 uint c4 = t + i * NT;
                 if (c4 < D4) {
-                    vec4 k = KLOAD(j, c4);
+#ifdef DIRECT
+                    vec4 k = kind == 0u ? KV[b + c4] : kind == 1u ? RING[b + c4] : CMP[b + c4];
+#else
+                    vec4 k = Ks[j * D4MAX + (c4 ^ (j & 7u))];
+#endif
                     for (uint hh = 0u; hh < HG; hh++) acc[hh * NC4 + i] += Ps[hh * KT + j] * k;
                 }
             }
