@@ -643,12 +643,13 @@ static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg)
     const char *force = getenv("DSV4_ATTN_TILE"); /* tests: attn_tile wherever it fits */
     if (serial <= CPU_LOOP_BUDGET && !(force && *force == '1' && tile >= 0)) return P_ATTN_SERIAL;
     if (tile >= 0) {
-        /* attn_tile.comp with HG = KT = 8, 64 threads: per tile of 8 keys two
-           stagings (8 rows x D/256 each) and two scores (D/4), the
-           denominator (8) and the value sum (8 keys x float4 column blocks x
-           (8 heads + 1)) */
-        uint64_t d4 = D / 4, nc4 = (tile == P_ATTN_TILE ? 128 : 64) / 64, ntile = (nk + 7) / 8;
-        uint64_t tiled = d4 / 8 + ntile * (2 * (8 * (d4 / 64 + 2) + 1 + d4) + 8 + 8 * nc4 * 9 + 16) + 8 + 8 * nc4 + 256;
+        /* attn_tile.comp with HG = 8, KT = 16, 64 threads: per tile of 16
+           keys two stagings (16 rows x (D/256 + 1)) and two score passes
+           (D/4 x 2 keys), the denominator (16) and the value sum (16 keys x
+           float4 column blocks x (8 heads + 1)) */
+        uint64_t d4 = D / 4, nc4 = (tile == P_ATTN_TILE ? 128 : 64) / 64, ntile = (nk + 15) / 16;
+        uint64_t tiled = d4 / 16 + 16 + ntile * (2 * (16 * (d4 / 64 + 2) + 1 + 3 * d4 + 4) + 16 + 16 * nc4 * 9 + 16) +
+                         8 + 8 * nc4 + 256;
         if (tiled <= CPU_LOOP_BUDGET) return tile;
     }
     uint64_t nblk = (nk + 63) / 64, dq = (D + 63) / 64;

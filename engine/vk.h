@@ -26,8 +26,8 @@ typedef enum {
     P_MOE_COMBINE, P_EMBED, P_ADD_BCAST,
     P_ATTN_SERIAL,      /* attn, one invocation per (token, head): CPU drivers */
     P_FILL_RANDOM,      /* synthetic weights for the bench (engine/bench_weights.c) */
-    P_ATTN_TILE,        /* attn, 8 heads of a token per workgroup, head_dim <= 512 (33 KiB shared) */
-    P_ATTN_TILE_S,      /* the same for head_dim <= 256 (17 KiB shared: lavapipe's 32 KiB) */
+    P_ATTN_TILE,        /* attn, 8 heads of a token per workgroup, head_dim <= 512 (25 KiB shared) */
+    P_ATTN_TILE_S,      /* the same for head_dim <= 256 (13 KiB shared) */
     P_INDEX_SCORE_TILE, /* index_score, 8 tokens x 32 entries per workgroup */
     P_TOPK_RADIX,       /* topk by 8-bit radix select (4 passes instead of 32) */
     P_ATTN_DIRECT,      /* attn_tile without key staging, one head per workgroup: few tokens */

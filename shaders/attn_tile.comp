@@ -14,12 +14,14 @@
  * for the maximum, once for the probabilities) rather than staged, so shared
  * memory does not grow with the key count.
  *
- * Threads: NT = HG * KT. For scores thread t owns (head t / KT, key t % KT)
- * of the tile; for the value sum it owns float4 columns t, t + NT, ... of
- * all HG heads (register accumulators). Shared memory: Q of the group and
- * the key tile, HG * DMAX + KT * DMAX floats: 32 KiB at HG = KT = 8 and
- * DMAX = 512 plus a little; shaders.list builds a DMAX = 256 variant for
- * drivers with 32 KiB (lavapipe). head_dim must be a multiple of 4 and at
+ * Threads: NT = 64. For scores thread t owns head t / (KT / KPT) and keys
+ * t % (KT / KPT) + u * KT / KPT, u < KPT, of the tile (KPT independent
+ * chains); for the value sum it owns float4 columns t, t + NT, ... of all HG
+ * heads (register accumulators). Queries and keys are bf16 values (headprep
+ * rounds them; the tests' inputs are bf16), so shared memory holds them as
+ * bf16 pairs, exactly: Q of the group and the key tile, (HG + KT) * DMAX * 2
+ * bytes: 24 KiB at HG = 8, KT = 16 and DMAX = 512 (a DMAX = 256 variant for
+ * drivers with less shared memory). head_dim must be a multiple of 4 and at
  * most DMAX (engine/forward.c attn_variant checks).
  *
  * -DDIRECT (attn_direct, HG = 1, KT = 64): no key staging; each thread reads
@@ -40,7 +42,9 @@
 #ifndef DMAX
 #define DMAX 512
 #endif
-#define NT (HG * KT)
+#define NT 64u
+#define KPT ((HG * KT) / NT) /* keys per thread in the score passes */
+#define KS (KT / KPT)        /* the stride between a thread's keys */
 #define D4MAX (DMAX / 4)
 #define NC4 ((D4MAX + NT - 1) / NT)
 #define NOKEY 0xffffffffu
@@ -59,15 +63,16 @@ layout(push_constant) uniform P {
     uint n_tok;
 } p;
 
-shared vec4 Qs[HG * D4MAX];
+/* float4s as two words of bf16 pairs */
+shared uvec2 Qs[HG * D4MAX];
 #ifndef DIRECT
 /* key row j, float4 column c4 lives at j * D4MAX + (c4 ^ (j & 7)): the XOR
    spreads the rows that a warp's score threads read together over all banks */
-shared vec4 Ks[KT * D4MAX];
+shared uvec2 Ks[KT * D4MAX];
 #endif
 shared uint srcs[KT];
-shared float Es[NT];   /* exp(s - max) of (head, key) of the tile */
-shared float Ps[NT];   /* the same rounded to bf16 */
+shared float Es[HG * KT]; /* exp(s - max) of (head, key) of the tile; pass 1: maxima */
+shared float Ps[HG * KT]; /* the same rounded to bf16 */
 shared float Ms[HG];   /* each head's maximum, then its denominator */
 
 /* key j of this token: source (0 chunk, 1 ring, 2 compressed) and row, as attn.comp */
@@ -85,6 +90,17 @@ uint key_of(uint j, uint pos, uint nw, uint tl)
     return e < 0 ? NOKEY : ((2u << 30) | uint(e));
 }
 
+
+uvec2 pack4(vec4 v) /* v holds bf16 values: exact */
+{
+    uvec4 u = floatBitsToUint(v);
+    return uvec2((u.x >> 16) | (u.y & 0xffff0000u), (u.z >> 16) | (u.w & 0xffff0000u));
+}
+
+vec4 unpack4(uvec2 w)
+{
+    return uintBitsToFloat(uvec4(w.x << 16, w.x & 0xffff0000u, w.y << 16, w.y & 0xffff0000u));
+}
 
 /* row base (in float4s) of key s */
 uint kbase(uint s) { return ((s & 0x3fffffffu) * p.D) / 4u; }
@@ -106,7 +122,7 @@ void stage(uint b0, uint nk, uint pos, uint nw, uint tl, uint D4)
             else if (kind == 0u) v = KV[b + c4];
             else if (kind == 1u) v = RING[b + c4];
             else v = CMP[b + c4];
-            Ks[j * D4MAX + (c4 ^ (j & 7u))] = v;
+            Ks[j * D4MAX + (c4 ^ (j & 7u))] = pack4(v);
         }
     }
     barrier();
@@ -114,18 +130,20 @@ void stage(uint b0, uint nk, uint pos, uint nw, uint tl, uint D4)
 }
 
 #ifndef DIRECT
-/* q_h . k_j over dims 0..D-1 in order */
-float score(uint h, uint j, uint D4)
+/* q_h . k_j over dims 0..D-1 in order, for the thread's KPT keys j + u * KS */
+void score(uint h, uint j, uint D4, out float d[KPT])
 {
-    float d = 0.0;
+    for (uint u = 0u; u < KPT; u++) d[u] = 0.0;
     for (uint c4 = 0u; c4 < D4; c4++) {
-        vec4 q = Qs[h * D4MAX + c4], k = Ks[j * D4MAX + (c4 ^ (j & 7u))];
-        d += q.x * k.x;
-        d += q.y * k.y;
-        d += q.z * k.z;
-        d += q.w * k.w;
+        vec4 q = unpack4(Qs[h * D4MAX + c4]);
+        for (uint u = 0u; u < KPT; u++) {
+            vec4 k = unpack4(Ks[(j + u * KS) * D4MAX + (c4 ^ (j & 7u))]); /* KS is a multiple of 8 */
+            d[u] += q.x * k.x;
+            d[u] += q.y * k.y;
+            d[u] += q.z * k.z;
+            d[u] += q.w * k.w;
+        }
     }
-    return d;
 }
 #else
 /* The same sum straight from the key's buffer, four float4s loaded ahead
@@ -133,16 +151,16 @@ float score(uint h, uint j, uint D4)
 #define DOT_ROW(BUF)                                                                              \
     for (uint c4 = 0u; c4 < D4; c4 += 4u) {                                                       \
         vec4 k0 = BUF[b + c4], k1 = BUF[b + c4 + 1u], k2 = BUF[b + c4 + 2u], k3 = BUF[b + c4 + 3u]; \
-        vec4 q = Qs[h * D4MAX + c4];                                                              \
+        vec4 q = unpack4(Qs[h * D4MAX + c4]);                                                     \
         d += q.x * k0.x; d += q.y * k0.y; d += q.z * k0.z; d += q.w * k0.w;                       \
-        q = Qs[h * D4MAX + c4 + 1u];                                                              \
+        q = unpack4(Qs[h * D4MAX + c4 + 1u]);                                                     \
         d += q.x * k1.x; d += q.y * k1.y; d += q.z * k1.z; d += q.w * k1.w;                       \
-        q = Qs[h * D4MAX + c4 + 2u];                                                              \
+        q = unpack4(Qs[h * D4MAX + c4 + 2u]);                                                     \
         d += q.x * k2.x; d += q.y * k2.y; d += q.z * k2.z; d += q.w * k2.w;                       \
-        q = Qs[h * D4MAX + c4 + 3u];                                                              \
+        q = unpack4(Qs[h * D4MAX + c4 + 3u]);                                                     \
         d += q.x * k3.x; d += q.y * k3.y; d += q.z * k3.z; d += q.w * k3.w;                       \
     }
-float score(uint h, uint j, uint D4)
+float score1(uint h, uint j, uint D4)
 {
     uint key = srcs[j], kind = key >> 30, b = kbase(key);
     float d = 0.0;
@@ -151,37 +169,45 @@ float score(uint h, uint j, uint D4)
     else { DOT_ROW(CMP) }
     return d;
 }
+
+void score(uint h, uint j, uint D4, out float d[KPT])
+{
+    for (uint u = 0u; u < KPT; u++) d[u] = srcs[j + u * KS] == NOKEY ? 0.0 : score1(h, j + u * KS, D4);
+}
 #endif
 
 void main()
 {
     uint tl = gl_WorkGroupID.x, h0 = gl_WorkGroupID.y * HG, t = gl_LocalInvocationID.x;
     uint tok = p.t0 + tl, pos = p.p0 + tl, D = p.D, D4 = D / 4u;
-    for (uint i = t; i < HG * D4; i += NT) {
-        uint hh = i / D4, c4 = i - hh * D4;
-        vec4 v = vec4(0.0);
-        if (h0 + hh < p.H) {
-            uint b = (tok * p.H + h0 + hh) * D + c4 * 4u;
-            v = vec4(Q[b], Q[b + 1u], Q[b + 2u], Q[b + 3u]);
+    for (uint hh = 0u; hh < HG; hh++)
+        for (uint c4 = t; c4 < D4; c4 += NT) {
+            vec4 v = vec4(0.0);
+            if (h0 + hh < p.H) {
+                uint b = (tok * p.H + h0 + hh) * D + c4 * 4u;
+                v = vec4(Q[b], Q[b + 1u], Q[b + 2u], Q[b + 3u]);
+            }
+            Qs[hh * D4MAX + c4] = pack4(v);
         }
-        Qs[hh * D4MAX + c4] = v;
-    }
     uint nw = min(p.win, pos + 1u);
     uint nc = p.mode == 0u ? 0u : (p.mode == 1u ? (pos + 1u) / p.ratio : p.topk);
     uint nk = p.win + nc; /* the window takes win slots, as the official key list */
-    uint sh = t / KT, sj = t - sh * KT;
+    uint sh = t / KS, sj = t - sh * KS;
+    float d[KPT];
 
     /* pass 1: each head's maximum score over every key */
     float mloc = -1.0 / 0.0;
     for (uint b0 = 0u; b0 < nk; b0 += KT) {
         stage(b0, nk, pos, nw, tl, D4);
-        if (srcs[sj] != NOKEY) mloc = max(mloc, score(sh, sj, D4) * p.scale);
+        score(sh, sj, D4, d);
+        for (uint u = 0u; u < KPT; u++)
+            if (srcs[sj + u * KS] != NOKEY) mloc = max(mloc, d[u] * p.scale);
     }
     Es[t] = mloc;
     barrier();
     if (sj == 0u) {
         float m = Es[t];
-        for (uint j = 1u; j < KT; j++) m = max(m, Es[t + j]);
+        for (uint j = 1u; j < KS; j++) m = max(m, Es[t + j]);
         Ms[sh] = m;
     }
     barrier();
@@ -194,14 +220,17 @@ void main()
     float l = 0.0;
     for (uint b0 = 0u; b0 < nk; b0 += KT) {
         stage(b0, nk, pos, nw, tl, D4);
-        float e = 0.0;
-        if (srcs[sj] != NOKEY) e = exp_acc(score(sh, sj, D4) * p.scale - m);
-        Es[t] = e;
-        Ps[t] = bf16r(e);
+        score(sh, sj, D4, d);
+        for (uint u = 0u; u < KPT; u++) {
+            uint j = sj + u * KS;
+            float e = srcs[j] != NOKEY ? exp_acc(d[u] * p.scale - m) : 0.0;
+            Es[sh * KT + j] = e;
+            Ps[sh * KT + j] = bf16r(e);
+        }
         barrier();
         if (sj == 0u)
             for (uint j = 0u; j < KT; j++)
-                if (srcs[j] != NOKEY) l += Es[t + j];
+                if (srcs[j] != NOKEY) l += Es[sh * KT + j];
         for (uint j = 0u; j < KT; j++) {
             uint key = srcs[j];
             if (key == NOKEY) continue;
@@ -214,7 +243,7 @@ void main()
 #ifdef DIRECT
                     vec4 k = kind == 0u ? KV[b + c4] : kind == 1u ? RING[b + c4] : CMP[b + c4];
 #else
-                    vec4 k = Ks[j * D4MAX + (c4 ^ (j & 7u))];
+                    vec4 k = unpack4(Ks[j * D4MAX + (c4 ^ (j & 7u))]);
 #endif
                     for (uint hh = 0u; hh < HG; hh++) acc[hh * NC4 + i] += Ps[hh * KT + j] * k;
                 }

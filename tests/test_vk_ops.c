@@ -404,7 +404,8 @@ static void attn_case(vk_pipe_id tile, int H, int D, int win, int n, int p0, int
     run1(tile, b, 7, &pc, sizeof pc, (uint32_t)n, (uint32_t)(H + 7) / 8);
     CHECK(readbuf(&bo, g, qn * 4) == 0);
     double e = nmse(g, r, qn);
-    printf("  attn_tile H %d D %d win %d p0 %d n %d mode %d topk %d: nmse %.3g\n", H, D, win, p0, n, mode, topk, e);
+    printf("  %s H %d D %d win %d p0 %d n %d mode %d topk %d: nmse %.3g\n", tile == P_ATTN_TILE ? "attn_tile" : "attn_tile_s",
+           H, D, win, p0, n, mode, topk, e);
     CHECKF(e < 1e-6, "attn_tile nmse %g", e);
     static const char *names[3] = {"attn_direct", "attn", "attn_serial"};
     for (int v = 0; v < 3; v++) {
@@ -425,13 +426,19 @@ static void attn_case(vk_pipe_id tile, int H, int D, int win, int n, int p0, int
 static void attention_tiled_heads(void)
 {
     if (!open_rt()) SKIP("no Vulkan device");
-    vk_pipe_id tile = vkrt_has_pipe(&rt, P_ATTN_TILE) ? P_ATTN_TILE : P_ATTN_TILE_S;
-    attn_case(tile, 19, 192, 16, 6, 3, 4, 2, 24, 1);   /* window partly filled, CSA with holes */
-    attn_case(tile, 8, 256, 8, 5, 40, 4, 2, 13, 1);     /* ring + chunk window, odd top-k */
-    attn_case(tile, 11, 192, 12, 4, 60, 4, 1, 0, 1);    /* HCA */
-    attn_case(tile, 16, 128, 32, 3, 2400, 8, 1, 0, 0);  /* 332 keys: past attn_serial's loop budget */
-    attn_case(tile, 64, 64, 16, 2, 100, 4, 2, 40, 1);   /* all 64 heads of V4 */
-    if (tile == P_ATTN_TILE) attn_case(tile, 9, 512, 8, 2, 30, 4, 2, 12, 0);
+    for (int v = 0; v < 2; v++) { /* attn_tile (head_dim <= 512), attn_tile_s (<= 256) */
+        vk_pipe_id tile = v ? P_ATTN_TILE_S : P_ATTN_TILE;
+        if (!vkrt_has_pipe(&rt, tile)) {
+            printf("  %s: not on this device (shared memory)\n", v ? "attn_tile_s" : "attn_tile");
+            continue;
+        }
+        attn_case(tile, 19, 192, 16, 6, 3, 4, 2, 24, 1);   /* window partly filled, CSA with holes */
+        attn_case(tile, 8, 256, 8, 5, 40, 4, 2, 13, 1);     /* ring + chunk window, odd top-k */
+        attn_case(tile, 11, 192, 12, 4, 60, 4, 1, 0, 1);    /* HCA */
+        attn_case(tile, 16, 128, 32, 3, 2400, 8, 1, 0, 0);  /* 332 keys: past attn_serial's loop budget */
+        attn_case(tile, 64, 64, 16, 2, 100, 4, 2, 40, 1);   /* all 64 heads of V4 */
+        if (!v) attn_case(tile, 9, 512, 8, 2, 30, 4, 2, 12, 0); /* V4's head_dim */
+    }
 }
 
 /* ---- indexer scores: index_score_tile against the CPU formula and index_score ---- */
