@@ -31,7 +31,7 @@ typedef struct { uint32_t d, ratio, overlap, i0, p0, t0, ld_out; } pc_comp;
 typedef struct { uint32_t width, lds, ldr, col_off, L, q0, p0, t0, use_ape, ratio; } pc_ring;
 typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint32_t n_tok; } pc_iscore;
 typedef struct { uint32_t topk, ratio, p0, ld_s, ld_i, i_row0; } pc_topk;
-typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok; } pc_attn;
+typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc; } pc_attn;
 typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale; } pc_gate;
 typedef struct { uint32_t T, E, k, rowmap_off, slotpos_off, wsort_off, e_begin_off; } pc_group;
 typedef struct { uint32_t rows, inter, use_w, wsort_off; float limit; } pc_swiglu;
@@ -48,7 +48,7 @@ _Static_assert(sizeof(pc_comp) == 28, "compress push constants");
 _Static_assert(sizeof(pc_ring) == 40, "ring_write push constants");
 _Static_assert(sizeof(pc_iscore) == 36, "index_score push constants");
 _Static_assert(sizeof(pc_topk) == 24, "topk push constants");
-_Static_assert(sizeof(pc_attn) == 44, "attn push constants");
+_Static_assert(sizeof(pc_attn) == 48, "attn push constants");
 _Static_assert(sizeof(pc_gate) == 28, "moe_gate push constants");
 _Static_assert(sizeof(pc_group) == 28, "moe_group push constants");
 _Static_assert(sizeof(pc_swiglu) == 20, "swiglu push constants");
@@ -58,6 +58,10 @@ _Static_assert(sizeof(pc_add) == 8, "add_bcast push constants");
 
 enum { F_RMS_SCALE = 1, F_RMS_W = 2, F_ROPE = 4, F_ROPE_INV = 8, F_HADAMARD = 16, F_FP4 = 32,
        F_FP8_NOPE = 64, F_POSBUF = 128 };
+
+/* The most GPU memory attn_tile's kept scores may take (beyond it, or
+ * beyond one binding, the scores are computed twice instead). */
+#define ASCORE_MAX_BYTES ((uint64_t)512 << 20)
 
 /* GEMMs with at most this many rows use the SMALL shader variants */
 #define SMALL_ROWS 16
@@ -414,6 +418,7 @@ void fwd_free(dsv4_engine *e)
     fscratch *s = &e->s;
     for (int i = 0; i < s->nbufs; i++) vkbuf_free(&e->rt, &s->bufs[i]);
     vkbuf_free(&e->rt, &s->iscore_buf);
+    vkbuf_free(&e->rt, &s->ascore_buf);
     vkbuf_free(&e->rt, &s->io);
     for (int i = 0; i < e->n_arenas; i++) vkbuf_free(&e->rt, &e->arenas[i]);
     free(e->blk);
@@ -675,15 +680,16 @@ static void seg_attention(dsv4_engine *e, const gblock *g, const fseg *sg, lstat
     vkview cache = g->ratio ? vkbuf_view(&ls->buf, ls->kv_off, (VkDeviceSize)ls->cap_rows * hd * 4) : e->dummy;
     pc_attn pa = {hd, H, win, sg->t0, (uint32_t)sg->p0, (uint32_t)(g->ratio ? g->ratio : 1),
                   g->ratio == 0 ? 0u : g->ratio == 4 ? 2u : 1u, topk, topk, (float)(1.0 / sqrt((double)hd)),
-                  sg->n};
-    vkview va[7] = {s->q, s->kv, ring, cache, idx, g->attn_sink, s->o};
+                  sg->n, s->ascore_ld};
+    vkview va[8] = {s->q, s->kv, ring, cache, idx, g->attn_sink, s->o,
+                    s->ascore_ld ? vkbuf_view(&s->ascore_buf, 0, s->ascore_buf.size) : e->dummy};
     int av = attn_variant(e, g, sg);
     if (av == P_ATTN_SERIAL) /* barrier-free: what a CPU driver runs fastest */
         vkrt_dispatch(&e->rt, P_ATTN_SERIAL, va, 7, &pa, sizeof pa, cdiv((uint64_t)sg->n * H, 16), 1, 1);
     else if (av == P_ATTN_TILE || av == P_ATTN_TILE_S)
-        vkrt_dispatch(&e->rt, (vk_pipe_id)av, va, 7, &pa, sizeof pa, sg->n, cdiv(H, 8), 1);
+        vkrt_dispatch(&e->rt, (vk_pipe_id)av, va, 8, &pa, sizeof pa, sg->n, cdiv(H, 8), 1);
     else if (av == P_ATTN_DIRECT)
-        vkrt_dispatch(&e->rt, P_ATTN_DIRECT, va, 7, &pa, sizeof pa, sg->n, H, 1);
+        vkrt_dispatch(&e->rt, P_ATTN_DIRECT, va, 8, &pa, sizeof pa, sg->n, H, 1);
     else
         vkrt_dispatch(&e->rt, P_ATTN, va, 7, &pa, sizeof pa, sg->n, H, 1);
 }
@@ -1020,6 +1026,36 @@ int fwd_run(dsv4_engine *e, const fpass *fp, char *err, size_t errlen)
         if (rc) return rc;
         s->iscore = vkbuf_view(&s->iscore_buf, 0, s->iscore_buf.size);
         s->iscore_cap = cap;
+    }
+    /* attn_tile keeps its pass-1 scores for pass 2 where the pass's longest
+       key list fits the scratch (grown up to ASCORE_MAX_BYTES) */
+    {
+        uint64_t ld = 0, H = (uint64_t)c->num_attention_heads;
+        for (int i = 0; i < fp->nsegs; i++)
+            for (int b = fp->b0; b < fp->b1; b++) {
+                const gblock *g = &e->blk[b];
+                uint64_t p1 = (uint64_t)(fp->segs[i].p0 + fp->segs[i].n);
+                uint64_t nk = (uint64_t)c->sliding_window +
+                              (g->ratio == 4 ? (uint64_t)c->index_topk : g->ratio ? p1 / (uint64_t)g->ratio : 0);
+                if (nk > ld) ld = nk;
+            }
+        ld = (ld + 255) / 256 * 256; /* HCA lists grow by a key per 128 tokens: reallocate seldom */
+        uint64_t need = (uint64_t)T * H * ld * 4, want = (uint64_t)(T > (uint32_t)e->chunk ? T : (uint32_t)e->chunk) * H * ld * 4;
+        uint64_t limit = ASCORE_MAX_BYTES;
+        if (limit > e->rt.max_range) limit = e->rt.max_range;
+        if (want > limit) want = limit;
+        s->ascore_ld = 0;
+        if (need <= limit) {
+            if (need > s->ascore_buf.size) {
+                vkDeviceWaitIdle(e->rt.dev);
+                vkbuf_free(&e->rt, &s->ascore_buf);
+                if (vkbuf_create(&e->rt, want, 1, &s->ascore_buf, err, errlen)) {
+                    memset(&s->ascore_buf, 0, sizeof s->ascore_buf); /* no room: scores computed twice */
+                    err[0] = 0;
+                }
+            }
+            if (need <= s->ascore_buf.size) s->ascore_ld = (uint32_t)ld;
+        }
     }
     VkDeviceSize xbytes = (VkDeviceSize)T * hc * D * 4;
     if (fp->x_in) {

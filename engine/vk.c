@@ -42,11 +42,11 @@ static const struct {
     [P_ADD_BCAST] = {"add_bcast", 3},
     [P_ATTN_SERIAL] = {"attn_serial", 7},
     [P_FILL_RANDOM] = {"fill_random", 1},
-    [P_ATTN_TILE] = {"attn_tile", 7, 25696},
-    [P_ATTN_TILE_S] = {"attn_tile_s", 7, 13408},
+    [P_ATTN_TILE] = {"attn_tile", 8, 25696},
+    [P_ATTN_TILE_S] = {"attn_tile_s", 8, 13408},
     [P_INDEX_SCORE_TILE] = {"index_score_tile", 4},
     [P_TOPK_RADIX] = {"topk_radix", 2},
-    [P_ATTN_DIRECT] = {"attn_direct", 7},
+    [P_ATTN_DIRECT] = {"attn_direct", 8},
 };
 
 int vkrt_pipe_bindings(vk_pipe_id p) { return pipe_info[p].nbind; }

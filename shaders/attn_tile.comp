@@ -10,9 +10,11 @@
  * Every sum runs in the same order as attn.comp's serial variant (a score:
  * dims 0..D-1; the denominator and each output column: keys in list order,
  * masked keys skipped), so the three variants give the same bits and the
- * engine may pick any of them per segment. Scores are computed twice (once
- * for the maximum, once for the probabilities) rather than staged, so shared
- * memory does not grow with the key count.
+ * engine may pick any of them per segment. The maximum needs every score
+ * before the first probability: pass 1 computes the scores and, when the
+ * engine gives a scratch buffer (ld_sc > 0), writes them there for pass 2
+ * (each thread reads back its own values); without it pass 2 computes them
+ * again.
  *
  * Threads: NT = 64. For scores thread t owns head t / (KT / KPT) and keys
  * t % (KT / KPT) + u * KT / KPT, u < KPT, of the tile (KPT independent
@@ -57,10 +59,12 @@ layout(std430, binding = 3) readonly buffer BC { vec4 CMP[]; };
 layout(std430, binding = 4) readonly buffer BI { int IDX[]; };
 layout(std430, binding = 5) readonly buffer BSK { float SINK[]; };
 layout(std430, binding = 6) writeonly buffer BO { float O[]; };
+/* pass 1's scores, kept for pass 2 when ld_sc > 0: [token of the pass][head][ld_sc >= nk keys] */
+layout(std430, binding = 7) buffer BSC { float SC[]; };
 layout(push_constant) uniform P {
     uint D, H, win, t0, p0, ratio, mode, topk, ld_i;
     float scale;
-    uint n_tok;
+    uint n_tok, ld_sc;
 } p;
 
 /* float4s as two words of bf16 pairs */
@@ -197,11 +201,15 @@ void main()
 
     /* pass 1: each head's maximum score over every key */
     float mloc = -1.0 / 0.0;
+    bool keep = p.ld_sc > 0u && h0 + sh < p.H;
+    uint scb = keep ? ((p.t0 + tl) * p.H + h0 + sh) * p.ld_sc : 0u;
     for (uint b0 = 0u; b0 < nk; b0 += KT) {
         stage(b0, nk, pos, nw, tl, D4);
         score(sh, sj, D4, d);
-        for (uint u = 0u; u < KPT; u++)
+        for (uint u = 0u; u < KPT; u++) {
             if (srcs[sj + u * KS] != NOKEY) mloc = max(mloc, d[u] * p.scale);
+            if (keep && b0 + sj + u * KS < nk) SC[scb + b0 + sj + u * KS] = d[u];
+        }
     }
     Es[t] = mloc;
     barrier();
@@ -220,7 +228,10 @@ void main()
     float l = 0.0;
     for (uint b0 = 0u; b0 < nk; b0 += KT) {
         stage(b0, nk, pos, nw, tl, D4);
-        score(sh, sj, D4, d);
+        if (keep)
+            for (uint u = 0u; u < KPT; u++) d[u] = b0 + sj + u * KS < nk ? SC[scb + b0 + sj + u * KS] : 0.0;
+        else
+            score(sh, sj, D4, d);
         for (uint u = 0u; u < KPT; u++) {
             uint j = sj + u * KS;
             float e = srcs[j] != NOKEY ? exp_acc(d[u] * p.scale - m) : 0.0;

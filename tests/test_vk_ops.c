@@ -251,7 +251,7 @@ static void headprep_paths(void)
 }
 
 /* ---- sparse attention: window from this call and the ring + HCA entries ---- */
-typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok; } pc_attn;
+typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc; } pc_attn;
 
 static void attention_window_and_compressed(void)
 {
@@ -277,7 +277,7 @@ static void attention_window_and_compressed(void)
           bc = mkbuf(cmp, (size_t)ne * D * 4), bi = mkbuf(dummy_idx, sizeof dummy_idx), bs = mkbuf(sink, sizeof sink),
           bo = mkbuf(NULL, (size_t)n * H * D * 4);
     vkbuf *b[7] = {&bq, &bk, &br, &bc, &bi, &bs, &bo};
-    pc_attn pc = {(uint32_t)D, (uint32_t)H, (uint32_t)win, 0, (uint32_t)p0, (uint32_t)ratio, 1, 0, 0, scale, (uint32_t)n};
+    pc_attn pc = {(uint32_t)D, (uint32_t)H, (uint32_t)win, 0, (uint32_t)p0, (uint32_t)ratio, 1, 0, 0, scale, (uint32_t)n, 0};
     for (int serial = 0; serial < 2; serial++) {
         if (serial) run1(P_ATTN_SERIAL, b, 7, &pc, sizeof pc, (n * H + 15) / 16, 1);
         else run1(P_ATTN, b, 7, &pc, sizeof pc, n, H);
@@ -398,28 +398,36 @@ static void attn_case(vk_pipe_id tile, int H, int D, int win, int n, int p0, int
     vkbuf bq = mkbuf(q, qn * 4), bk = mkbuf(kv, (size_t)n * D * 4), br = mkbuf(ring, (size_t)win * D * 4),
           bc = mkbuf(cmp, (size_t)ne * D * 4), bi = mkbuf(idx, (size_t)n * ld_i * 4), bs = mkbuf(sink, (size_t)H * 4),
           bo = mkbuf(NULL, qn * 4);
-    vkbuf *b[7] = {&bq, &bk, &br, &bc, &bi, &bs, &bo};
+    /* the scores kept between the passes: [token][head][ld_sc] (ld_sc >= the longest key list) */
+    uint32_t ld_sc = (uint32_t)(win + (mode == 1 ? ne : topk) + 3);
+    vkbuf bsc = mkbuf(NULL, (size_t)n * H * ld_sc * 4);
+    vkbuf *b[8] = {&bq, &bk, &br, &bc, &bi, &bs, &bo, &bsc};
     pc_attn pc = {(uint32_t)D, (uint32_t)H, (uint32_t)win, 0, (uint32_t)p0, (uint32_t)ratio, (uint32_t)mode,
-                  (uint32_t)topk, (uint32_t)ld_i, scale, (uint32_t)n};
-    run1(tile, b, 7, &pc, sizeof pc, (uint32_t)n, (uint32_t)(H + 7) / 8);
+                  (uint32_t)topk, (uint32_t)ld_i, scale, (uint32_t)n, 0};
+    run1(tile, b, 8, &pc, sizeof pc, (uint32_t)n, (uint32_t)(H + 7) / 8);
     CHECK(readbuf(&bo, g, qn * 4) == 0);
     double e = nmse(g, r, qn);
     printf("  %s H %d D %d win %d p0 %d n %d mode %d topk %d: nmse %.3g\n", tile == P_ATTN_TILE ? "attn_tile" : "attn_tile_s",
            H, D, win, p0, n, mode, topk, e);
     CHECKF(e < 1e-6, "attn_tile nmse %g", e);
-    static const char *names[3] = {"attn_direct", "attn", "attn_serial"};
-    for (int v = 0; v < 3; v++) {
-        if (v && !same_bits) break;
-        if (v == 2) run1(P_ATTN_SERIAL, b, 7, &pc, sizeof pc, (uint32_t)(n * H + 15) / 16, 1);
-        else if (v == 1) run1(P_ATTN, b, 7, &pc, sizeof pc, (uint32_t)n, (uint32_t)H);
-        else if (D <= 512) run1(P_ATTN_DIRECT, b, 7, &pc, sizeof pc, (uint32_t)n, (uint32_t)H);
-        else continue;
+    static const char *names[5] = {"attn_tile with kept scores", "attn_direct", "attn_direct with kept scores",
+                                   "attn", "attn_serial"};
+    for (int v = 0; v < 5; v++) {
+        if (v > 2 && !same_bits) break;
+        char err[256];
+        memset(g2, 0xff, qn * 4); /* NaNs: a variant that writes nothing cannot match */
+        CHECK(vkrt_upload(&rt, vkbuf_view(&bo, 0, qn * 4), g2, qn * 4, err, sizeof err) == 0);
+        pc.ld_sc = v == 0 || v == 2 ? ld_sc : 0;
+        if (v == 4) run1(P_ATTN_SERIAL, b, 7, &pc, sizeof pc, (uint32_t)(n * H + 15) / 16, 1);
+        else if (v == 3) run1(P_ATTN, b, 7, &pc, sizeof pc, (uint32_t)n, (uint32_t)H);
+        else if (v == 0) run1(tile, b, 8, &pc, sizeof pc, (uint32_t)n, (uint32_t)(H + 7) / 8);
+        else run1(P_ATTN_DIRECT, b, 8, &pc, sizeof pc, (uint32_t)n, (uint32_t)H);
         CHECK(readbuf(&bo, g2, qn * 4) == 0);
         size_t diff = 0;
         for (size_t i = 0; i < qn; i++) diff += memcmp(&g[i], &g2[i], 4) != 0;
         CHECKF(diff == 0, "attn_tile differs from %s in %zu of %zu values", names[v], diff, qn);
     }
-    for (int i = 0; i < 7; i++) vkbuf_free(&rt, b[i]);
+    for (int i = 0; i < 8; i++) vkbuf_free(&rt, b[i]);
     free(q); free(kv); free(ring); free(cmp); free(r); free(g); free(g2); free(sink); free(idx); free(keys);
 }
 
