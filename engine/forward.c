@@ -613,8 +613,8 @@ static void compressor(dsv4_engine *e, const fseg *sg, lstate *ls, uint32_t rati
 }
 
 /* The attention variant for one segment of block g. GPUs: attn_tile (8
- * heads of a token share each staged key tile) where head_dim fits it, else
- * attn. CPU drivers: attn_serial (barrier-free: fastest there) while its
+ * heads of a token share each staged key tile) where head_dim fits it, or
+ * attn_direct for segments of few tokens (decode), else attn. CPU drivers: attn_serial (barrier-free: fastest there) while its
  * loops fit CPU_LOOP_BUDGET, else attn_tile_s (about 25 loop iterations per
  * key at head_dim 192 instead of ~600), else attn, else -1: the segment needs
  * more than the driver runs, which fwd_run reports. All variants sum in the
