@@ -47,6 +47,7 @@ static const struct {
     [P_INDEX_SCORE_TILE] = {"index_score_tile", 4},
     [P_TOPK_RADIX] = {"topk_radix", 2},
     [P_ATTN_DIRECT] = {"attn_direct", 8},
+    [P_INDEX_SCORE_TOK] = {"index_score_tok", 4, 32768},
 };
 
 int vkrt_pipe_bindings(vk_pipe_id p) { return pipe_info[p].nbind; }

@@ -31,6 +31,7 @@ typedef enum {
     P_INDEX_SCORE_TILE, /* index_score, 8 tokens x 32 entries per workgroup */
     P_TOPK_RADIX,       /* topk by 8-bit radix select (4 passes instead of 32) */
     P_ATTN_DIRECT,      /* attn_tile without key staging, one head per workgroup: few tokens */
+    P_INDEX_SCORE_TOK,  /* index_score, one token per workgroup, key rows in registers: decode */
     P_COUNT
 } vk_pipe_id;
 

@@ -449,7 +449,7 @@ static void attention_tiled_heads(void)
     }
 }
 
-/* ---- indexer scores: index_score_tile against the CPU formula and index_score ---- */
+/* ---- indexer scores: index_score_tile against the CPU formula, index_score_tok and index_score ---- */
 typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint32_t n_tok; } pc_iscore;
 
 static void indexer_scores_tiled(void)
@@ -488,6 +488,27 @@ static void indexer_scores_tiled(void)
                     (uint32_t)m};
     run1(P_INDEX_SCORE_TILE, b, 4, &pc, sizeof pc, (uint32_t)(n_max + 31) / 32, (uint32_t)(m + 7) / 8);
     CHECK(readbuf(&bo, g, (size_t)m * ld * 4) == 0);
+    float *g3 = malloc((size_t)m * ld * 4);
+    char verr[256];
+    memset(g3, 0xff, (size_t)m * ld * 4); /* NaNs: a shader that writes nothing cannot match */
+    if (vkrt_has_pipe(&rt, P_INDEX_SCORE_TOK)) { /* the decode form */
+        CHECK(vkrt_upload(&rt, vkbuf_view(&bo, 0, (size_t)m * ld * 4), g3, (size_t)m * ld * 4, verr, sizeof verr) == 0);
+        run1(P_INDEX_SCORE_TOK, b, 4, &pc, sizeof pc, (uint32_t)(n_max + 63) / 64, (uint32_t)m);
+        CHECK(readbuf(&bo, g3, (size_t)m * ld * 4) == 0);
+        size_t d3 = 0;
+        for (int a = 0; a < m; a++) /* entries >= n_max are not written: still the NaN pattern */
+            for (int i = 0; i < ld; i++) {
+                uint32_t u;
+                memcpy(&u, &g3[a * ld + i], 4);
+                d3 += i < n_max ? memcmp(&g[a * ld + i], &g3[a * ld + i], 4) != 0 : u != 0xffffffffu;
+            }
+        CHECKF(d3 == 0, "index_score_tok differs from index_score_tile in %zu values", d3);
+    } else {
+        printf("  index_score_tok: not on this device (shared memory)\n");
+    }
+    memset(g3, 0, (size_t)m * ld * 4); /* as before index_score_tile */
+    CHECK(vkrt_upload(&rt, vkbuf_view(&bo, 0, (size_t)m * ld * 4), g3, (size_t)m * ld * 4, verr, sizeof verr) == 0);
+    free(g3);
     run1(P_INDEX_SCORE, b, 4, &pc, sizeof pc, (uint32_t)(n_max + 63) / 64, (uint32_t)m);
     CHECK(readbuf(&bo, g2, (size_t)m * ld * 4) == 0);
     size_t bad = 0, diff = 0, fin = 0;
