@@ -710,7 +710,7 @@ static void seg_index_score(dsv4_engine *e, const gblock *g, const fseg *sg, lst
     /* the tiled product (same bits) where index_head_dim fits it and a
        segment has tokens to share the key tiles; decode: one token per
        workgroup, one entry per thread */
-    if (ihd % 4 == 0 && ihd <= 128 && m >= 4)
+    if (ihd % 4 == 0 && ihd <= 128 && m >= 4 && vkrt_has_pipe(&e->rt, P_INDEX_SCORE_TILE))
         vkrt_dispatch(&e->rt, P_INDEX_SCORE_TILE, v, 4, &pi, sizeof pi, cdiv(n_max, 32), cdiv(m, 8), 1);
     else if (ihd == 128 && inh <= 64 && vkrt_has_pipe(&e->rt, P_INDEX_SCORE_TOK))
         vkrt_dispatch(&e->rt, P_INDEX_SCORE_TOK, v, 4, &pi, sizeof pi, cdiv(n_max, 64), m, 1);

@@ -44,7 +44,7 @@ static const struct {
     [P_FILL_RANDOM] = {"fill_random", 1},
     [P_ATTN_TILE] = {"attn_tile", 8, 25696},
     [P_ATTN_TILE_S] = {"attn_tile_s", 8, 13408},
-    [P_INDEX_SCORE_TILE] = {"index_score_tile", 4},
+    [P_INDEX_SCORE_TILE] = {"index_score_tile", 4, 20480},
     [P_TOPK_RADIX] = {"topk_radix", 2},
     [P_ATTN_DIRECT] = {"attn_direct", 8},
     [P_INDEX_SCORE_TOK] = {"index_score_tok", 4, 32768},
