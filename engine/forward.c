@@ -30,9 +30,9 @@ typedef struct { uint32_t D, hc; } pc_hcpost;
 typedef struct { uint32_t D, rd, ldx, x_off, flags, pos_base, pos_step; float eps; } pc_hp;
 typedef struct { uint32_t d, ratio, overlap, i0, p0, t0, ld_out; } pc_comp;
 typedef struct { uint32_t width, lds, ldr, col_off, L, q0, p0, t0, use_ape, ratio; } pc_ring;
-typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; } pc_iscore;
+typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint32_t n_tok; } pc_iscore;
 typedef struct { uint32_t topk, ratio, p0, ld_s, ld_i, i_row0; } pc_topk;
-typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok; } pc_attn;
+typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc; } pc_attn;
 typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale; } pc_gate;
 typedef struct { uint32_t T, E, k, rowmap_off, slotpos_off, wsort_off, e_begin_off; } pc_group;
 typedef struct { uint32_t rows, inter, use_w, wsort_off; float limit; } pc_swiglu;
@@ -48,9 +48,9 @@ _Static_assert(sizeof(pc_hcpost) == 8, "hc_post push constants");
 _Static_assert(sizeof(pc_hp) == 32, "headprep push constants");
 _Static_assert(sizeof(pc_comp) == 28, "compress push constants");
 _Static_assert(sizeof(pc_ring) == 40, "ring_write push constants");
-_Static_assert(sizeof(pc_iscore) == 32, "index_score push constants");
+_Static_assert(sizeof(pc_iscore) == 36, "index_score push constants");
 _Static_assert(sizeof(pc_topk) == 24, "topk push constants");
-_Static_assert(sizeof(pc_attn) == 44, "attn push constants");
+_Static_assert(sizeof(pc_attn) == 48, "attn push constants");
 _Static_assert(sizeof(pc_gate) == 28, "moe_gate push constants");
 _Static_assert(sizeof(pc_group) == 28, "moe_group push constants");
 _Static_assert(sizeof(pc_swiglu) == 20, "swiglu push constants");
@@ -60,6 +60,10 @@ _Static_assert(sizeof(pc_add) == 8, "add_bcast push constants");
 
 enum { F_RMS_SCALE = 1, F_RMS_W = 2, F_ROPE = 4, F_ROPE_INV = 8, F_HADAMARD = 16, F_FP4 = 32,
        F_FP8_NOPE = 64, F_POSBUF = 128 };
+
+/* The most GPU memory attn_tile's kept scores may take (beyond it, or
+ * beyond one binding, the scores are computed twice instead). */
+#define ASCORE_MAX_BYTES ((uint64_t)512 << 20)
 
 /* GEMMs with at most this many rows use the SMALL shader variants */
 #define SMALL_ROWS 16
@@ -445,6 +449,7 @@ void fwd_free(dsv4_engine *e)
     fscratch *s = &e->s;
     for (int i = 0; i < s->nbufs; i++) vkbuf_free(&e->rt, &s->bufs[i]);
     vkbuf_free(&e->rt, &s->iscore_buf);
+    vkbuf_free(&e->rt, &s->ascore_buf);
     vkbuf_free(&e->rt, &s->io);
     for (int i = 0; i < e->n_arenas; i++) vkbuf_free(&e->rt, &e->arenas[i]);
     free(e->blk);
@@ -635,10 +640,12 @@ static void ring_write(dsv4_engine *e, vkview SRC, vkview RING, vkview APE, uint
 }
 
 /* One compressor (attention's or the indexer's) over a segment: new entries
- * pooled into the cache, normalised, rotated and quantized, then the ring. */
+ * pooled into the cache, normalised, rotated and quantized, then the ring.
+ * part 0: the pooling, which reads the ring; part 1: the rest (the pooled
+ * rows and the ring are disjoint, so its dispatches are independent); -1: both. */
 static void compressor(dsv4_engine *e, const fseg *sg, lstate *ls, uint32_t ratio, int overlap, uint32_t d,
                        vkview KV, vkview SC, VkDeviceSize ring_off, VkDeviceSize cache_off, vkview ape,
-                       vkview norm, int rotate)
+                       vkview norm, int rotate, int part)
 {
     vkbuf *b = &ls->buf;
     uint32_t coff = overlap ? 2 : 1, w = coff * d, L = coff * ratio;
@@ -646,10 +653,13 @@ static void compressor(dsv4_engine *e, const fseg *sg, lstate *ls, uint32_t rati
     uint32_t i0 = (uint32_t)(sg->p0 / ratio), i1 = (uint32_t)(p1 / ratio);
     vkview ring = vkbuf_view(b, ring_off, (VkDeviceSize)L * 2 * w * 4);
     vkview cache = vkbuf_view(b, cache_off, (VkDeviceSize)ls->cap_rows * d * 4);
-    if (i1 > i0) {
+    if (i1 > i0 && part <= 0) {
         pc_comp pc = {d, ratio, (uint32_t)overlap, i0, (uint32_t)sg->p0, sg->t0, d};
         vkview v[5] = {KV, SC, ring, ape, cache};
         vkrt_dispatch(&e->rt, P_COMPRESS, v, 5, &pc, sizeof pc, i1 - i0, cdiv(d, 64), 1);
+    }
+    if (part == 0) return;
+    if (i1 > i0) {
         uint32_t fl = F_RMS_W | F_ROPE | (rotate ? F_HADAMARD | F_FP4 : F_FP8_NOPE);
         headprep(e, cache, norm, 1, d, d, i0 * d, fl, i1 - i0, 1, i0 * ratio, ratio);
     }
@@ -657,17 +667,30 @@ static void compressor(dsv4_engine *e, const fseg *sg, lstate *ls, uint32_t rati
     ring_write(e, SC, ring, ape, w, w, 2 * w, w, L, sg, 1, ratio);
 }
 
-/* The attention variant for one segment of block g: attn on GPUs; on CPU
- * drivers attn_serial (fastest there) while its loops fit CPU_LOOP_BUDGET,
- * else the workgroup variant (64 invocations share the keys; both variants
- * round identically, so the choice never changes a result), else -1: the
- * segment needs more than the driver runs, which fwd_run reports. Counts are
- * for the segment's last token, which sees the most keys. */
+/* The attention variant for one segment of block g. GPUs: attn_tile (8
+ * heads of a token share each staged key tile) where head_dim fits it, or
+ * attn_direct for segments of few tokens (decode), else attn. CPU drivers: attn_serial (barrier-free: fastest there) while its
+ * loops fit CPU_LOOP_BUDGET, else attn_tile_s (about 25 loop iterations per
+ * key at head_dim 192 instead of ~600), else attn, else -1: the segment needs
+ * more than the driver runs, which fwd_run reports. All variants sum in the
+ * same order, so the choice never changes a result (tests/test_vk_ops.c
+ * checks the bits). Counts are for the segment's last token, which sees the
+ * most keys. */
 static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg)
 {
-    if (!e->cpu_device) return P_ATTN;
     const dsv4_config *c = &e->m->cfg;
-    uint64_t D = (uint64_t)c->head_dim, win = (uint64_t)c->sliding_window, p1 = (uint64_t)(sg->p0 + sg->n);
+    uint64_t D = (uint64_t)c->head_dim;
+    int tile = D % 4 ? -1 : D <= 256 && vkrt_has_pipe(&e->rt, P_ATTN_TILE_S) ? P_ATTN_TILE_S
+             : D <= 512 && vkrt_has_pipe(&e->rt, P_ATTN_TILE) ? P_ATTN_TILE : -1;
+    if (!e->cpu_device) {
+        if (tile < 0) return P_ATTN;
+        /* few tokens (decode): attn_tile would run n x H/8 workgroups; the
+           direct form runs n x H with 64 keys each at once */
+        const char *dn = getenv("DSV4_ATTN_DIRECT_N"); /* experiments: the segment size below which */
+        uint32_t direct_n = dn ? (uint32_t)atoi(dn) : 64;
+        return sg->n < direct_n && D % 16 == 0 ? P_ATTN_DIRECT : tile;
+    }
+    uint64_t win = (uint64_t)c->sliding_window, p1 = (uint64_t)(sg->p0 + sg->n);
     uint64_t topk = c->index_topk > 0 ? (uint64_t)c->index_topk : 0, nc = 0, vis = 0;
     if (g->ratio == 4) {
         nc = topk;
@@ -677,10 +700,200 @@ static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg)
     }
     uint64_t nk = win + nc, valid = (p1 < win ? p1 : win) + vis;
     uint64_t serial = 2 * D + 2 * nk + valid * (3 * D + 32) + 256;
-    if (serial <= CPU_LOOP_BUDGET) return P_ATTN_SERIAL;
+    const char *force = getenv("DSV4_ATTN_TILE"); /* tests: attn_tile wherever it fits */
+    if (serial <= CPU_LOOP_BUDGET && !(force && *force == '1' && tile >= 0)) return P_ATTN_SERIAL;
+    if (tile >= 0) {
+        /* attn_tile.comp with HG = 8, KT = 16, 64 threads: per tile of 16
+           keys two stagings (16 rows x (D/256 + 1)) and two score passes
+           (D/4 x 2 keys), the denominator (16) and the value sum (16 keys x
+           float4 column blocks x (8 heads + 1)) */
+        uint64_t d4 = D / 4, nc4 = (tile == P_ATTN_TILE ? 128 : 64) / 64, ntile = (nk + 15) / 16;
+        uint64_t tiled = d4 / 16 + 16 + ntile * (2 * (16 * (d4 / 64 + 2) + 1 + 3 * d4 + 4) + 16 + 16 * nc4 * 9 + 16) +
+                         8 + 8 * nc4 + 256;
+        if (tiled <= CPU_LOOP_BUDGET) return tile;
+    }
     uint64_t nblk = (nk + 63) / 64, dq = (D + 63) / 64;
     uint64_t wg = dq + nblk * (D + 1) + nblk * (64 + 17 + dq * 64 + 64) + 256;
     return wg <= CPU_LOOP_BUDGET ? P_ATTN : -1;
+}
+
+static vkview subview(vkview v, VkDeviceSize off, VkDeviceSize size)
+{
+    v.off += off;
+    v.size = size;
+    return v;
+}
+
+/* The attention of one segment of block g (its window, ring and compressed
+ * entries; idx: the segment's top-k rows). */
+static void seg_attention(dsv4_engine *e, const gblock *g, const fseg *sg, lstate *ls, uint32_t topk, vkview idx)
+{
+    const dsv4_config *c = &e->m->cfg;
+    fscratch *s = &e->s;
+    uint32_t H = c->num_attention_heads, hd = c->head_dim, win = c->sliding_window;
+    vkview ring = vkbuf_view(&ls->buf, ls->ring_off, (VkDeviceSize)win * hd * 4);
+    vkview cache = g->ratio ? vkbuf_view(&ls->buf, ls->kv_off, (VkDeviceSize)ls->cap_rows * hd * 4) : e->dummy;
+    pc_attn pa = {hd, H, win, sg->t0, (uint32_t)sg->p0, (uint32_t)(g->ratio ? g->ratio : 1),
+                  g->ratio == 0 ? 0u : g->ratio == 4 ? 2u : 1u, topk, topk, (float)(1.0 / sqrt((double)hd)),
+                  sg->n, s->ascore_ld};
+    vkview va[8] = {s->q, s->kv, ring, cache, idx, g->attn_sink, s->o,
+                    s->ascore_ld ? vkbuf_view(&s->ascore_buf, 0, s->ascore_buf.size) : e->dummy};
+    int av = attn_variant(e, g, sg);
+    if (av == P_ATTN_SERIAL) /* barrier-free: what a CPU driver runs fastest */
+        vkrt_dispatch(&e->rt, P_ATTN_SERIAL, va, 7, &pa, sizeof pa, cdiv((uint64_t)sg->n * H, 16), 1, 1);
+    else if (av == P_ATTN_TILE || av == P_ATTN_TILE_S)
+        vkrt_dispatch(&e->rt, (vk_pipe_id)av, va, 8, &pa, sizeof pa, sg->n, cdiv(H, 8), 1);
+    else if (av == P_ATTN_DIRECT)
+        vkrt_dispatch(&e->rt, P_ATTN_DIRECT, va, 8, &pa, sizeof pa, sg->n, H, 1);
+    else
+        vkrt_dispatch(&e->rt, P_ATTN, va, 7, &pa, sizeof pa, sg->n, H, 1);
+}
+
+/* Indexer scores of m tokens of a segment starting at its token a, into
+ * rows 0.. of the view S (row stride iscore_cap). */
+static void seg_index_score(dsv4_engine *e, const gblock *g, const fseg *sg, lstate *ls, uint32_t a, uint32_t m,
+                            vkview S)
+{
+    const dsv4_config *c = &e->m->cfg;
+    fscratch *s = &e->s;
+    uint32_t ihd = c->index_head_dim, inh = c->index_n_heads, n_max = (uint32_t)((sg->p0 + sg->n) / 4);
+    (void)g;
+    if (n_max == 0) return;
+    pc_iscore pi = {inh, ihd, 4, sg->t0 + a, (uint32_t)sg->p0 + a, (uint32_t)s->iscore_cap, n_max,
+                    (float)(pow(ihd, -0.5) * pow(inh, -0.5)), m};
+    vkview v[4] = {s->iq, s->iw, vkbuf_view(&ls->buf, ls->ikv_off, (VkDeviceSize)ls->cap_rows * ihd * 4), S};
+    /* the tiled product (same bits) where index_head_dim fits it and a
+       segment has tokens to share the key tiles; decode: one token per
+       workgroup, one entry per thread */
+    if (ihd % 4 == 0 && ihd <= 128 && m >= 4 && vkrt_has_pipe(&e->rt, P_INDEX_SCORE_TILE))
+        vkrt_dispatch(&e->rt, P_INDEX_SCORE_TILE, v, 4, &pi, sizeof pi, cdiv(n_max, 32), cdiv(m, 8), 1);
+    else if (ihd == 128 && inh <= 64 && vkrt_has_pipe(&e->rt, P_INDEX_SCORE_TOK))
+        vkrt_dispatch(&e->rt, P_INDEX_SCORE_TOK, v, 4, &pi, sizeof pi, cdiv(n_max, 64), m, 1);
+    else
+        vkrt_dispatch(&e->rt, P_INDEX_SCORE, v, 4, &pi, sizeof pi, cdiv(n_max, 64), m, 1);
+}
+
+/* Top-k of m score rows (view S) of a segment's tokens a.., into rows
+ * i_row0.. of the view IDX. */
+static void seg_topk(dsv4_engine *e, const fseg *sg, uint32_t a, uint32_t m, vkview S, vkview IDX, uint32_t i_row0)
+{
+    uint32_t topk = (uint32_t)e->m->cfg.index_topk;
+    pc_topk pt = {topk, 4, (uint32_t)sg->p0 + a, (uint32_t)e->s.iscore_cap, topk, i_row0};
+    vkview v2[2] = {S, IDX};
+    vkrt_dispatch(&e->rt, P_TOPK_RADIX, v2, 2, &pt, sizeof pt, m, 1, 1);
+}
+
+/* The state-touching work of one segment, dispatch after dispatch (each
+ * waits for the previous): compressors, indexer (scores and top-k in
+ * sub-batches of tokens, so a long history stays within one binding),
+ * attention, window ring. */
+static void record_segment(dsv4_engine *e, const gblock *g, int bi, const fseg *sg)
+{
+    const dsv4_config *c = &e->m->cfg;
+    fscratch *s = &e->s;
+    lstate *ls = &sg->seq->ls[bi];
+    uint32_t hd = c->head_dim, ihd = c->index_head_dim, win = c->sliding_window;
+    vkview ring = vkbuf_view(&ls->buf, ls->ring_off, (VkDeviceSize)win * hd * 4);
+    if (g->ratio) {
+        vkrt_op(&e->rt, "compressor");
+        compressor(e, sg, ls, g->ratio, g->overlap, hd, s->ckv, s->csc, ls->cring_off, ls->kv_off, g->c_ape,
+                   g->c_norm, 0, -1);
+    }
+    uint32_t topk = 0;
+    if (g->ratio == 4) {
+        vkrt_op(&e->rt, "indexer");
+        compressor(e, sg, ls, 4, 1, ihd, s->ikv, s->isc, ls->iring_off, ls->ikv_off, g->ic_ape, g->ic_norm, 1, -1);
+        topk = (uint32_t)c->index_topk;
+        for (uint32_t a = 0; a < sg->n; a += (uint32_t)s->iscore_rows) {
+            uint32_t m = sg->n - a < (uint32_t)s->iscore_rows ? sg->n - a : (uint32_t)s->iscore_rows;
+            vkrt_op(&e->rt, "indexer");
+            seg_index_score(e, g, sg, ls, a, m, s->iscore);
+            vkrt_op(&e->rt, "topk");
+            seg_topk(e, sg, a, m, s->iscore, s->idx, a);
+        }
+    }
+    vkrt_op(&e->rt, "attention");
+    seg_attention(e, g, sg, ls, topk, s->idx);
+    ring_write(e, s->kv, ring, e->dummy, hd, hd, hd, 0, win, sg, 0, 1);
+}
+
+/* Whether the segments of a pass can be recorded phase by phase
+ * (record_segments_phased): several segments of distinct sequences, and
+ * every token's indexer score and top-k rows fit the scratch at their own
+ * offset (rows = token index in the pass, views aligned). */
+static int batched_segments(const dsv4_engine *e, const gblock *g, const fseg *segs, int nsegs, uint32_t T)
+{
+    const fscratch *s = &e->s;
+    if (nsegs < 2) return 0;
+    for (int i = 0; i < nsegs; i++)
+        for (int j = 0; j < i; j++)
+            if (segs[i].seq == segs[j].seq) return 0;
+    if (g->ratio != 4) return 1;
+    VkDeviceSize a = e->rt.align, srow = (VkDeviceSize)s->iscore_cap * 4,
+                 irow = (VkDeviceSize)e->m->cfg.index_topk * 4;
+    if (T > (uint32_t)s->iscore_rows || srow % a || irow % a) return 0;
+    return 1;
+}
+
+/* The same work as record_segment for all segments, one step at a time:
+ * each step's dispatches for the different sequences touch disjoint state
+ * and scratch rows, so they are recorded without barriers between them and
+ * run concurrently; one barrier per step (a decode step of B sequences
+ * waits 6 times per layer instead of about 12 x B). Every dispatch computes
+ * what it computes in record_segment, so the results are the same bits. */
+static void record_segments_phased(dsv4_engine *e, const gblock *g, int bi, const fseg *segs, int nsegs)
+{
+    const dsv4_config *c = &e->m->cfg;
+    fscratch *s = &e->s;
+    uint32_t hd = c->head_dim, ihd = c->index_head_dim, win = c->sliding_window;
+    uint32_t topk = g->ratio == 4 ? (uint32_t)c->index_topk : 0;
+    VkDeviceSize srow = (VkDeviceSize)s->iscore_cap * 4, irow = (VkDeviceSize)topk * 4;
+    for (int part = 0; part < 2 && g->ratio; part++) { /* pooling, then norm/rotation and rings */
+        vkrt_defer_barriers(&e->rt, 1);
+        for (int si = 0; si < nsegs; si++) {
+            const fseg *sg = &segs[si];
+            lstate *ls = &sg->seq->ls[bi];
+            vkrt_op(&e->rt, "compressor");
+            compressor(e, sg, ls, g->ratio, g->overlap, hd, s->ckv, s->csc, ls->cring_off, ls->kv_off, g->c_ape,
+                       g->c_norm, 0, part);
+            if (g->ratio == 4) {
+                vkrt_op(&e->rt, "indexer");
+                compressor(e, sg, ls, 4, 1, ihd, s->ikv, s->isc, ls->iring_off, ls->ikv_off, g->ic_ape, g->ic_norm,
+                           1, part);
+            }
+        }
+        vkrt_defer_barriers(&e->rt, 0);
+    }
+    if (g->ratio == 4) {
+        for (int step = 0; step < 2; step++) {
+            vkrt_defer_barriers(&e->rt, 1);
+            for (int si = 0; si < nsegs; si++) {
+                const fseg *sg = &segs[si];
+                vkview S = subview(s->iscore, sg->t0 * srow, sg->n * srow);
+                vkview I = subview(s->idx, sg->t0 * irow, sg->n * irow);
+                vkrt_op(&e->rt, step ? "topk" : "indexer");
+                if (step == 0) seg_index_score(e, g, sg, &sg->seq->ls[bi], 0, sg->n, S);
+                else seg_topk(e, sg, 0, sg->n, S, I, 0);
+            }
+            vkrt_defer_barriers(&e->rt, 0);
+        }
+    }
+    for (int step = 0; step < 2; step++) { /* attention, then the window rings it read */
+        vkrt_defer_barriers(&e->rt, 1);
+        for (int si = 0; si < nsegs; si++) {
+            const fseg *sg = &segs[si];
+            lstate *ls = &sg->seq->ls[bi];
+            vkrt_op(&e->rt, "attention");
+            if (step == 0) {
+                vkview I = topk ? subview(s->idx, sg->t0 * irow, sg->n * irow) : s->idx;
+                seg_attention(e, g, sg, ls, topk, I);
+            } else {
+                ring_write(e, s->kv, vkbuf_view(&ls->buf, ls->ring_off, (VkDeviceSize)win * hd * 4), e->dummy, hd, hd,
+                           hd, 0, win, sg, 0, 1);
+            }
+        }
+        vkrt_defer_barriers(&e->rt, 0);
+    }
 }
 
 static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, const fseg *segs, int nsegs)
@@ -689,7 +902,7 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     fscratch *s = &e->s;
     gblock *g = &e->blk[bi];
     uint32_t D = c->hidden_size, H = c->num_attention_heads, hd = c->head_dim, rd = c->qk_rope_head_dim,
-             ihd = c->index_head_dim, inh = c->index_n_heads, win = c->sliding_window;
+             ihd = c->index_head_dim, inh = c->index_n_heads;
     int yarn = g->ratio ? 1 : 0;
     (void)rd;
 
@@ -721,50 +934,10 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
         gemm(e, &g->ic_wkv, s->xn, D, 0, s->ikv, 2 * ihd, 0, T, 0, 0, 0);
         gemm(e, &g->ic_wgate, s->xn, D, 0, s->isc, 2 * ihd, 0, T, 0, 0, 0);
     }
-    for (int si = 0; si < nsegs; si++) {
-        const fseg *sg = &segs[si];
-        lstate *ls = &sg->seq->ls[bi];
-        int64_t p1 = sg->p0 + sg->n;
-        vkview ring = vkbuf_view(&ls->buf, ls->ring_off, (VkDeviceSize)win * hd * 4);
-        vkview cache = g->ratio ? vkbuf_view(&ls->buf, ls->kv_off, (VkDeviceSize)ls->cap_rows * hd * 4) : e->dummy;
-        if (g->ratio) {
-            vkrt_op(&e->rt, "compressor");
-            compressor(e, sg, ls, g->ratio, g->overlap, hd, s->ckv, s->csc, ls->cring_off, ls->kv_off, g->c_ape,
-                       g->c_norm, 0);
-        }
-        uint32_t topk = 0;
-        if (g->ratio == 4) {
-            vkrt_op(&e->rt, "indexer");
-            compressor(e, sg, ls, 4, 1, ihd, s->ikv, s->isc, ls->iring_off, ls->ikv_off, g->ic_ape, g->ic_norm, 1);
-            uint32_t n_max = (uint32_t)(p1 / 4);
-            topk = (uint32_t)c->index_topk;
-            /* scores and top-k in sub-batches of tokens, so a long history
-               (entries x tokens) stays within one binding */
-            for (uint32_t a = 0; a < sg->n; a += (uint32_t)s->iscore_rows) {
-                uint32_t m = sg->n - a < (uint32_t)s->iscore_rows ? sg->n - a : (uint32_t)s->iscore_rows;
-                if (n_max > 0) {
-                    pc_iscore pi = {inh, ihd, 4, sg->t0 + a, (uint32_t)sg->p0 + a, (uint32_t)s->iscore_cap, n_max,
-                                    (float)(pow(ihd, -0.5) * pow(inh, -0.5))};
-                    vkview v[4] = {s->iq, s->iw,
-                                   vkbuf_view(&ls->buf, ls->ikv_off, (VkDeviceSize)ls->cap_rows * ihd * 4), s->iscore};
-                    vkrt_dispatch(&e->rt, P_INDEX_SCORE, v, 4, &pi, sizeof pi, cdiv(n_max, 64), m, 1);
-                }
-                pc_topk pt = {topk, 4, (uint32_t)sg->p0 + a, (uint32_t)s->iscore_cap, topk, a};
-                vkview v2[2] = {s->iscore, s->idx};
-                vkrt_dispatch(&e->rt, P_TOPK, v2, 2, &pt, sizeof pt, m, 1, 1);
-            }
-        }
-        vkrt_op(&e->rt, "attention");
-        pc_attn pa = {hd, H, win, sg->t0, (uint32_t)sg->p0, (uint32_t)(g->ratio ? g->ratio : 1),
-                      g->ratio == 0 ? 0u : g->ratio == 4 ? 2u : 1u, topk, topk, (float)(1.0 / sqrt((double)hd)),
-                      sg->n};
-        vkview va[7] = {s->q, s->kv, ring, cache, s->idx, g->attn_sink, s->o};
-        if (attn_variant(e, g, sg) == P_ATTN_SERIAL) /* barrier-free: what a CPU driver runs fastest */
-            vkrt_dispatch(&e->rt, P_ATTN_SERIAL, va, 7, &pa, sizeof pa, cdiv((uint64_t)sg->n * H, 16), 1, 1);
-        else
-            vkrt_dispatch(&e->rt, P_ATTN, va, 7, &pa, sizeof pa, sg->n, H, 1);
-        ring_write(e, s->kv, ring, e->dummy, hd, hd, hd, 0, win, sg, 0, 1);
-    }
+    if (batched_segments(e, g, segs, nsegs, T))
+        record_segments_phased(e, g, bi, segs, nsegs);
+    else
+        for (int si = 0; si < nsegs; si++) record_segment(e, g, bi, &segs[si]);
     vkrt_op(&e->rt, "attn_out");
     headprep(e, s->o, e->dummy, yarn, hd, H * hd, 0, F_ROPE_INV | F_POSBUF, T, H, 0, 0);
     uint32_t G = c->o_groups, R = c->o_lora_rank, gin = H * hd / G;
@@ -923,6 +1096,36 @@ int fwd_run(dsv4_engine *e, const fpass *fp, char *err, size_t errlen)
         if (rc) return rc;
         s->iscore = vkbuf_view(&s->iscore_buf, 0, s->iscore_buf.size);
         s->iscore_cap = cap;
+    }
+    /* attn_tile keeps its pass-1 scores for pass 2 where the pass's longest
+       key list fits the scratch (grown up to ASCORE_MAX_BYTES) */
+    {
+        uint64_t ld = 0, H = (uint64_t)c->num_attention_heads;
+        for (int i = 0; i < fp->nsegs; i++)
+            for (int b = fp->b0; b < fp->b1; b++) {
+                const gblock *g = &e->blk[b];
+                uint64_t p1 = (uint64_t)(fp->segs[i].p0 + fp->segs[i].n);
+                uint64_t nk = (uint64_t)c->sliding_window +
+                              (g->ratio == 4 ? (uint64_t)c->index_topk : g->ratio ? p1 / (uint64_t)g->ratio : 0);
+                if (nk > ld) ld = nk;
+            }
+        ld = (ld + 255) / 256 * 256; /* HCA lists grow by a key per 128 tokens: reallocate seldom */
+        uint64_t need = (uint64_t)T * H * ld * 4, want = (uint64_t)(T > (uint32_t)e->chunk ? T : (uint32_t)e->chunk) * H * ld * 4;
+        uint64_t limit = ASCORE_MAX_BYTES;
+        if (limit > e->rt.max_range) limit = e->rt.max_range;
+        if (want > limit) want = limit;
+        s->ascore_ld = 0;
+        if (need <= limit) {
+            if (need > s->ascore_buf.size) {
+                vkDeviceWaitIdle(e->rt.dev);
+                vkbuf_free(&e->rt, &s->ascore_buf);
+                if (vkbuf_create(&e->rt, want, 1, &s->ascore_buf, err, errlen)) {
+                    memset(&s->ascore_buf, 0, sizeof s->ascore_buf); /* no room: scores computed twice */
+                    err[0] = 0;
+                }
+            }
+            if (need <= s->ascore_buf.size) s->ascore_ld = (uint32_t)ld;
+        }
     }
     VkDeviceSize xbytes = (VkDeviceSize)T * hc * D * 4;
     if (fp->x_in) {

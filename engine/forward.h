@@ -55,6 +55,8 @@ typedef struct fscratch {
     vkbuf io;                   /* host-visible: tokens, positions, logits readback */
     VkDeviceSize io_tok, io_pos, io_logits, io_size;
     uint32_t route_tiles_max, rowmap_off, slotpos_off, wsort_off, ebegin_off;
+    vkbuf ascore_buf;           /* attn_tile's pass-1 scores [token][head][ascore_ld], grows */
+    uint32_t ascore_ld;         /* keys per row for this pass; 0: not kept (scores computed twice) */
 } fscratch;
 
 struct dsv4_engine {

@@ -51,6 +51,7 @@ static const struct {
     const char *shader;
     int nbind;
     int coopmat; /* needs VK_KHR_cooperative_matrix */
+    int shmem;   /* shared-memory bytes, where it may exceed a device's limit */
 } pipe_info[P_COUNT] = {
     [P_GEMM_BF16] = {"gemm_bf16", 5},           [P_GEMM_F32] = {"gemm_f32", 5},
     [P_GEMM_FP8] = {"gemm_fp8", 5},             [P_GEMM_FP4] = {"gemm_fp4", 5},
@@ -84,9 +85,17 @@ static const struct {
     [P_GEMM_SERIAL_FIRST + 4] = {"gemm_fp4_gather_serial", 5}, [P_GEMM_SERIAL_FIRST + 5] = {"gemm_fp4_grouped_serial", 5},
     [P_GEMM_SERIAL_FIRST + 6] = {"gemm_fp8_gather_serial", 5}, [P_GEMM_SERIAL_FIRST + 7] = {"gemm_fp8_grouped_serial", 5},
     [P_GEMM_SERIAL_FIRST + 8] = {"gemm_bf16_gather_serial", 5}, [P_GEMM_SERIAL_FIRST + 9] = {"gemm_bf16_grouped_serial", 5},
+    [P_ATTN_TILE] = {"attn_tile", 8, 0, 25696},
+    [P_ATTN_TILE_S] = {"attn_tile_s", 8, 0, 13408},
+    [P_INDEX_SCORE_TILE] = {"index_score_tile", 4, 0, 20480},
+    [P_TOPK_RADIX] = {"topk_radix", 2},
+    [P_ATTN_DIRECT] = {"attn_direct", 8},
+    [P_INDEX_SCORE_TOK] = {"index_score_tok", 4, 0, 32768},
 };
 
 int vkrt_pipe_bindings(vk_pipe_id p) { return pipe_info[p].nbind; }
+
+int vkrt_has_pipe(const vkrt *rt, vk_pipe_id p) { return rt->pipe[p] != VK_NULL_HANDLE; }
 
 #define VKCHK(call, what)                                                          \
     do {                                                                           \
@@ -302,6 +311,7 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
             snprintf(err, errlen, "shader '%s' is not embedded (shaders/shaders.list)", pipe_info[i].shader);
             return DSV4_EINVAL;
         }
+        if ((uint32_t)pipe_info[i].shmem > rt->props.limits.maxComputeSharedMemorySize) continue;
         VkDescriptorSetLayoutBinding b[8];
         for (int j = 0; j < pipe_info[i].nbind; j++)
             b[j] = (VkDescriptorSetLayoutBinding){.binding = (uint32_t)j,
@@ -445,6 +455,7 @@ int vkrt_begin(vkrt *rt, char *err, size_t errlen)
     VKCHK(vkResetCommandBuffer(rt->cmd, 0), "vkResetCommandBuffer");
     VKCHK(vkBeginCommandBuffer(rt->cmd, &bi), "vkBeginCommandBuffer");
     rt->recording = 1;
+    rt->defer = rt->g_w = rt->g_r = 0;
     rt->nq = 0;
     rt->n_hz_w = rt->n_hz_r = 0;
     if (rt->profile) vkCmdResetQueryPool(rt->cmd, rt->qpool, 0, VK_MAX_QUERIES);
@@ -471,7 +482,7 @@ static void barrier(vkrt *rt)
     vkCmdPipelineBarrier(rt->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
                          VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT, 0, 1, &mb, 0,
                          NULL, 0, NULL);
-    rt->n_hz_w = rt->n_hz_r = 0;
+    rt->n_hz_w = rt->n_hz_r = rt->g_w = rt->g_r = 0;
     rt->n_barriers++;
 }
 
@@ -491,9 +502,10 @@ static int overlaps(const struct vkrange *set, int n, vkview v)
 static void hazard(vkrt *rt, const vkview *views, int nviews, uint32_t writes)
 {
     int need = rt->full_barriers || rt->n_hz_w + nviews > VK_MAX_HAZARDS || rt->n_hz_r + nviews > VK_MAX_HAZARDS;
+    int nw = rt->defer ? rt->g_w : rt->n_hz_w, nr = rt->defer ? rt->g_r : rt->n_hz_r;
     for (int i = 0; i < nviews && !need; i++) {
-        need = overlaps(rt->hz_w, rt->n_hz_w, views[i]);
-        if (!need && (writes >> i & 1u)) need = overlaps(rt->hz_r, rt->n_hz_r, views[i]);
+        need = overlaps(rt->hz_w, nw, views[i]);
+        if (!need && (writes >> i & 1u)) need = overlaps(rt->hz_r, nr, views[i]);
     }
     if (need) barrier(rt);
     for (int i = 0; i < nviews; i++) {
@@ -575,6 +587,17 @@ void vkrt_dispatch(vkrt *rt, vk_pipe_id p, const vkview *views, int nviews, cons
         rt->nq += 2;
     }
     if (rt->full_barriers) barrier(rt);
+}
+
+/* on: the dispatches that follow are independent of each other (the same
+ * step of different sequences): hazard() compares them only with what came
+ * before the group, so they get no barriers among themselves even where
+ * they share a scratch view (each writes its own rows of it). */
+void vkrt_defer_barriers(vkrt *rt, int on)
+{
+    rt->defer = on;
+    rt->g_w = rt->n_hz_w;
+    rt->g_r = rt->n_hz_r;
 }
 
 void vkrt_copy(vkrt *rt, vkview src, vkview dst, VkDeviceSize n)

@@ -35,6 +35,12 @@ typedef enum {
     /* the SMALL ten again, SERIAL variants (one column per invocation, no
        barriers): what CPU drivers run, in the same order */
     P_GEMM_SERIAL_FIRST, P_GEMM_SERIAL_LAST = P_GEMM_SERIAL_FIRST + 9,
+    P_ATTN_TILE,        /* attn, 8 heads of a token per workgroup, head_dim <= 512 (25 KiB shared) */
+    P_ATTN_TILE_S,      /* the same for head_dim <= 256 (13 KiB shared) */
+    P_INDEX_SCORE_TILE, /* index_score, 8 tokens x 32 entries per workgroup */
+    P_TOPK_RADIX,       /* topk by 8-bit radix select (4 passes instead of 32) */
+    P_ATTN_DIRECT,      /* attn_tile without key staging, one head per workgroup: few tokens */
+    P_INDEX_SCORE_TOK,  /* index_score, one token per workgroup, key rows in registers: decode */
     P_COUNT
 } vk_pipe_id;
 
@@ -76,11 +82,13 @@ typedef struct vkrt {
        barrier and may overlap the previous ones */
     uint32_t writes[P_COUNT];
     int full_barriers;  /* profiling or DSV4_FULL_BARRIERS: a barrier after every dispatch */
-#define VK_MAX_HAZARDS 96
+#define VK_MAX_HAZARDS 256
     struct vkrange { VkBuffer buf; VkDeviceSize off, end; } hz_w[VK_MAX_HAZARDS], hz_r[VK_MAX_HAZARDS];
     int n_hz_w, n_hz_r;
     uint64_t n_barriers; /* recorded so far (tests) */
     int coopmat;        /* VK_KHR_cooperative_matrix enabled, P_GEMM_CM_* created */
+    int defer;          /* vkrt_defer_barriers: on */
+    int g_w, g_r;       /* hazards recorded before the deferred group began */
     vkbuf stage;        /* host-visible staging for uploads/downloads */
     /* profiling */
     int profile;
@@ -118,6 +126,11 @@ void vkrt_op(vkrt *rt, const char *name); /* names the following dispatches for 
 void vkrt_dispatch(vkrt *rt, vk_pipe_id p, const vkview *views, int nviews, const void *push,
                    size_t push_size, uint32_t gx, uint32_t gy, uint32_t gz);
 void vkrt_copy(vkrt *rt, vkview src, vkview dst, VkDeviceSize n);
+/* on = 1: the following dispatches are independent of each other (e.g. the
+ * same step of different sequences, writing their own rows of a shared
+ * scratch view): they get barriers only against what was recorded before
+ * them, and may run concurrently; on = 0 ends the group. */
+void vkrt_defer_barriers(vkrt *rt, int on);
 void vkrt_fill(vkrt *rt, vkview dst, VkDeviceSize n, uint32_t value);
 int vkrt_submit_wait(vkrt *rt, char *err, size_t errlen);
 
@@ -146,5 +159,8 @@ int vkrt_pipe_bindings(vk_pipe_id p);
  * written (not decorated NonWritable, i.e. not `readonly` in GLSL). Unknown
  * or malformed modules give all bits: the caller then always synchronises. */
 uint32_t vkrt_spirv_written_bindings(const uint32_t *code, size_t bytes);
+/* 0 when pipe p was not created because its shared memory exceeds the
+ * device's maxComputeSharedMemorySize (the engine then uses another variant). */
+int vkrt_has_pipe(const vkrt *rt, vk_pipe_id p);
 
 #endif

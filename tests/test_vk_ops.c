@@ -373,7 +373,7 @@ static void headprep_paths(void)
 }
 
 /* ---- sparse attention: window from this call and the ring + HCA entries ---- */
-typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok; } pc_attn;
+typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc; } pc_attn;
 
 static void attention_window_and_compressed(void)
 {
@@ -399,7 +399,7 @@ static void attention_window_and_compressed(void)
           bc = mkbuf(cmp, (size_t)ne * D * 4), bi = mkbuf(dummy_idx, sizeof dummy_idx), bs = mkbuf(sink, sizeof sink),
           bo = mkbuf(NULL, (size_t)n * H * D * 4);
     vkbuf *b[7] = {&bq, &bk, &br, &bc, &bi, &bs, &bo};
-    pc_attn pc = {(uint32_t)D, (uint32_t)H, (uint32_t)win, 0, (uint32_t)p0, (uint32_t)ratio, 1, 0, 0, scale, (uint32_t)n};
+    pc_attn pc = {(uint32_t)D, (uint32_t)H, (uint32_t)win, 0, (uint32_t)p0, (uint32_t)ratio, 1, 0, 0, scale, (uint32_t)n, 0};
     for (int serial = 0; serial < 2; serial++) {
         if (serial) run1(P_ATTN_SERIAL, b, 7, &pc, sizeof pc, (n * H + 15) / 16, 1);
         else run1(P_ATTN, b, 7, &pc, sizeof pc, n, H);
@@ -477,6 +477,228 @@ static void topk_ties_and_visibility(void)
     free(s2);
 }
 
+/* ---- attn_tile: many heads, CSA lists with -1, HCA, a partly filled window ---- */
+/* One attention case: tokens p0..p0+n-1 of a sequence, mode 1 (HCA: all
+ * (pos+1)/ratio entries) or 2 (CSA: a top-k list per token with -1 holes).
+ * attn_tile (whichever variant the device has) against ref_sparse_attn, and
+ * bit for bit against attn_direct, and against attn and attn_serial when
+ * `same_bits` (the engine picks among them per segment; they must agree
+ * exactly). */
+static void attn_case(vk_pipe_id tile, int H, int D, int win, int n, int p0, int ratio, int mode, int topk,
+                      int same_bits)
+{
+    int ne = (p0 + n) / ratio + 1, ld_i = topk > 0 ? topk : 1;
+    size_t qn = (size_t)n * H * D;
+    float *q = malloc(qn * 4), *kv = malloc((size_t)n * D * 4), *ring = malloc((size_t)win * D * 4),
+          *cmp = malloc((size_t)ne * D * 4), *r = malloc(qn * 4), *g = malloc(qn * 4), *g2 = malloc(qn * 4);
+    float *sink = malloc((size_t)H * 4);
+    int32_t *idx = malloc((size_t)n * ld_i * 4);
+    const float **keys = malloc((size_t)(win + ne + topk) * sizeof *keys);
+    for (size_t i = 0; i < qn; i++) q[i] = bf(frand());
+    for (int i = 0; i < n * D; i++) kv[i] = bf(frand());
+    for (int i = 0; i < win * D; i++) ring[i] = bf(frand());
+    for (int i = 0; i < ne * D; i++) cmp[i] = bf(frand() * 2.0f);
+    for (int h = 0; h < H; h++) sink[h] = frand() * 3.0f;
+    for (int t = 0; t < n; t++) {
+        int vis = (p0 + t + 1) / ratio;
+        for (int j = 0; j < topk; j++) /* visible entries, some -1 (masked) and past the visible count */
+            idx[t * ld_i + j] = j < vis && (rng >> 9) % 5 != 0 ? (int)((rng = rng * 1664525u + 1013904223u) >> 8) % vis : -1;
+    }
+    float scale = 1.0f / sqrtf((float)D);
+    for (int t = 0; t < n; t++) {
+        int p = p0 + t, nk = 0, nw = p + 1 < win ? p + 1 : win;
+        for (int j = 0; j < win; j++) {
+            int kp = p + 1 - nw + j;
+            keys[nk++] = j >= nw ? NULL : kp >= p0 ? kv + (size_t)(kp - p0) * D : ring + (size_t)(kp % win) * D;
+        }
+        if (mode == 1)
+            for (int e = 0; e < (p + 1) / ratio; e++) keys[nk++] = cmp + (size_t)e * D;
+        else
+            for (int j = 0; j < topk; j++) keys[nk++] = idx[t * ld_i + j] < 0 ? NULL : cmp + (size_t)idx[t * ld_i + j] * D;
+        ref_sparse_attn(q + (size_t)t * H * D, H, D, keys, nk, sink, scale, r + (size_t)t * H * D);
+    }
+    vkbuf bq = mkbuf(q, qn * 4), bk = mkbuf(kv, (size_t)n * D * 4), br = mkbuf(ring, (size_t)win * D * 4),
+          bc = mkbuf(cmp, (size_t)ne * D * 4), bi = mkbuf(idx, (size_t)n * ld_i * 4), bs = mkbuf(sink, (size_t)H * 4),
+          bo = mkbuf(NULL, qn * 4);
+    /* the scores kept between the passes: [token][head][ld_sc] (ld_sc >= the longest key list) */
+    uint32_t ld_sc = (uint32_t)(win + (mode == 1 ? ne : topk) + 3);
+    vkbuf bsc = mkbuf(NULL, (size_t)n * H * ld_sc * 4);
+    vkbuf *b[8] = {&bq, &bk, &br, &bc, &bi, &bs, &bo, &bsc};
+    pc_attn pc = {(uint32_t)D, (uint32_t)H, (uint32_t)win, 0, (uint32_t)p0, (uint32_t)ratio, (uint32_t)mode,
+                  (uint32_t)topk, (uint32_t)ld_i, scale, (uint32_t)n, 0};
+    run1(tile, b, 8, &pc, sizeof pc, (uint32_t)n, (uint32_t)(H + 7) / 8);
+    CHECK(readbuf(&bo, g, qn * 4) == 0);
+    double e = nmse(g, r, qn);
+    printf("  %s H %d D %d win %d p0 %d n %d mode %d topk %d: nmse %.3g\n", tile == P_ATTN_TILE ? "attn_tile" : "attn_tile_s",
+           H, D, win, p0, n, mode, topk, e);
+    CHECKF(e < 1e-6, "attn_tile nmse %g", e);
+    static const char *names[5] = {"attn_tile with kept scores", "attn_direct", "attn_direct with kept scores",
+                                   "attn", "attn_serial"};
+    for (int v = 0; v < 5; v++) {
+        if (v > 2 && !same_bits) break;
+        char err[256];
+        memset(g2, 0xff, qn * 4); /* NaNs: a variant that writes nothing cannot match */
+        CHECK(vkrt_upload(&rt, vkbuf_view(&bo, 0, qn * 4), g2, qn * 4, err, sizeof err) == 0);
+        pc.ld_sc = v == 0 || v == 2 ? ld_sc : 0;
+        if (v == 4) run1(P_ATTN_SERIAL, b, 7, &pc, sizeof pc, (uint32_t)(n * H + 15) / 16, 1);
+        else if (v == 3) run1(P_ATTN, b, 7, &pc, sizeof pc, (uint32_t)n, (uint32_t)H);
+        else if (v == 0) run1(tile, b, 8, &pc, sizeof pc, (uint32_t)n, (uint32_t)(H + 7) / 8);
+        else run1(P_ATTN_DIRECT, b, 8, &pc, sizeof pc, (uint32_t)n, (uint32_t)H);
+        CHECK(readbuf(&bo, g2, qn * 4) == 0);
+        size_t diff = 0;
+        for (size_t i = 0; i < qn; i++) diff += memcmp(&g[i], &g2[i], 4) != 0;
+        CHECKF(diff == 0, "attn_tile differs from %s in %zu of %zu values", names[v], diff, qn);
+    }
+    for (int i = 0; i < 8; i++) vkbuf_free(&rt, b[i]);
+    free(q); free(kv); free(ring); free(cmp); free(r); free(g); free(g2); free(sink); free(idx); free(keys);
+}
+
+static void attention_tiled_heads(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    for (int v = 0; v < 2; v++) { /* attn_tile (head_dim <= 512), attn_tile_s (<= 256) */
+        vk_pipe_id tile = v ? P_ATTN_TILE_S : P_ATTN_TILE;
+        if (!vkrt_has_pipe(&rt, tile)) {
+            printf("  %s: not on this device (shared memory)\n", v ? "attn_tile_s" : "attn_tile");
+            continue;
+        }
+        attn_case(tile, 19, 192, 16, 6, 3, 4, 2, 24, 1);   /* window partly filled, CSA with holes */
+        attn_case(tile, 8, 256, 8, 5, 40, 4, 2, 13, 1);     /* ring + chunk window, odd top-k */
+        attn_case(tile, 11, 192, 12, 4, 60, 4, 1, 0, 1);    /* HCA */
+        attn_case(tile, 16, 128, 32, 3, 2400, 8, 1, 0, 0);  /* 332 keys: past attn_serial's loop budget */
+        attn_case(tile, 64, 64, 16, 2, 100, 4, 2, 40, 1);   /* all 64 heads of V4 */
+        if (!v) attn_case(tile, 9, 512, 8, 2, 30, 4, 2, 12, 0); /* V4's head_dim */
+    }
+}
+
+/* ---- indexer scores: index_score_tile against the CPU formula, index_score_tok and index_score ---- */
+typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint32_t n_tok; } pc_iscore;
+
+static void indexer_scores_tiled(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    int nh = 5, hd = 128, T = 14, t0 = 2, m = 11, p0 = 201, ld = 64, n_max = (p0 + m) / 4;
+    float *q = malloc((size_t)T * nh * hd * 4), *w = malloc((size_t)T * nh * 4), *k = malloc((size_t)n_max * hd * 4);
+    float *r = malloc((size_t)m * ld * 4), *g = malloc((size_t)m * ld * 4), *g2 = malloc((size_t)m * ld * 4);
+    for (int i = 0; i < T * nh * hd; i++) q[i] = bf(frand());
+    for (int i = 0; i < T * nh; i++) w[i] = bf(frand() * 4.0f);
+    for (int i = 0; i < n_max * hd; i++) k[i] = bf(frand());
+    float ws = (float)(pow(hd, -0.5) * pow(nh, -0.5));
+    for (int a = 0; a < m; a++) { /* Indexer.forward's einsum, relu, weights, head sum, in bf16 steps */
+        int n = (p0 + a + 1) / 4;
+        for (int i = 0; i < ld; i++) {
+            float v = 12345.0f; /* not written: the buffer's zeros */
+            if (i < n_max) v = -INFINITY;
+            if (i < n) {
+                float sum = 0;
+                for (int h = 0; h < nh; h++) {
+                    float d = 0;
+                    const float *qr = q + ((size_t)(t0 + a) * nh + h) * hd, *kr = k + (size_t)i * hd;
+                    for (int c = 0; c < hd; c++) d += qr[c] * kr[c];
+                    float wt = bf(w[(t0 + a) * nh + h] * ws);
+                    sum += bf(fmaxf(bf(d), 0.0f) * wt);
+                }
+                v = bf(sum);
+            }
+            r[a * ld + i] = v == 12345.0f ? 0.0f : v;
+        }
+    }
+    vkbuf bq = mkbuf(q, (size_t)T * nh * hd * 4), bw = mkbuf(w, (size_t)T * nh * 4),
+          bk = mkbuf(k, (size_t)n_max * hd * 4), bo = mkbuf(NULL, (size_t)m * ld * 4);
+    vkbuf *b[4] = {&bq, &bw, &bk, &bo};
+    pc_iscore pc = {(uint32_t)nh, (uint32_t)hd, 4, (uint32_t)t0, (uint32_t)p0, (uint32_t)ld, (uint32_t)n_max, ws,
+                    (uint32_t)m};
+    run1(P_INDEX_SCORE_TILE, b, 4, &pc, sizeof pc, (uint32_t)(n_max + 31) / 32, (uint32_t)(m + 7) / 8);
+    CHECK(readbuf(&bo, g, (size_t)m * ld * 4) == 0);
+    float *g3 = malloc((size_t)m * ld * 4);
+    char verr[256];
+    memset(g3, 0xff, (size_t)m * ld * 4); /* NaNs: a shader that writes nothing cannot match */
+    if (vkrt_has_pipe(&rt, P_INDEX_SCORE_TOK)) { /* the decode form */
+        CHECK(vkrt_upload(&rt, vkbuf_view(&bo, 0, (size_t)m * ld * 4), g3, (size_t)m * ld * 4, verr, sizeof verr) == 0);
+        run1(P_INDEX_SCORE_TOK, b, 4, &pc, sizeof pc, (uint32_t)(n_max + 63) / 64, (uint32_t)m);
+        CHECK(readbuf(&bo, g3, (size_t)m * ld * 4) == 0);
+        size_t d3 = 0;
+        for (int a = 0; a < m; a++) /* entries >= n_max are not written: still the NaN pattern */
+            for (int i = 0; i < ld; i++) {
+                uint32_t u;
+                memcpy(&u, &g3[a * ld + i], 4);
+                d3 += i < n_max ? memcmp(&g[a * ld + i], &g3[a * ld + i], 4) != 0 : u != 0xffffffffu;
+            }
+        CHECKF(d3 == 0, "index_score_tok differs from index_score_tile in %zu values", d3);
+    } else {
+        printf("  index_score_tok: not on this device (shared memory)\n");
+    }
+    memset(g3, 0, (size_t)m * ld * 4); /* as before index_score_tile */
+    CHECK(vkrt_upload(&rt, vkbuf_view(&bo, 0, (size_t)m * ld * 4), g3, (size_t)m * ld * 4, verr, sizeof verr) == 0);
+    free(g3);
+    run1(P_INDEX_SCORE, b, 4, &pc, sizeof pc, (uint32_t)(n_max + 63) / 64, (uint32_t)m);
+    CHECK(readbuf(&bo, g2, (size_t)m * ld * 4) == 0);
+    size_t bad = 0, diff = 0, fin = 0;
+    double err = 0, ref2 = 0;
+    for (int i = 0; i < m * ld; i++) {
+        diff += memcmp(&g[i], &g2[i], 4) != 0;
+        if (isinf(r[i]) || r[i] == 0.0f) {
+            bad += memcmp(&g[i], &r[i], 4) != 0;
+        } else {
+            fin++;
+            err += ((double)g[i] - r[i]) * ((double)g[i] - r[i]);
+            ref2 += (double)r[i] * r[i];
+        }
+    }
+    printf("  index_score_tile: %zu finite scores, nmse %.3g\n", fin, ref2 > 0 ? err / ref2 : err);
+    CHECKF(bad == 0, "%zu masked/unwritten entries wrong", bad);
+    CHECKF(fin > 100 && err <= 1e-6 * ref2, "nmse %g", ref2 > 0 ? err / ref2 : err);
+    CHECKF(diff == 0, "index_score_tile differs from index_score in %zu values", diff);
+    for (int i = 0; i < 4; i++) vkbuf_free(&rt, b[i]);
+    free(q); free(w); free(k); free(r); free(g); free(g2);
+}
+
+/* ---- topk_radix: many ties at large n, against a CPU selection and topk ---- */
+static void topk_radix_ties_large(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    int T = 4, ld = 6000, K = 512, p0 = 4 * 5900 - 2; /* rows see 5899 .. 5900 entries (ratio 4) */
+    float *s = malloc((size_t)T * ld * 4);
+    for (int i = 0; i < T * ld; i++) s[i] = bf(roundf(frand() * 12.0f) / 4.0f); /* 97 levels: many ties */
+    for (int i = 0; i < 50; i++) s[ld + i * 37] = -INFINITY;
+    for (int i = 0; i < ld; i++) s[2 * ld + i] = i % 3 ? -0.0f : 0.0f; /* all equal but for the sign of zero */
+    s[3 * ld + 7] = INFINITY;
+    vkbuf bs = mkbuf(s, (size_t)T * ld * 4), bi = mkbuf(NULL, (size_t)T * K * 4);
+    vkbuf *b[2] = {&bs, &bi};
+    int32_t *ir = malloc((size_t)T * K * 4), *ib = malloc((size_t)T * K * 4);
+    pc_topk pc = {(uint32_t)K, 4, (uint32_t)p0, (uint32_t)ld, (uint32_t)K, 0};
+    run1(P_TOPK_RADIX, b, 2, &pc, sizeof pc, (uint32_t)T, 1);
+    CHECK(readbuf(&bi, ir, (size_t)T * K * 4) == 0);
+    run1(P_TOPK, b, 2, &pc, sizeof pc, (uint32_t)T, 1);
+    CHECK(readbuf(&bi, ib, (size_t)T * K * 4) == 0);
+    CHECKF(memcmp(ir, ib, (size_t)T * K * 4) == 0, "topk_radix differs from topk");
+    char *want = malloc((size_t)ld);
+    for (int t = 0; t < T; t++) {
+        int n = (p0 + t + 1) / 4;
+        /* the reference: the K best by (value desc, index asc); -0 ranks below +0 as in the shader's keys */
+        memset(want, 0, (size_t)ld);
+        for (int k = 0; k < K; k++) {
+            int best = -1;
+            for (int i = 0; i < n; i++) {
+                if (want[i]) continue;
+                if (best < 0 || s[t * ld + i] > s[t * ld + best] ||
+                    (s[t * ld + i] == s[t * ld + best] && signbit(s[t * ld + best]) && !signbit(s[t * ld + i])))
+                    best = i;
+            }
+            want[best] = 1;
+        }
+        int wrong = 0;
+        for (int j = 0; j < K; j++) {
+            int v = ir[t * K + j];
+            if (v < 0 || v >= n || !want[v]) wrong++;
+            else want[v] = 0; /* each once */
+        }
+        CHECKF(wrong == 0, "row %d: %d indices not among the %d best", t, wrong, K);
+    }
+    vkbuf_free(&rt, &bs); vkbuf_free(&rt, &bi);
+    free(s); free(ir); free(ib); free(want);
+}
+
 int main(void)
 {
     RUN(gemm_formats);
@@ -487,6 +709,9 @@ int main(void)
     RUN(headprep_paths);
     RUN(attention_window_and_compressed);
     RUN(topk_ties_and_visibility);
+    RUN(attention_tiled_heads);
+    RUN(indexer_scores_tiled);
+    RUN(topk_radix_ties_large);
     if (rt_ok == 1) vkrt_close(&rt);
     CHECK_EXIT();
 }
