@@ -547,7 +547,15 @@ static void attn_case(vk_pipe_id tile, int H, int D, int win, int n, int p0, int
         CHECK(readbuf(&bo, g2, qn * 4) == 0);
         size_t diff = 0;
         for (size_t i = 0; i < qn; i++) diff += memcmp(&g[i], &g2[i], 4) != 0;
-        CHECKF(diff == 0, "attn_tile differs from %s in %zu of %zu values", names[v], diff, qn);
+        /* The engine mixes attn_tile, attn_direct and attn_serial within one
+           sequence (by segment size), so they must agree bit for bit on every
+           device. attn is a GPU's fallback for every segment size at once;
+           a GPU compiler may fuse its multiply-adds differently (one value of
+           21888 differed on an H200), so there it need only agree closely. */
+        if (v == 3 && rt.props.deviceType != VK_PHYSICAL_DEVICE_TYPE_CPU)
+            CHECKF(nmse(g2, g, qn) < 1e-10, "attn differs from attn_tile: nmse %g", nmse(g2, g, qn));
+        else
+            CHECKF(diff == 0, "attn_tile differs from %s in %zu of %zu values", names[v], diff, qn);
     }
     for (int i = 0; i < 8; i++) vkbuf_free(&rt, b[i]);
     free(q); free(kv); free(ring); free(cmp); free(r); free(g); free(g2); free(sink); free(idx); free(keys);
