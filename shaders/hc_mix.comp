@@ -31,18 +31,16 @@ void main()
     uint len = (HD + p.splits - 1u) / p.splits;
     uint c0 = sl * len, c1 = min(c0 + len, HD);
     uint xb = tok * p.x_ld;
+    /* the per-mix sums live in shared memory, not in a private array: a
+       private array indexed by a loop variable goes to slow local memory on
+       GPUs (that made this shader 13x slower than the rest of hc_pre) */
     double ss = 0.0;
-    double acc[MAXMIX];
-    for (uint j = 0u; j < MAXMIX; j++) acc[j] = 0.0;
+    for (uint j = 0u; j < nmix; j++) part[j][t] = 0.0;
     for (uint c = c0 + t; c < c1; c += 64u) {
         double v = double(X[xb + c]);
         ss += v * v;
-        for (uint j = 0u; j < MAXMIX; j++) {
-            if (j >= nmix) break;
-            acc[j] += v * double(FN[j * HD + c]);
-        }
+        for (uint j = 0u; j < nmix; j++) part[j][t] += v * double(FN[j * HD + c]);
     }
-    for (uint j = 0u; j < MAXMIX; j++) part[j][t] = acc[j];
     part[MAXMIX][t] = ss;
     barrier();
     for (uint k = 32u; k > 0u; k >>= 1) {
