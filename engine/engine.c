@@ -121,9 +121,10 @@ int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const cha
     int rc;
     const dsv4_config *c = &e->m->cfg;
     if (c->head_dim > 1024 || c->index_head_dim > 1024 || c->num_experts_per_tok > 16 || c->hc_mult > 6 ||
-        c->n_routed_experts < 1 || (c->index_head_dim & (c->index_head_dim - 1))) {
+        c->n_routed_experts < 1 || c->n_routed_experts > 1024 || (c->index_head_dim & (c->index_head_dim - 1))) {
         snprintf(err, errlen, "%s/config.json: sizes outside what the shaders support (head_dim <= 1024, "
-                 "power-of-two index_head_dim, <= 16 experts per token, hc_mult <= 6)", model_dir);
+                 "power-of-two index_head_dim, 1 to 1024 routed experts, <= 16 experts per token, hc_mult <= 6)",
+                 model_dir);
         return DSV4_EINVAL;
     }
     for (int b = 0; b < dsv4_config_n_blocks(c); b++) {

@@ -961,7 +961,7 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
                   (uint32_t)g->hash, g->gate_bias.buf != e->dummy.buf || g->gate_bias.off != e->dummy.off,
                   (float)c->routed_scaling_factor};
     vkview vg[6] = {s->gl, g->gate_bias, g->tid2eid, s->tok, s->sel, s->wgt};
-    vkrt_dispatch(&e->rt, P_MOE_GATE, vg, 6, &pg, sizeof pg, cdiv(T, 64), 1, 1);
+    vkrt_dispatch(&e->rt, P_MOE_GATE, vg, 6, &pg, sizeof pg, T, 1, 1);
     pc_group pgr = {T, E, k, s->rowmap_off, s->slotpos_off, s->wsort_off, s->ebegin_off};
     vkview vr[3] = {s->sel, s->wgt, s->route};
     vkrt_dispatch(&e->rt, P_MOE_GROUP, vr, 3, &pgr, sizeof pgr, 1, 1, 1);
