@@ -626,7 +626,7 @@ static void hc_post(dsv4_engine *e, vkview X, vkview RES, vkview MIX, vkview O, 
     const dsv4_config *c = &e->m->cfg;
     pc_hcpost pc = {(uint32_t)c->hidden_size, (uint32_t)c->hc_mult};
     vkview v[4] = {X, RES, MIX, O};
-    vkrt_dispatch(&e->rt, P_HC_POST, v, 4, &pc, sizeof pc, T, 1, 1);
+    vkrt_dispatch(&e->rt, P_HC_POST, v, 4, &pc, sizeof pc, T, cdiv(c->hidden_size, 256), 1);
 }
 
 static void ring_write(dsv4_engine *e, vkview SRC, vkview RING, vkview APE, uint32_t width, uint32_t lds,
@@ -1021,7 +1021,7 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     vkrt_op(&e->rt, "moe_combine");
     pc_combine pcb = {D, k, s->slotpos_off};
     vkview vc[5] = {s->ys, s->sy, s->sel, s->route, s->fo};
-    vkrt_dispatch(&e->rt, P_MOE_COMBINE, vc, 5, &pcb, sizeof pcb, T, 1, 1);
+    vkrt_dispatch(&e->rt, P_MOE_COMBINE, vc, 5, &pcb, sizeof pcb, T, cdiv(D, 256), 1);
     vkrt_op(&e->rt, "hc_post");
     hc_post(e, s->fo, s->x2, s->mix, Y, T);
     return 0;

@@ -1,6 +1,7 @@
 /* hc_post: Block.hc_post of model.py: out[k] = post[k] * x + sum_j comb[j][k]
  * * residual[j] in f32, rounded to bf16, for hc copies of D values per token.
- * OUT may not alias RES. One workgroup per token. */
+ * OUT may not alias RES. Workgroup (token, block of 256 columns): a decode
+ * step's few tokens still fill the GPU. */
 #version 450
 #include "common.glsl"
 layout(local_size_x = 64) in;
@@ -13,8 +14,8 @@ layout(push_constant) uniform P { uint D, hc; } p;
 void main()
 {
     uint tok = gl_WorkGroupID.x, t = gl_LocalInvocationID.x, hc = p.hc;
-    uint mb = tok * (hc + hc * hc), rb = tok * hc * p.D;
-    for (uint c = t; c < p.D; c += 64u) {
+    uint mb = tok * (hc + hc * hc), rb = tok * hc * p.D, c1 = min(p.D, (gl_WorkGroupID.y + 1u) * 256u);
+    for (uint c = gl_WorkGroupID.y * 256u + t; c < c1; c += 64u) {
         float x = X[tok * p.D + c];
         for (uint k = 0u; k < hc; k++) {
             precise float s = 0.0;

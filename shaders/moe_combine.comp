@@ -1,6 +1,7 @@
 /* moe_combine: MoE.forward's sum: y = sum over the token's routed experts in
  * ascending expert order (as the official loop adds them) + the shared
- * expert, in f32, then rounded to bf16. */
+ * expert, in f32, then rounded to bf16. Workgroup (token, block of 256
+ * columns): a decode step's few tokens still fill the GPU. */
 #version 450
 #include "common.glsl"
 layout(local_size_x = 64) in;
@@ -13,8 +14,8 @@ layout(push_constant) uniform P { uint D, k, slotpos_off; } p;
 
 void main()
 {
-    uint t = gl_WorkGroupID.x;
-    for (uint c = gl_LocalInvocationID.x; c < p.D; c += 64u) {
+    uint t = gl_WorkGroupID.x, c1 = min(p.D, (gl_WorkGroupID.y + 1u) * 256u);
+    for (uint c = gl_WorkGroupID.y * 256u + gl_LocalInvocationID.x; c < c1; c += 64u) {
         float y = 0.0;
         int prev = -1;
         for (uint j = 0u; j < p.k; j++) { /* next expert in ascending order */
