@@ -421,8 +421,7 @@ int dsv4_engine_open_synthetic(const char *config_path, int max_layers, const ds
     tv(&b, &m->head, "head.weight", DSV4_DT_BF16, c->vocab_size, c->hidden_size);
     tv(&b, &m->norm, "norm.weight", DSV4_DT_BF16, c->hidden_size, 0);
     hc(&b, &m->hc_head, 1, "hc_head_fn", "hc_head_base", "hc_head_scale");
-    const char *ch = getenv("DSV4_CHUNK");
-    uint64_t scr = (1ull << 20) + bench_scratch_bytes(c, ch && atoi(ch) > 0 ? atoi(ch) : 256);
+    uint64_t scr = (1ull << 20) + bench_scratch_bytes(c, engine_chunk_tokens(e));
     uint64_t fixed = b.bytes + scr, vocab = (uint64_t)c->vocab_size * c->hidden_size * 2;
 
     /* how many layers: with several devices, as many as fit all of them

@@ -72,6 +72,10 @@ void dsv4_engine_close(dsv4_engine *e);
 const dsv4_model_info *dsv4_engine_info(const dsv4_engine *e);
 /* The device's name; with several devices their names joined by " + ". */
 const char *dsv4_engine_device_name(const dsv4_engine *e);
+/* Tokens per pass (a prefill call is split into chunks of this many, a decode
+ * call into passes of this many sequences): $DSV4_CHUNK, else 1024 on GPUs
+ * (fewer weight reads per token) and 256 on CPU drivers. */
+int dsv4_engine_chunk(const dsv4_engine *e);
 
 /* ---- sequences ---- */
 

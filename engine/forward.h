@@ -127,6 +127,10 @@ typedef struct fseg {
     int64_t p0;
 } fseg;
 
+/* Tokens per pass: $DSV4_CHUNK, else 1024 on GPUs and 256 on CPU drivers
+ * (the device of the engine's first shard). */
+int engine_chunk_tokens(const dsv4_engine *e);
+
 int fwd_upload_weights(dsv4_engine *e, char *err, size_t errlen);
 int fwd_alloc_scratch(dsv4_engine *e, char *err, size_t errlen);
 void fwd_free(dsv4_engine *e);

@@ -447,8 +447,8 @@ int dsv4_cmd_bench(int argc, char **argv)
     }
     ceiling cl;
     make_ceiling(z, bw_tb * 1e12, tflops * 1e12, &cl);
-    const char *chs = getenv("DSV4_CHUNK"), *pcs = getenv("DSV4_PREFILL_CHUNK");
-    int chunk = chs && atoi(chs) > 0 ? atoi(chs) : 256;
+    const char *pcs = getenv("DSV4_PREFILL_CHUNK");
+    int chunk = 0; /* the engine's tokens per pass, once it is open */
     int64_t piece = pcs && atoll(pcs) > 0 ? atoll(pcs) : 1024;
     int bmax = (int)batches[n_b - 1];
 
@@ -475,6 +475,7 @@ int dsv4_cmd_bench(int argc, char **argv)
     char note[2048];
     snprintf(note, sizeof note, "%s", err);
     int N = dsv4_engine_info(e)->num_hidden_layers;
+    chunk = dsv4_engine_chunk(e);
     unsigned long long wbytes = 0, budget = 0;
     const char *w = strstr(note, "weight_bytes=");
     if (w) wbytes = strtoull(w + 13, NULL, 10);
