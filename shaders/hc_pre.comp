@@ -18,7 +18,10 @@ layout(std430, binding = 5) writeonly buffer BM { float MIX[]; };
 layout(std430, binding = 6) readonly buffer BP { double PART[]; };
 layout(push_constant) uniform P { uint D, hc, iters, x_ld; float norm_eps, hc_eps; uint splits; } p;
 shared float tot[MAXMIX + 1];
+shared float mixes[MAXMIX];
+shared float cm[36];
 shared float pre[8];
+shared float rs_s;
 
 float sigm(float x) { return div_acc(1.0, 1.0 + exp_acc(-x)); }
 
@@ -38,42 +41,61 @@ void main()
         tot[t] = float(a);
     }
     barrier();
-    if (t == 0u) {
-        float rs = rsqrt_acc(div_acc(tot[nmix], float(HD)) + p.norm_eps);
-        float mixes[MAXMIX];
-        for (uint j = 0u; j < nmix; j++) mixes[j] = tot[j] * rs;
-        uint hc = p.hc;
-        for (uint j = 0u; j < hc; j++) pre[j] = sigm(mixes[j] * SCALE[0] + BASE[j]) + p.hc_eps;
+    /* the mixes, sigmoids and hc_split_sinkhorn spread over the invocations:
+       (j, k) of the hc x hc comb matrix is invocation j * hc + k, and every
+       row or column sum still runs in index order, so the bits are those of
+       one invocation doing it all (which took ~0.1 ms per call on a GPU: a
+       decode step's serial chain of double-precision divisions) */
+    uint hc = p.hc;
+    if (t == 0u) rs_s = rsqrt_acc(div_acc(tot[nmix], float(HD)) + p.norm_eps);
+    barrier();
+    if (t < nmix) mixes[t] = tot[t] * rs_s;
+    barrier();
+    if (t < hc) pre[t] = sigm(mixes[t] * SCALE[0] + BASE[t]) + p.hc_eps;
 #ifndef HEAD
-        uint mb = tok * (hc + hc * hc);
-        for (uint j = 0u; j < hc; j++) MIX[mb + j] = 2.0 * sigm(mixes[hc + j] * SCALE[1] + BASE[hc + j]);
-        float cm[36];
-        for (uint j = 0u; j < hc; j++) {
-            float mx = -1e30;
-            for (uint k = 0u; k < hc; k++) {
-                cm[j * hc + k] = mixes[2u * hc + j * hc + k] * SCALE[2] + BASE[2u * hc + j * hc + k];
-                mx = max(mx, cm[j * hc + k]);
-            }
-            float sm = 0.0;
-            for (uint k = 0u; k < hc; k++) { cm[j * hc + k] = exp_acc(cm[j * hc + k] - mx); sm += cm[j * hc + k]; }
-            for (uint k = 0u; k < hc; k++) cm[j * hc + k] = div_acc(cm[j * hc + k], sm) + p.hc_eps;
-        }
-        for (uint it = 0u; it < p.iters; it++) {
-            if (it > 0u)
-                for (uint j = 0u; j < hc; j++) {
-                    float rsum = 0.0;
-                    for (uint k = 0u; k < hc; k++) rsum += cm[j * hc + k];
-                    for (uint k = 0u; k < hc; k++) cm[j * hc + k] = div_acc(cm[j * hc + k], rsum + p.hc_eps);
-                }
-            for (uint k = 0u; k < hc; k++) {
-                float csum = 0.0;
-                for (uint j = 0u; j < hc; j++) csum += cm[j * hc + k];
-                for (uint j = 0u; j < hc; j++) cm[j * hc + k] = div_acc(cm[j * hc + k], csum + p.hc_eps);
-            }
-        }
-        for (uint j = 0u; j < hc * hc; j++) MIX[mb + hc + j] = cm[j];
-#endif
+    uint mb = tok * (hc + hc * hc), nc = hc * hc, j = t / hc, k = t % hc;
+    if (t >= hc && t < 2u * hc) MIX[mb + t - hc] = 2.0 * sigm(mixes[t] * SCALE[1] + BASE[t]);
+    if (t < nc) cm[t] = mixes[2u * hc + t] * SCALE[2] + BASE[2u * hc + t];
+    barrier();
+    float own = 0.0;
+    if (t < nc) {
+        float mx = -1e30;
+        for (uint q = 0u; q < hc; q++) mx = max(mx, cm[j * hc + q]);
+        own = exp_acc(cm[t] - mx);
     }
+    barrier();
+    if (t < nc) cm[t] = own;
+    barrier();
+    if (t < nc) {
+        float sm = 0.0;
+        for (uint q = 0u; q < hc; q++) sm += cm[j * hc + q];
+        own = div_acc(cm[t], sm) + p.hc_eps;
+    }
+    barrier();
+    if (t < nc) cm[t] = own;
+    barrier();
+    for (uint it = 0u; it < p.iters; it++) {
+        if (it > 0u) {
+            if (t < nc) {
+                float rsum = 0.0;
+                for (uint q = 0u; q < hc; q++) rsum += cm[j * hc + q];
+                own = div_acc(cm[t], rsum + p.hc_eps);
+            }
+            barrier();
+            if (t < nc) cm[t] = own;
+            barrier();
+        }
+        if (t < nc) {
+            float csum = 0.0;
+            for (uint q = 0u; q < hc; q++) csum += cm[q * hc + k];
+            own = div_acc(cm[t], csum + p.hc_eps);
+        }
+        barrier();
+        if (t < nc) cm[t] = own;
+        barrier();
+    }
+    if (t < nc) MIX[mb + hc + t] = cm[t];
+#endif
     barrier();
     for (uint c = t; c < p.D; c += 64u) {
         precise float y = 0.0;
