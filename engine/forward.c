@@ -987,6 +987,10 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     int cm_out = small || !ex_al ? -1 : cm_pipe(e, pgrp, inter, inter, 0);
     uint32_t gx_in = serial ? cdiv(inter, 64) : small ? cdiv(inter, 8) : cm_in >= 0 ? cdiv(inter, 128) : cdiv(inter, 64);
     uint32_t gx_out = serial ? cdiv(D, 64) : small ? cdiv(D, 8) : cm_out >= 0 ? cdiv(D, 128) : cdiv(D, 64);
+    /* every tile holds at least one of the T x k slots: a decode step's 6
+       routes need 6 rows of workgroups, not one per possible tile (448 at
+       1024 tokens per pass, nearly all exiting at once) */
+    uint32_t tiles = s->route_tiles_max < T * k ? s->route_tiles_max : T * k;
     if (cm_in >= 0) pgath = (vk_pipe_id)cm_in;
     if (cm_out >= 0) pgrp = (vk_pipe_id)cm_out;
     for (int j = 0; j < 3; j += 2) {
@@ -995,7 +999,7 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
             pc_gemm pc = {0, inter, D, D, inter, 0, 0, 0, 1, scols_in, g->ex_wstride[j], g->ex_sstride[j], e0, e1, 0,
                           s->rowmap_off};
             vkview v[5] = {s->xq, g->ex_w[j][q], g->ex_s[j][q], j == 0 ? s->h1 : s->h3, s->route};
-            vkrt_dispatch(&e->rt, pgath, v, 5, &pc, sizeof pc, gx_in, s->route_tiles_max, 1);
+            vkrt_dispatch(&e->rt, pgath, v, 5, &pc, sizeof pc, gx_in, tiles, 1);
         }
     }
     pc_swiglu psw = {T * k, inter, 1, s->wsort_off, (float)c->swiglu_limit};
@@ -1008,7 +1012,7 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
             pc_gemm pc = {0, D, inter, inter, D, 0, 0, 0, 1, scols_mid, g->ex_wstride[1], g->ex_sstride[1], e0, e1, 0,
                           s->rowmap_off};
             vkview v[5] = {s->hsq, g->ex_w[1][q], g->ex_s[1][q], s->ys, s->route};
-            vkrt_dispatch(&e->rt, pgrp, v, 5, &pc, sizeof pc, gx_out, s->route_tiles_max, 1);
+            vkrt_dispatch(&e->rt, pgrp, v, 5, &pc, sizeof pc, gx_out, tiles, 1);
         }
     }
     vkrt_op(&e->rt, "shared_expert");
