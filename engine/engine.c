@@ -148,6 +148,8 @@ int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const cha
            at every size; GPUs want shared-memory tiles beyond a few rows */
         sh->cpu_device = sh->rt.props.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
         sh->small_rows = sh->cpu_device ? 1 << 30 : 16;
+        const char *ex = getenv("DSV4_EXACT");
+        sh->exact = ex && atoi(ex) > 0;
         const char *sr = getenv("DSV4_SMALL_ROWS");
         if (sr && *sr) sh->small_rows = atoi(sr);
         rc = fwd_upload_weights(sh, err, errlen);

@@ -562,11 +562,14 @@ static void gemm(dsv4_engine *e, const gw *w, vkview X, uint32_t ldx, uint32_t x
     int cm = cm_pipe(e, p, pc.K, ldx, x_off);
     /* with tensor cores the SMALL variants win only for the fewest rows: their
        cost grows with every row, the tensor-core tile's barely (docs/benchmarks.md) */
-    if (e->cpu_device && M <= (uint32_t)e->small_rows)
+    /* SERIAL and the portable tiled kernel both add the products in index
+       order, so exact mode gives the same bits for any row count; SMALL
+       (split over K) and the tensor cores each add in their own order */
+    if ((e->cpu_device || e->exact) && M <= (uint32_t)e->small_rows)
         vkrt_dispatch(&e->rt, p + P_GEMM_SERIAL_FIRST, v, 5, &pc, sizeof pc, cdiv(pc.N, 64), cdiv(M, 8), 1);
-    else if (M <= (uint32_t)e->small_rows && small_ok(pc.K, ldx, x_off) && !(cm >= 0 && M > CM_MIN_ROWS))
+    else if (!e->exact && M <= (uint32_t)e->small_rows && small_ok(pc.K, ldx, x_off) && !(cm >= 0 && M > CM_MIN_ROWS))
         vkrt_dispatch(&e->rt, p + P_GEMM_SMALL_FIRST, v, 5, &pc, sizeof pc, cdiv(pc.N, 8), cdiv(M, 16), 1);
-    else if (cm >= 0)
+    else if (!e->exact && cm >= 0)
         vkrt_dispatch(&e->rt, (vk_pipe_id)cm, v, 5, &pc, sizeof pc, cdiv(pc.N, 128), cdiv(M, 64), 1);
     else
         vkrt_dispatch(&e->rt, p, v, 5, &pc, sizeof pc, cdiv(pc.N, 64), cdiv(M, 64), 1);
@@ -976,15 +979,15 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
        then hold only ~6 rows (gemm_bench, docs/benchmarks.md) */
     /* SMALL and the tensor-core twins read whole 16-byte pieces of each expert's rows */
     int ex_al = g->ex_wstride[0] % 16 == 0 && g->ex_wstride[1] % 16 == 0 && g->ex_wstride[2] % 16 == 0;
-    int serial = e->cpu_device && (uint64_t)T * k <= 4 * (uint64_t)e->small_rows;
-    int small = serial || ((uint64_t)T * k <= 4 * (uint64_t)e->small_rows && ex_al && small_ok(D, D, 0) &&
-                           small_ok(inter, inter, 0));
+    int serial = (e->cpu_device || e->exact) && (uint64_t)T * k <= 4 * (uint64_t)e->small_rows;
+    int small = serial || (!e->exact && (uint64_t)T * k <= 4 * (uint64_t)e->small_rows && ex_al &&
+                           small_ok(D, D, 0) && small_ok(inter, inter, 0));
     if (small) {
         pgath += serial ? P_GEMM_SERIAL_FIRST : P_GEMM_SMALL_FIRST;
         pgrp += serial ? P_GEMM_SERIAL_FIRST : P_GEMM_SMALL_FIRST;
     }
-    int cm_in = small || !ex_al ? -1 : cm_pipe(e, pgath, D, D, 0);
-    int cm_out = small || !ex_al ? -1 : cm_pipe(e, pgrp, inter, inter, 0);
+    int cm_in = small || !ex_al || e->exact ? -1 : cm_pipe(e, pgath, D, D, 0);
+    int cm_out = small || !ex_al || e->exact ? -1 : cm_pipe(e, pgrp, inter, inter, 0);
     uint32_t gx_in = serial ? cdiv(inter, 64) : small ? cdiv(inter, 8) : cm_in >= 0 ? cdiv(inter, 128) : cdiv(inter, 64);
     uint32_t gx_out = serial ? cdiv(D, 64) : small ? cdiv(D, 8) : cm_out >= 0 ? cdiv(D, 128) : cdiv(D, 64);
     /* every tile holds at least one of the T x k slots: a decode step's 6

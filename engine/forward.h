@@ -82,6 +82,9 @@ struct dsv4_engine {
     int chunk;                   /* tokens per pass */
     int cpu_device;              /* lavapipe & co: barrier-free shader variants */
     int small_rows;              /* GEMMs of at most this many rows use the SMALL variants */
+    int exact;                   /* $DSV4_EXACT: GEMM kernels that sum every product in index order
+                                    whatever the row count (SERIAL, tiled), so results never depend
+                                    on how tokens are split into passes; slower on GPUs */
     int head_rows;               /* rows per head pass (vocab slice fits a binding) */
     fscratch s;
     char name[256];
