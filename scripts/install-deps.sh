@@ -12,7 +12,7 @@
 # Debian 12 with Debian 13's own loader and libraries unpacked into a private
 # folder (build/tools/trixie/root). Nothing is installed system-wide and
 # nothing of it reaches the built program: it only writes SPIR-V at build
-# time (docs/dependencies.md, /work/shared/device/SHADER-COMPILERS.md).
+# time (docs/dependencies.md).
 set -eu
 
 root=$(cd "$(dirname "$0")/.." && pwd)
