@@ -24,26 +24,13 @@
 #include "engine/forward.h"
 #include "engine/bench.h"
 
-static int has_ext(VkPhysicalDevice pd, const char *name)
-{
-    uint32_t n = 0;
-    vkEnumerateDeviceExtensionProperties(pd, NULL, &n, NULL);
-    VkExtensionProperties *x = calloc(n ? n : 1, sizeof *x);
-    if (!x) return 0;
-    vkEnumerateDeviceExtensionProperties(pd, NULL, &n, x);
-    int ok = 0;
-    for (uint32_t i = 0; i < n; i++) ok |= strcmp(x[i].extensionName, name) == 0;
-    free(x);
-    return ok;
-}
-
 /* The largest device-local heap's budget minus usage (VK_EXT_memory_budget),
  * or 90% of its size. */
 uint64_t shards_device_budget(const vkrt *rt)
 {
     VkPhysicalDeviceMemoryBudgetPropertiesEXT bp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_BUDGET_PROPERTIES_EXT};
     VkPhysicalDeviceMemoryProperties2 mp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_PROPERTIES_2};
-    int budget = has_ext(rt->phys, VK_EXT_MEMORY_BUDGET_EXTENSION_NAME);
+    int budget = vkrt_has_ext(rt->phys, VK_EXT_MEMORY_BUDGET_EXTENSION_NAME);
     if (budget) mp.pNext = &bp;
     vkGetPhysicalDeviceMemoryProperties2(rt->phys, &mp);
     uint64_t best = 0;

@@ -107,7 +107,7 @@ int vkrt_has_pipe(const vkrt *rt, vk_pipe_id p) { return rt->pipe[p] != VK_NULL_
         }                                                                          \
     } while (0)
 
-static int has_ext(VkPhysicalDevice pd, const char *name)
+int vkrt_has_ext(VkPhysicalDevice pd, const char *name)
 {
     uint32_t n = 0;
     vkEnumerateDeviceExtensionProperties(pd, NULL, &n, NULL);
@@ -129,7 +129,7 @@ static int coopmat_usable(VkInstance inst, VkPhysicalDevice pd, const VkPhysical
 {
     const char *env = getenv("DSV4_COOPMAT");
     if (env && strcmp(env, "0") == 0) return 0;
-    if (props->apiVersion < VK_API_VERSION_1_2 || !has_ext(pd, VK_KHR_COOPERATIVE_MATRIX_EXTENSION_NAME)) return 0;
+    if (props->apiVersion < VK_API_VERSION_1_2 || !vkrt_has_ext(pd, VK_KHR_COOPERATIVE_MATRIX_EXTENSION_NAME)) return 0;
     VkPhysicalDeviceCooperativeMatrixFeaturesKHR cmf = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR};
     VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES, .pNext = &cmf};
     VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f12};
@@ -218,7 +218,7 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
     vkGetPhysicalDeviceProperties(rt->phys, &rt->props);
     vkGetPhysicalDeviceMemoryProperties(rt->phys, &rt->memprops);
     const char *dn = rt->props.deviceName;
-    if (!has_ext(rt->phys, VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME)) {
+    if (!vkrt_has_ext(rt->phys, VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME)) {
         snprintf(err, errlen, "vulkan: device '%s' lacks %s", dn, VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME);
         return DSV4_EDEVICE;
     }

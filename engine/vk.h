@@ -152,6 +152,9 @@ static inline int vkrt_cm_twin(vk_pipe_id p)
     }
 }
 
+/* 1 when physical device pd offers device extension name. */
+int vkrt_has_ext(VkPhysicalDevice pd, const char *name);
+
 /* The number of storage buffer bindings and push-constant bytes of each pipe. */
 int vkrt_pipe_bindings(vk_pipe_id p);
 
