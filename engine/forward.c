@@ -602,6 +602,21 @@ static void rmsnorm(dsv4_engine *e, vkview X, vkview W, vkview Y, uint32_t rows,
     vkrt_dispatch(&e->rt, P_RMSNORM, v, 3, &pc, sizeof pc, rows, 1, 1);
 }
 
+/* rmsnorm into Y and, in the same dispatch, act_quant's FP8 quant-dequant of
+   the result into YQ (YQ may be X); two dispatches where D does not fit
+   rmsnorm_q (a multiple of 128, at most 64 blocks). */
+static void rmsnorm_quant(dsv4_engine *e, vkview X, vkview W, vkview Y, vkview YQ, uint32_t rows, uint32_t D)
+{
+    if (D % 128 || D > 64 * 128) {
+        rmsnorm(e, X, W, Y, rows, D);
+        act_quant(e, Y, YQ, rows, D);
+        return;
+    }
+    pc_rms pc = {D, D, D, 0, 0, (float)e->m->cfg.rms_norm_eps};
+    vkview v[4] = {X, W, Y, YQ};
+    vkrt_dispatch(&e->rt, P_RMSNORM_Q, v, 4, &pc, sizeof pc, rows, 1, 1);
+}
+
 static void headprep(dsv4_engine *e, vkview X, vkview NW, int yarn, uint32_t D, uint32_t ldx, uint32_t x_off,
                      uint32_t flags, uint32_t rows, uint32_t heads, uint32_t pos_base, uint32_t pos_step)
 {
@@ -913,12 +928,10 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     vkrt_op(&e->rt, "hc_pre");
     hc_pre(e, &g->hc_attn, X, s->hx, s->mix, T, 0);
     vkrt_op(&e->rt, "norm");
-    rmsnorm(e, s->hx, g->attn_norm, s->xn, T, D);
+    rmsnorm_quant(e, s->hx, g->attn_norm, s->xn, s->xq, T, D);
     vkrt_op(&e->rt, "attn_proj");
-    act_quant(e, s->xn, s->xq, T, D);
     gemm(e, &g->wq_a, s->xq, D, 0, s->qrq, g->wq_a.out, 0, T, 1, 0, 0);
-    rmsnorm(e, s->qrq, g->q_norm, s->qr, T, g->wq_a.out);
-    act_quant(e, s->qr, s->qrq, T, g->wq_a.out);
+    rmsnorm_quant(e, s->qrq, g->q_norm, s->qr, s->qrq, T, g->wq_a.out);
     gemm(e, &g->wq_b, s->qrq, g->wq_a.out, 0, s->q, H * hd, 0, T, 1, 0, 0);
     headprep(e, s->q, e->dummy, yarn, hd, H * hd, 0, F_RMS_SCALE | F_ROPE | F_POSBUF, T, H, 0, 0);
     gemm(e, &g->wkv, s->xq, D, 0, s->kv, hd, 0, T, 1, 0, 0);
@@ -955,7 +968,7 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     vkrt_op(&e->rt, "hc_pre");
     hc_pre(e, &g->hc_ffn, s->x2, s->hx, s->mix, T, 0);
     vkrt_op(&e->rt, "norm");
-    rmsnorm(e, s->hx, g->ffn_norm, s->xn, T, D);
+    rmsnorm_quant(e, s->hx, g->ffn_norm, s->xn, s->xq, T, D); /* xq: the experts' input */
     vkrt_op(&e->rt, "moe_gate");
     gemm(e, &g->gate, s->xn, D, 0, s->gl, c->n_routed_experts, 0, T, 0, 0, 0);
     uint32_t E = c->n_routed_experts, k = c->num_experts_per_tok, inter = c->moe_intermediate_size;
@@ -969,7 +982,6 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     vkview vr[3] = {s->sel, s->wgt, s->route};
     vkrt_dispatch(&e->rt, P_MOE_GROUP, vr, 3, &pgr, sizeof pgr, 1, 1, 1);
     vkrt_op(&e->rt, "experts");
-    act_quant(e, s->xn, s->xq, T, D);
     int fp4 = g->ex_q == DSV4_WQ_FP4;
     vk_pipe_id pgath = fp4 ? P_GEMM_FP4_GATHER : g->ex_q == DSV4_WQ_FP8 ? P_GEMM_FP8_GATHER : P_GEMM_BF16_GATHER;
     vk_pipe_id pgrp = fp4 ? P_GEMM_FP4_GROUPED : g->ex_q == DSV4_WQ_FP8 ? P_GEMM_FP8_GROUPED : P_GEMM_BF16_GROUPED;

@@ -66,6 +66,7 @@ static const struct {
     [P_ACT_QUANT] = {"act_quant", 2},           [P_RMSNORM] = {"rmsnorm", 3},
     [P_HC_PRE] = {"hc_pre", 7},                 [P_HC_HEAD] = {"hc_head", 7},
     [P_HC_MIX] = {"hc_mix", 3},                 [P_HC_MIX_HEAD] = {"hc_mix_head", 3},
+    [P_RMSNORM_Q] = {"rmsnorm_q", 4},
     [P_HC_POST] = {"hc_post", 4},               [P_HEADPREP] = {"headprep", 4},
     [P_COMPRESS] = {"compress", 5},             [P_RING_WRITE] = {"ring_write", 3},
     [P_INDEX_SCORE] = {"index_score", 4},       [P_TOPK] = {"topk", 2},

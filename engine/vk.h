@@ -25,6 +25,7 @@ typedef enum {
     P_RING_WRITE, P_INDEX_SCORE, P_TOPK, P_ATTN, P_MOE_GATE, P_MOE_GROUP, P_SWIGLU,
     P_MOE_COMBINE, P_EMBED, P_ADD_BCAST,
     P_HC_MIX, P_HC_MIX_HEAD, /* hc_pre's products with fn, split over slices of a token */
+    P_RMSNORM_Q,        /* rmsnorm with act_quant's FP8 quant-dequant as a second output */
     P_ATTN_SERIAL,      /* attn, one invocation per (token, head): CPU drivers */
     P_FILL_RANDOM,      /* synthetic weights for the bench (engine/bench_weights.c) */
     /* tensor-core twins of the tiled GEMMs (shaders/gemm_cm.comp): created

@@ -321,6 +321,46 @@ static void rmsnorm_rows(void)
     free(x); free(r); free(g);
 }
 
+/* rmsnorm_q: the norm and act_quant's FP8 quant-dequant of its result in one
+   dispatch must give the two dispatches' bits, also writing over its input. */
+static void rmsnorm_quant_fused(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    int R = 5, D = 384; /* three 128-column blocks */
+    size_t n = (size_t)R * D;
+    float *x = malloc(n * 4), *y1 = malloc(n * 4), *q1 = malloc(n * 4), *y2 = malloc(n * 4), *q2 = malloc(n * 4);
+    uint16_t wh[384];
+    for (int i = 0; i < D; i++) wh[i] = dsv4_f32_to_bf16(1 + frand() * 0.5f);
+    for (size_t i = 0; i < n; i++) x[i] = bf(frand() * (i % 128 == 5 ? 40.0f : 3.0f)); /* one large value per block */
+    vkbuf bx = mkbuf(x, n * 4), bw = mkbuf(wh, sizeof wh), by = mkbuf(NULL, n * 4), bq = mkbuf(NULL, n * 4);
+    pc_rms pc = {(uint32_t)D, (uint32_t)D, (uint32_t)D, 0, 0, 1e-6f};
+    vkbuf *b3[3] = {&bx, &bw, &by};
+    run1(P_RMSNORM, b3, 3, &pc, sizeof pc, R, 1);
+    pc_aq pa = {(uint32_t)R, (uint32_t)D, (uint32_t)D, 0, 128, 0};
+    vkbuf *ba[2] = {&by, &bq};
+    run1(P_ACT_QUANT, ba, 2, &pa, sizeof pa, (uint32_t)D / 128, (uint32_t)R);
+    CHECK(readbuf(&by, y1, n * 4) == 0);
+    CHECK(readbuf(&bq, q1, n * 4) == 0);
+    vkbuf by2 = mkbuf(NULL, n * 4), bq2 = mkbuf(NULL, n * 4);
+    vkbuf *b4[4] = {&bx, &bw, &by2, &bq2};
+    run1(P_RMSNORM_Q, b4, 4, &pc, sizeof pc, R, 1);
+    CHECK(readbuf(&by2, y2, n * 4) == 0);
+    CHECK(readbuf(&bq2, q2, n * 4) == 0);
+    CHECKF(memcmp(y1, y2, n * 4) == 0, "rmsnorm_q's norm differs from rmsnorm's");
+    CHECKF(memcmp(q1, q2, n * 4) == 0, "rmsnorm_q's quantized output differs from rmsnorm + act_quant");
+    size_t differ = 0;
+    for (size_t i = 0; i < n; i++) differ += q1[i] != y1[i];
+    CHECKF(differ > n / 4, "the quantization changed only %zu of %zu values", differ, n);
+    /* in place: the quantized result over the input rows */
+    vkbuf *b5[4] = {&bx, &bw, &by2, &bx};
+    run1(P_RMSNORM_Q, b5, 4, &pc, sizeof pc, R, 1);
+    CHECK(readbuf(&bx, q2, n * 4) == 0);
+    CHECKF(memcmp(q1, q2, n * 4) == 0, "rmsnorm_q in place differs");
+    vkbuf_free(&rt, &bx); vkbuf_free(&rt, &bw); vkbuf_free(&rt, &by); vkbuf_free(&rt, &bq);
+    vkbuf_free(&rt, &by2); vkbuf_free(&rt, &bq2);
+    free(x); free(y1); free(q1); free(y2); free(q2);
+}
+
 /* ---- headprep: indexer path (RoPE, Hadamard, FP4) and KV path (norm, RoPE, FP8) ---- */
 typedef struct { uint32_t D, rd, ldx, x_off, flags, pos_base, pos_step; float eps; } pc_hp;
 
@@ -714,6 +754,7 @@ int main(void)
     RUN(gemm_coopmat);
     RUN(act_quant_fp8);
     RUN(rmsnorm_rows);
+    RUN(rmsnorm_quant_fused);
     RUN(headprep_paths);
     RUN(attention_window_and_compressed);
     RUN(topk_ties_and_visibility);
