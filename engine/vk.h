@@ -2,8 +2,10 @@
  *
  * One device, one compute queue, one command buffer that records a whole
  * forward pass: every dispatch pushes its descriptors (VK_KHR_push_descriptor)
- * and push constants, then a compute->compute barrier, so nothing is
- * allocated per step and the host waits only at the end of a pass. Buffers
+ * and push constants, so nothing is allocated per step and the host waits
+ * only at the end of a pass. A compute barrier goes in only before a
+ * dispatch that depends on one recorded since the last barrier (the
+ * bindings a pipeline writes are read from its SPIR-V; vk.c: hazard). Buffers
  * are plain (buffer, offset, range) views; weights live in a few large
  * arena buffers (engine/forward.c sub-allocates them), each view kept within
  * maxStorageBufferRange. Pipelines are created once at open, one per entry of
