@@ -3,9 +3,10 @@
  * `splits` slices of its hc*D values, the partial sum of squares and the
  * partial products with each of the nmix rows of fn, into
  * PART[token][slice][nmix + 1] (the sum of squares last), in double: the
- * products of f32 values are exact in double and the sums nearly so, so
- * the result is the exactly rounded dot product whatever the split, rather
- * than one more f32 summation order (the official F.linear has its own). hc_pre.comp adds
+ * products of f32 values are exact in double and the sums lose far less than
+ * an f32 ulp, so the f32 result is (nearly always) the correctly rounded dot
+ * product, rather than one more f32 summation order (the official F.linear
+ * has its own; a float version failed a golden threshold). hc_pre.comp adds
  * the slices in order and finishes. One workgroup per token would leave a
  * decode step (one token) with one busy workgroup reading 1.5 MB of fn; the
  * split spreads that over the GPU. The split count is fixed by the caller,
