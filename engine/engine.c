@@ -150,6 +150,11 @@ int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const cha
         sh->small_rows = sh->cpu_device ? 1 << 30 : 16;
         const char *ex = getenv("DSV4_EXACT");
         sh->exact = ex && atoi(ex) > 0;
+        /* attention variant switches (tests, experiments), read once here
+           rather than for every segment of every pass */
+        const char *at = getenv("DSV4_ATTN_TILE"), *dn = getenv("DSV4_ATTN_DIRECT_N");
+        sh->attn_tile_forced = at && *at == '1';
+        sh->attn_direct_n = dn ? (uint32_t)atoi(dn) : 64;
         const char *sr = getenv("DSV4_SMALL_ROWS");
         if (sr && *sr) sh->small_rows = atoi(sr);
         rc = fwd_upload_weights(sh, err, errlen);

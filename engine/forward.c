@@ -65,9 +65,8 @@ enum { F_RMS_SCALE = 1, F_RMS_W = 2, F_ROPE = 4, F_ROPE_INV = 8, F_HADAMARD = 16
  * beyond one binding, the scores are computed twice instead). */
 #define ASCORE_MAX_BYTES ((uint64_t)512 << 20)
 
-/* GEMMs with at most this many rows use the SMALL shader variants */
-#define SMALL_ROWS 16
-/* ... unless they have more rows than this and a tensor-core twin runs */
+/* GEMMs of at most e->small_rows rows use the SMALL shader variants, unless
+   they have more rows than this and a tensor-core twin runs */
 #define CM_MIN_ROWS 4u
 
 #define ARENA_BYTES ((VkDeviceSize)256 << 20)
@@ -560,11 +559,12 @@ static void gemm(dsv4_engine *e, const gw *w, vkview X, uint32_t ldx, uint32_t x
     pc_gemm pc = {M, N ? N : w->out, w->in, ldx, ldy, x_off, y_off, w_row0, flags, w->s_cols, 0, 0, 0, 0, 0, 0};
     vkview v[5] = {X, w->w, w->s, Y, e->dummy};
     int cm = cm_pipe(e, p, pc.K, ldx, x_off);
-    /* with tensor cores the SMALL variants win only for the fewest rows: their
-       cost grows with every row, the tensor-core tile's barely (docs/benchmarks.md) */
-    /* SERIAL and the portable tiled kernel both add the products in index
-       order, so exact mode gives the same bits for any row count; SMALL
-       (split over K) and the tensor cores each add in their own order */
+    /* With tensor cores the SMALL variants win only for the fewest rows: their
+       cost grows with every row, the tensor-core tile's barely
+       (docs/benchmarks.md). SERIAL and the portable tiled kernel both add the
+       products in index order, so exact mode (and CPU drivers) gets the same
+       bits for any row count; SMALL (split over K) and the tensor cores each
+       add in their own order. */
     if ((e->cpu_device || e->exact) && M <= (uint32_t)e->small_rows)
         vkrt_dispatch(&e->rt, p + P_GEMM_SERIAL_FIRST, v, 5, &pc, sizeof pc, cdiv(pc.N, 64), cdiv(M, 8), 1);
     else if (!e->exact && M <= (uint32_t)e->small_rows && small_ok(pc.K, ldx, x_off) && !(cm >= 0 && M > CM_MIN_ROWS))
@@ -704,9 +704,7 @@ static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg)
         if (tile < 0) return P_ATTN;
         /* few tokens (decode): attn_tile would run n x H/8 workgroups; the
            direct form runs n x H with 64 keys each at once */
-        const char *dn = getenv("DSV4_ATTN_DIRECT_N"); /* experiments: the segment size below which */
-        uint32_t direct_n = dn ? (uint32_t)atoi(dn) : 64;
-        return sg->n < direct_n && D % 16 == 0 ? P_ATTN_DIRECT : tile;
+        return sg->n < e->attn_direct_n && D % 16 == 0 ? P_ATTN_DIRECT : tile;
     }
     uint64_t win = (uint64_t)c->sliding_window, p1 = (uint64_t)(sg->p0 + sg->n);
     uint64_t topk = c->index_topk > 0 ? (uint64_t)c->index_topk : 0, nc = 0, vis = 0;
@@ -718,8 +716,7 @@ static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg)
     }
     uint64_t nk = win + nc, valid = (p1 < win ? p1 : win) + vis;
     uint64_t serial = 2 * D + 2 * nk + valid * (3 * D + 32) + 256;
-    const char *force = getenv("DSV4_ATTN_TILE"); /* tests: attn_tile wherever it fits */
-    if (serial <= CPU_LOOP_BUDGET && !(force && *force == '1' && tile >= 0)) return P_ATTN_SERIAL;
+    if (serial <= CPU_LOOP_BUDGET && !(e->attn_tile_forced && tile >= 0)) return P_ATTN_SERIAL;
     if (tile >= 0) {
         /* attn_tile.comp with HG = 8, KT = 16, 64 threads: per tile of 16
            keys two stagings (16 rows x (D/256 + 1)) and two score passes
@@ -986,10 +983,11 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     vk_pipe_id pgath = fp4 ? P_GEMM_FP4_GATHER : g->ex_q == DSV4_WQ_FP8 ? P_GEMM_FP8_GATHER : P_GEMM_BF16_GATHER;
     vk_pipe_id pgrp = fp4 ? P_GEMM_FP4_GROUPED : g->ex_q == DSV4_WQ_FP8 ? P_GEMM_FP8_GROUPED : P_GEMM_BF16_GROUPED;
     uint32_t scols_in = fp4 ? D / 32 : cdiv(D, 128), scols_mid = fp4 ? inter / 32 : cdiv(inter, 128);
-    /* SMALL (decode batches; SERIAL on CPU drivers) while T x k is small; the
-       tensor-core kernels beat it from a few tokens up even though expert tiles
-       then hold only ~6 rows (gemm_bench, docs/benchmarks.md) */
-    /* SMALL and the tensor-core twins read whole 16-byte pieces of each expert's rows */
+    /* SMALL (decode batches; SERIAL on CPU drivers and in exact mode) while
+       T x k is small; the tensor-core kernels beat it from a few tokens up even
+       though expert tiles then hold only ~6 rows (gemm_bench,
+       docs/benchmarks.md). SMALL and the tensor-core twins read whole 16-byte
+       pieces of each expert's rows. */
     int ex_al = g->ex_wstride[0] % 16 == 0 && g->ex_wstride[1] % 16 == 0 && g->ex_wstride[2] % 16 == 0;
     int serial = (e->cpu_device || e->exact) && (uint64_t)T * k <= 4 * (uint64_t)e->small_rows;
     int small = serial || (!e->exact && (uint64_t)T * k <= 4 * (uint64_t)e->small_rows && ex_al &&

@@ -85,6 +85,8 @@ struct dsv4_engine {
     int exact;                   /* $DSV4_EXACT: GEMM kernels that sum every product in index order
                                     whatever the row count (SERIAL, tiled), so results never depend
                                     on how tokens are split into passes; slower on GPUs */
+    int attn_tile_forced;        /* $DSV4_ATTN_TILE=1 (tests): attn_tile wherever it fits, on CPU drivers too */
+    uint32_t attn_direct_n;      /* $DSV4_ATTN_DIRECT_N, else 64: GPU segments of fewer tokens use attn_direct */
     int head_rows;               /* rows per head pass (vocab slice fits a binding) */
     fscratch s;
     char name[256];
