@@ -456,9 +456,8 @@ int vkrt_begin(vkrt *rt, char *err, size_t errlen)
     VKCHK(vkResetCommandBuffer(rt->cmd, 0), "vkResetCommandBuffer");
     VKCHK(vkBeginCommandBuffer(rt->cmd, &bi), "vkBeginCommandBuffer");
     rt->recording = 1;
-    rt->defer = rt->g_w = rt->g_r = 0;
     rt->nq = 0;
-    rt->n_hz_w = rt->n_hz_r = 0;
+    rt->defer = rt->g_w = rt->g_r = rt->n_hz_w = rt->n_hz_r = 0; /* nothing pending in a new pass */
     if (rt->profile) vkCmdResetQueryPool(rt->cmd, rt->qpool, 0, VK_MAX_QUERIES);
     return 0;
 }
@@ -497,12 +496,14 @@ static int overlaps(const struct vkrange *set, int n, vkview v)
 /* A barrier only where a dispatch depends on one recorded since the last
  * barrier: it reads or writes what one of them wrote (read/write after
  * write) or writes what one of them read (write after read). The decode of
- * one token is a chain of ~100 small dispatches per layer; a barrier after
+ * one token is a chain of ~50 small dispatches per layer; a barrier after
  * each serialises them all, while independent neighbours (projections of
  * the same input, per-sequence work on separate buffers) can overlap. */
 static void hazard(vkrt *rt, const vkview *views, int nviews, uint32_t writes)
 {
-    int need = rt->full_barriers || rt->n_hz_w + nviews > VK_MAX_HAZARDS || rt->n_hz_r + nviews > VK_MAX_HAZARDS;
+    /* (with full_barriers the barrier after every dispatch leaves nothing
+       pending here) */
+    int need = rt->n_hz_w + nviews > VK_MAX_HAZARDS || rt->n_hz_r + nviews > VK_MAX_HAZARDS;
     int nw = rt->defer ? rt->g_w : rt->n_hz_w, nr = rt->defer ? rt->g_r : rt->n_hz_r;
     for (int i = 0; i < nviews && !need; i++) {
         need = overlaps(rt->hz_w, nw, views[i]);
