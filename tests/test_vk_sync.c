@@ -99,6 +99,17 @@ static void barriers_only_where_needed(void)
         bad += fa[i] != (float)i;
     }
     CHECKF(bad == 0, "%d wrong values", bad);
+    /* profiling (full barriers): one barrier after each dispatch, none extra
+       before it */
+    rt.full_barriers = 1;
+    CHECK(vkrt_begin(&rt, err, sizeof err) == 0);
+    n0 = rt.n_barriers;
+    vkrt_dispatch(&rt, P_ADD_BCAST, v2, 3, &pc, sizeof pc, 1, 1, 1);
+    vkrt_dispatch(&rt, P_ADD_BCAST, v2, 3, &pc, sizeof pc, 1, 1, 1);
+    vkrt_dispatch(&rt, P_ADD_BCAST, v2, 3, &pc, sizeof pc, 1, 1, 1);
+    CHECKF(rt.n_barriers == n0 + 3, "full barriers: %llu for 3 dispatches", (unsigned long long)(rt.n_barriers - n0));
+    CHECK(vkrt_submit_wait(&rt, err, sizeof err) == 0);
+    rt.full_barriers = 0;
     vkbuf_free(&rt, &a); vkbuf_free(&rt, &b); vkbuf_free(&rt, &x); vkbuf_free(&rt, &y); vkbuf_free(&rt, &z);
     vkrt_close(&rt);
 }
