@@ -162,8 +162,9 @@ int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const cha
         rc = fwd_alloc_scratch(sh, err, errlen);
         if (rc) return rc;
     }
-    e->xfer = malloc((size_t)e->chunk * c->hc_mult * c->hidden_size * sizeof *e->xfer);
-    if (!e->xfer) {
+    /* the hidden state between devices (run_pass): only with several */
+    if (e->n_shards > 1) e->xfer = malloc((size_t)e->chunk * c->hc_mult * c->hidden_size * sizeof *e->xfer);
+    if (e->n_shards > 1 && !e->xfer) {
         set_err(err, errlen, "engine: out of memory");
         return DSV4_ENOMEM;
     }

@@ -105,7 +105,7 @@ struct dsv4_engine {
     int is_shard;                /* shards 1..: model and layout belong to shard 0 */
     int split[DSV4_MAX_SHARDS];  /* shard 0: main blocks per device as given by
                                     opt->split / $DSV4_SPLIT, all 0 when not given */
-    float *xfer;                 /* shard 0: [chunk][hc][hidden] host hand-over */
+    float *xfer;                 /* shard 0 of several: [chunk][hc][hidden] host hand-over */
 };
 
 /* The shard holding block b (a main block or an MTP block). */
