@@ -76,7 +76,7 @@ static double nmse(const float *g, const float *r, size_t n)
 static void run1(vk_pipe_id p, vkbuf **bufs, int n, const void *push, size_t ps, uint32_t gx, uint32_t gy)
 {
     char err[256];
-    vkview v[8];
+    vkview v[VK_MAX_BINDINGS];
     for (int i = 0; i < n; i++) v[i] = vkbuf_view(bufs[i], 0, bufs[i]->size);
     vkrt_begin(&rt, err, sizeof err);
     vkrt_dispatch(&rt, p, v, n, push, ps, gx, gy, 1);
@@ -517,6 +517,24 @@ static void topk_ties_and_visibility(void)
     free(s2);
 }
 
+/* ---- attn_dec: the decode attention's three dispatches ---- */
+typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc, sc_t0, base_rows; } pc_attnd;
+
+/* attn_dec's scores, probabilities and value sums in one command buffer (the
+ * runtime puts the barriers between them); b: the 9 bindings of
+ * shaders/attn_dec.comp, nk: the longest key list of the n tokens. */
+static void run_attn_dec(vkbuf **b, const pc_attnd *pc, uint32_t nk)
+{
+    char err[256];
+    vkview v[9];
+    for (int i = 0; i < 9; i++) v[i] = vkbuf_view(b[i], 0, b[i]->size);
+    vkrt_begin(&rt, err, sizeof err);
+    vkrt_dispatch(&rt, P_ATTN_DEC_SCORE, v, 9, pc, sizeof *pc, (nk + 31) / 32, (pc->H + 7) / 8, pc->n_tok);
+    vkrt_dispatch(&rt, P_ATTN_DEC_PROB, v, 9, pc, sizeof *pc, pc->H, pc->n_tok, 1);
+    vkrt_dispatch(&rt, P_ATTN_DEC_VALUE, v, 9, pc, sizeof *pc, (pc->D + 63) / 64, (pc->H + 3) / 4, pc->n_tok);
+    vkrt_submit_wait(&rt, err, sizeof err);
+}
+
 /* ---- attn_tile: many heads, CSA lists with -1, HCA, a partly filled window ---- */
 /* One attention case: tokens p0..p0+n-1 of a sequence, mode 1 (HCA: all
  * (pos+1)/ratio entries) or 2 (CSA: a top-k list per token with -1 holes).
@@ -596,6 +614,36 @@ static void attn_case(vk_pipe_id tile, int H, int D, int win, int n, int p0, int
             CHECKF(nmse(g2, g, qn) < 1e-10, "attn differs from attn_tile: nmse %g", nmse(g2, g, qn));
         else
             CHECKF(diff == 0, "attn_tile differs from %s in %zu of %zu values", names[v], diff, qn);
+    }
+    /* attn_dec (head_dim a multiple of 16): the same bits as attn_tile, with
+       the compressed rows in one buffer, and split at base_rows into a
+       shared base and the sequence's own rows (tokens at scratch row 1 on:
+       sc_t0) */
+    for (int split = 0; split < 2 && D % 16 == 0; split++) {
+        char err[256];
+        uint32_t nk = (uint32_t)(win + (mode == 1 ? (p0 + n) / ratio : topk)), ld = nk + 1 + 2 * (uint32_t)split;
+        int nbase = split ? ne / 2 + 1 : 0;
+        size_t scn = (size_t)(n + split) * H * 2 * ld;
+        vkbuf bd = mkbuf(NULL, scn * 4), bb = split ? mkbuf(cmp, (size_t)nbase * D * 4) : mkbuf(NULL, 16),
+              bown = split ? mkbuf(cmp + (size_t)nbase * D, (size_t)(ne - nbase) * D * 4) : bc;
+        vkbuf *bv[9] = {&bq, &bk, &br, &bown, &bi, &bs, &bo, &bd, &bb};
+        pc_attnd pd = {(uint32_t)D, (uint32_t)H, (uint32_t)win, 0, (uint32_t)p0, (uint32_t)ratio, (uint32_t)mode,
+                       (uint32_t)topk, (uint32_t)ld_i, scale, (uint32_t)n, ld, (uint32_t)split, (uint32_t)nbase};
+        memset(g2, 0xff, qn * 4);
+        CHECK(vkrt_upload(&rt, vkbuf_view(&bo, 0, qn * 4), g2, qn * 4, err, sizeof err) == 0);
+        run_attn_dec(bv, &pd, nk);
+        CHECK(readbuf(&bo, g2, qn * 4) == 0);
+        float *sc = malloc(scn * 4);
+        CHECK(readbuf(&bd, sc, scn * 4) == 0); /* nothing past the scratch rows */
+        free(sc);
+        size_t diff = 0;
+        for (size_t i = 0; i < qn; i++) diff += memcmp(&g[i], &g2[i], 4) != 0;
+        printf("  attn_dec%s: %zu of %zu values differ from attn_tile, nmse %.3g\n",
+               split ? " (base rows split)" : "", diff, qn, nmse(g2, r, qn));
+        CHECKF(diff == 0, "attn_dec%s differs from attn_tile in %zu of %zu values", split ? " (split)" : "", diff, qn);
+        vkbuf_free(&rt, &bd);
+        vkbuf_free(&rt, &bb);
+        if (split) vkbuf_free(&rt, &bown);
     }
     for (int i = 0; i < 8; i++) vkbuf_free(&rt, b[i]);
     free(q); free(kv); free(ring); free(cmp); free(r); free(g); free(g2); free(sink); free(idx); free(keys);
