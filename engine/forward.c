@@ -31,6 +31,7 @@ typedef struct { uint32_t D, rd, ldx, x_off, flags, pos_base, pos_step; float ep
 typedef struct { uint32_t d, ratio, overlap, i0, p0, t0, ld_out; } pc_comp;
 typedef struct { uint32_t width, lds, ldr, col_off, L, q0, p0, t0, use_ape, ratio; } pc_ring;
 typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint32_t n_tok; } pc_iscore;
+typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint32_t n_tok, base_rows; } pc_iscored;
 typedef struct { uint32_t topk, ratio, p0, ld_s, ld_i, i_row0; } pc_topk;
 typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc; } pc_attn;
 typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc, sc_t0, base_rows; } pc_attnd;
@@ -50,6 +51,7 @@ _Static_assert(sizeof(pc_hp) == 32, "headprep push constants");
 _Static_assert(sizeof(pc_comp) == 28, "compress push constants");
 _Static_assert(sizeof(pc_ring) == 40, "ring_write push constants");
 _Static_assert(sizeof(pc_iscore) == 36, "index_score push constants");
+_Static_assert(sizeof(pc_iscored) == 40, "index_score_dec push constants");
 _Static_assert(sizeof(pc_topk) == 24, "topk push constants");
 _Static_assert(sizeof(pc_attn) == 48, "attn push constants");
 _Static_assert(sizeof(pc_attnd) == 56, "attn_dec push constants");
@@ -70,6 +72,10 @@ enum { F_RMS_SCALE = 1, F_RMS_W = 2, F_ROPE = 4, F_ROPE_INV = 8, F_HADAMARD = 16
 /* GEMMs of at most e->small_rows rows use the SMALL shader variants, unless
    they have more rows than this and a tensor-core twin runs */
 #define CM_MIN_ROWS 4u
+
+/* the most score rows (tokens of a segment) that topk_dec selects; more
+   share the GPU as one topk_radix workgroup each */
+#define DEC_TOPK_ROWS 16u
 
 #define ARENA_BYTES ((VkDeviceSize)256 << 20)
 
@@ -812,10 +818,17 @@ static void seg_index_score(dsv4_engine *e, const gblock *g, const fseg *sg, lst
     vkview v[4] = {s->iq, s->iw, vkbuf_view(&ls->buf, ls->ikv_off, (VkDeviceSize)ls->cap_rows * ihd * 4), S};
     /* the tiled product (same bits) where index_head_dim fits it and a
        segment has tokens to share the key tiles; decode: one token per
-       workgroup, one entry per thread */
-    if (ihd % 4 == 0 && ihd <= 128 && m >= 4 && vkrt_has_pipe(&e->rt, P_INDEX_SCORE_TILE))
+       workgroup, an entry's heads over 4 threads (index_score_dec), else
+       one entry per thread (index_score_tok) */
+    if (ihd % 4 == 0 && ihd <= 128 && m >= 4 && vkrt_has_pipe(&e->rt, P_INDEX_SCORE_TILE)) {
         vkrt_dispatch(&e->rt, P_INDEX_SCORE_TILE, v, 4, &pi, sizeof pi, cdiv(n_max, 32), cdiv(m, 8), 1);
-    else if (ihd == 128 && inh <= 64 && vkrt_has_pipe(&e->rt, P_INDEX_SCORE_TOK))
+    } else if (ihd == 128 && inh <= 64 && vkrt_has_pipe(&e->rt, P_INDEX_SCORE_DEC)) {
+        /* compressed rows all in the sequence's own buffer (base_rows 0; the
+           last binding is the shared base, shaders/index_score_dec.comp) */
+        pc_iscored pd = {inh, ihd, 4, pi.t0, pi.p0, pi.ld_s, n_max, pi.wscale, m, 0};
+        vkview vd[5] = {v[0], v[1], v[2], v[3], e->dummy};
+        vkrt_dispatch(&e->rt, P_INDEX_SCORE_DEC, vd, 5, &pd, sizeof pd, cdiv(n_max, 32), m, 1);
+    } else if (ihd == 128 && inh <= 64 && vkrt_has_pipe(&e->rt, P_INDEX_SCORE_TOK))
         vkrt_dispatch(&e->rt, P_INDEX_SCORE_TOK, v, 4, &pi, sizeof pi, cdiv(n_max, 64), m, 1);
     else
         vkrt_dispatch(&e->rt, P_INDEX_SCORE, v, 4, &pi, sizeof pi, cdiv(n_max, 64), m, 1);
@@ -828,7 +841,11 @@ static void seg_topk(dsv4_engine *e, const fseg *sg, uint32_t a, uint32_t m, vkv
     uint32_t topk = (uint32_t)e->m->cfg.index_topk;
     pc_topk pt = {topk, 4, (uint32_t)sg->p0 + a, (uint32_t)e->s.iscore_cap, topk, i_row0};
     vkview v2[2] = {S, IDX};
-    vkrt_dispatch(&e->rt, P_TOPK_RADIX, v2, 2, &pt, sizeof pt, m, 1, 1);
+    /* few rows (decode): topk_dec's 512 threads and parallel scans per row
+       (same output); many: a topk_radix workgroup per row. CPU drivers pay
+       for every barrier: topk_radix unless DSV4_ATTN_DEC=1 (tests). */
+    int dec = m < DEC_TOPK_ROWS && vkrt_has_pipe(&e->rt, P_TOPK_DEC) && (!e->cpu_device || e->attn_dec == 1);
+    vkrt_dispatch(&e->rt, dec ? P_TOPK_DEC : P_TOPK_RADIX, v2, 2, &pt, sizeof pt, m, 1, 1);
 }
 
 /* The state-touching work of one segment, dispatch after dispatch (each

@@ -47,6 +47,8 @@ typedef enum {
     P_ATTN_DEC_SCORE,   /* attn for few tokens in three dispatches (shaders/attn_dec.comp): scores, */
     P_ATTN_DEC_PROB,    /* probabilities, */
     P_ATTN_DEC_VALUE,   /* value sums */
+    P_INDEX_SCORE_DEC,  /* index_score_tok with an entry's heads over 4 threads: decode */
+    P_TOPK_DEC,         /* topk_radix in 3 passes with parallel scans, 512 threads: decode */
     P_COUNT
 } vk_pipe_id;
 

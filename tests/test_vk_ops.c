@@ -724,6 +724,32 @@ static void indexer_scores_tiled(void)
     } else {
         printf("  index_score_tok: not on this device (shared memory)\n");
     }
+    /* index_score_dec (decode), with the keys in one buffer and split at
+       base_rows into a shared base and the sequence's own rows */
+    for (int split = 0; split < 2; split++) {
+        typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint32_t n_tok, base_rows; } pc_iscored;
+        int nbase = split ? n_max / 3 : 0;
+        vkbuf bb = split ? mkbuf(k, (size_t)nbase * hd * 4) : mkbuf(NULL, 16),
+              bown = split ? mkbuf(k + (size_t)nbase * hd, (size_t)(n_max - nbase) * hd * 4) : bk;
+        vkbuf *bd[5] = {&bq, &bw, &bown, &bo, &bb};
+        pc_iscored pd = {(uint32_t)nh, (uint32_t)hd, 4, (uint32_t)t0, (uint32_t)p0, (uint32_t)ld, (uint32_t)n_max, ws,
+                         (uint32_t)m, (uint32_t)nbase};
+        memset(g3, 0xff, (size_t)m * ld * 4);
+        CHECK(vkrt_upload(&rt, vkbuf_view(&bo, 0, (size_t)m * ld * 4), g3, (size_t)m * ld * 4, verr, sizeof verr) == 0);
+        run1(P_INDEX_SCORE_DEC, bd, 5, &pd, sizeof pd, (uint32_t)(n_max + 31) / 32, (uint32_t)m);
+        CHECK(readbuf(&bo, g3, (size_t)m * ld * 4) == 0);
+        size_t d3 = 0;
+        for (int a = 0; a < m; a++)
+            for (int i = 0; i < ld; i++) {
+                uint32_t u;
+                memcpy(&u, &g3[a * ld + i], 4);
+                d3 += i < n_max ? memcmp(&g[a * ld + i], &g3[a * ld + i], 4) != 0 : u != 0xffffffffu;
+            }
+        printf("  index_score_dec%s: %zu values differ from index_score_tile\n", split ? " (base rows split)" : "", d3);
+        CHECKF(d3 == 0, "index_score_dec%s differs from index_score_tile in %zu values", split ? " (split)" : "", d3);
+        vkbuf_free(&rt, &bb);
+        if (split) vkbuf_free(&rt, &bown);
+    }
     memset(g3, 0, (size_t)m * ld * 4); /* as before index_score_tile */
     CHECK(vkrt_upload(&rt, vkbuf_view(&bo, 0, (size_t)m * ld * 4), g3, (size_t)m * ld * 4, verr, sizeof verr) == 0);
     free(g3);
@@ -768,6 +794,29 @@ static void topk_radix_ties_large(void)
     run1(P_TOPK, b, 2, &pc, sizeof pc, (uint32_t)T, 1);
     CHECK(readbuf(&bi, ib, (size_t)T * K * 4) == 0);
     CHECKF(memcmp(ir, ib, (size_t)T * K * 4) == 0, "topk_radix differs from topk");
+    /* topk_dec (decode): the same rows bit for bit, also where rows see
+       fewer entries than K (-1 after them) or none */
+    static const int p0s[3] = {4 * 5900 - 2, 4 * 300 - 2, 0};
+    for (int v = 0; v < 3; v++) {
+        char err[256];
+        pc_topk pv = pc;
+        pv.p0 = (uint32_t)p0s[v];
+        memset(ib, 0x5a, (size_t)T * K * 4);
+        CHECK(vkrt_upload(&rt, vkbuf_view(&bi, 0, (size_t)T * K * 4), ib, (size_t)T * K * 4, err, sizeof err) == 0);
+        run1(P_TOPK_RADIX, b, 2, &pv, sizeof pv, (uint32_t)T, 1);
+        int32_t *iv = malloc((size_t)T * K * 4);
+        CHECK(readbuf(&bi, iv, (size_t)T * K * 4) == 0);
+        CHECK(vkrt_upload(&rt, vkbuf_view(&bi, 0, (size_t)T * K * 4), ib, (size_t)T * K * 4, err, sizeof err) == 0);
+        run1(P_TOPK_DEC, b, 2, &pv, sizeof pv, (uint32_t)T, 1);
+        CHECK(readbuf(&bi, ib, (size_t)T * K * 4) == 0);
+        size_t diff = 0;
+        for (int i = 0; i < T * K; i++) diff += iv[i] != ib[i];
+        printf("  topk_dec, rows of %d..%d entries: %zu of %d indices differ from topk_radix\n", (p0s[v] + 1) / 4,
+               (p0s[v] + T) / 4, diff, T * K);
+        CHECKF(diff == 0, "topk_dec differs from topk_radix in %zu of %d indices (p0 %d)", diff, T * K, p0s[v]);
+        free(iv);
+    }
+    memcpy(ib, ir, (size_t)T * K * 4);
     char *want = malloc((size_t)ld);
     for (int t = 0; t < T; t++) {
         int n = (p0 + t + 1) / 4;
