@@ -94,7 +94,7 @@ static const struct {
     [P_INDEX_SCORE_TOK] = {"index_score_tok", 4, 0, 32768},
     [P_ATTN_DEC_SCORE] = {"attn_dec_score", 9, 0, 16384},
     [P_ATTN_DEC_PROB] = {"attn_dec_prob", 9},
-    [P_ATTN_DEC_VALUE] = {"attn_dec_value", 9},
+    [P_ATTN_DEC_VALUE] = {"attn_dec_value", 9, 0, 18688},
     [P_INDEX_SCORE_DEC] = {"index_score_dec", 5, 0, 32768},
     [P_TOPK_DEC] = {"topk_dec", 2, 0, 12296},
 };

@@ -5,17 +5,20 @@
  * multiply-adds, twice (~178 us per layer at 8K on an H200). Here:
  *
  *   PHASE 1 (score): one thread per (key, 2 heads); a workgroup is 32 keys x
- *     8 heads (the 4 warps read the same 32 key rows: L1 hits), the 8 heads'
- *     queries staged as f32 in shared memory and read as broadcasts. Each
+ *     8 heads (the 4 warps read the same 32 key rows: L1 hits; 128 bytes of
+ *     a row loaded at a time), the 8 heads' queries staged as f32 in shared
+ *     memory and read as broadcasts. Each
  *     score q_h . k_j is one chain over dims 0..D-1 in order (as attn_tile).
  *     Writes the raw dot products to the scratch.
  *   PHASE 2 (prob): one workgroup per (token, head): the maximum of the
  *     scaled scores (order-free), then exp(s - max) in place of the score and
  *     its bf16 rounding next to it, the maximum in the record's last word.
  *   PHASE 3 (value): one thread per (2 output columns, head); a workgroup is
- *     64 columns x 4 heads (the 4 warps read the same 256-byte slice of each
- *     key row). Each column's sum and the denominator are chains over the
- *     keys in list order, masked keys skipped, exactly as attn_tile.
+ *     64 columns x 4 heads, and stages the 64-column slice of 64 key rows at
+ *     a time in shared memory (all of a tile's loads in flight together).
+ *     Each column's sum and the denominator are chains over the keys in list
+ *     order, exactly as attn_tile (masked keys add 0 x 0: the same bits as
+ *     skipping them).
  *
  * So every value is computed by the same operations in the same order as
  * attn_tile / attn_direct / attn / attn_serial (the same bits; the tests
@@ -28,7 +31,7 @@
  * [ld_sc, ld_sc + nk) their bf16 roundings; word ld_sc - 1 the maximum
  * (ld_sc > nk). Compressed rows follow the shared convention: rows
  * r < base_rows in the base buffer (the last binding), the rest in CMP at
- * r - base_rows (cmp_row4 / cmp_row2). head_dim must be a multiple of 16 and
+ * r - base_rows (row4). head_dim must be a multiple of 16 and
  * at most DMAX (engine/forward.c attn_variant checks). Loop trips per
  * invocation: phase 1 D/16 per key and head pair, phase 3 about nk, far
  * below llvmpipe's 65535 at the tests' sizes. */
@@ -52,17 +55,10 @@
 #endif
 layout(local_size_x = NT) in;
 layout(std430, binding = 0) readonly buffer BQ { vec4 Q[]; };
-#if PHASE == 3
-layout(std430, binding = 1) readonly buffer BK { vec2 KV[]; };
-layout(std430, binding = 2) readonly buffer BR { vec2 RING[]; };
-layout(std430, binding = 3) readonly buffer BC { vec2 CMP[]; };
-layout(std430, binding = 8) readonly buffer BB { vec2 BASE[]; };
-#else
 layout(std430, binding = 1) readonly buffer BK { vec4 KV[]; };
 layout(std430, binding = 2) readonly buffer BR { vec4 RING[]; };
 layout(std430, binding = 3) readonly buffer BC { vec4 CMP[]; };
 layout(std430, binding = 8) readonly buffer BB { vec4 BASE[]; };
-#endif
 layout(std430, binding = 4) readonly buffer BI { int IDX[]; };
 layout(std430, binding = 5) readonly buffer BSK { float SINK[]; };
 layout(std430, binding = 6) writeonly buffer BO { float O[]; };
@@ -97,9 +93,6 @@ uint n_keys(uint pos)
 
 uint rec_of(uint tl, uint h) { return ((p.sc_t0 + tl) * p.H + h) * 2u * p.ld_sc; }
 
-#if PHASE == 1
-shared vec4 Qs[HW * (DMAX / 4)];
-
 /* float4 c4 of key `key` (a row id of key_of, not NOKEY) */
 vec4 row4(uint key, uint c4, uint D4)
 {
@@ -109,6 +102,9 @@ vec4 row4(uint key, uint c4, uint D4)
     if (r < p.base_rows) return BASE[r * D4 + c4];
     return CMP[(r - p.base_rows) * D4 + c4];
 }
+
+#if PHASE == 1
+shared vec4 Qs[HW * (DMAX / 4)];
 
 void main()
 {
@@ -125,22 +121,17 @@ void main()
     uint key = key_of(j, pos, nw, tl);
     float da = 0.0, db = 0.0;
     if (key != NOKEY) {
-        /* q . k over dims 0..D-1 in order, four float4s of the row loaded ahead */
-        for (uint c4 = 0u; c4 < D4; c4 += 4u) {
-            vec4 k0 = row4(key, c4, D4), k1 = row4(key, c4 + 1u, D4), k2 = row4(key, c4 + 2u, D4),
-                 k3 = row4(key, c4 + 3u, D4);
-            vec4 qa = Qs[ha * (DMAX / 4) + c4], qb = Qs[hb * (DMAX / 4) + c4];
-            da += qa.x * k0.x; da += qa.y * k0.y; da += qa.z * k0.z; da += qa.w * k0.w;
-            db += qb.x * k0.x; db += qb.y * k0.y; db += qb.z * k0.z; db += qb.w * k0.w;
-            qa = Qs[ha * (DMAX / 4) + c4 + 1u]; qb = Qs[hb * (DMAX / 4) + c4 + 1u];
-            da += qa.x * k1.x; da += qa.y * k1.y; da += qa.z * k1.z; da += qa.w * k1.w;
-            db += qb.x * k1.x; db += qb.y * k1.y; db += qb.z * k1.z; db += qb.w * k1.w;
-            qa = Qs[ha * (DMAX / 4) + c4 + 2u]; qb = Qs[hb * (DMAX / 4) + c4 + 2u];
-            da += qa.x * k2.x; da += qa.y * k2.y; da += qa.z * k2.z; da += qa.w * k2.w;
-            db += qb.x * k2.x; db += qb.y * k2.y; db += qb.z * k2.z; db += qb.w * k2.w;
-            qa = Qs[ha * (DMAX / 4) + c4 + 3u]; qb = Qs[hb * (DMAX / 4) + c4 + 3u];
-            da += qa.x * k3.x; da += qa.y * k3.y; da += qa.z * k3.z; da += qa.w * k3.w;
-            db += qb.x * k3.x; db += qb.y * k3.y; db += qb.z * k3.z; db += qb.w * k3.w;
+        /* q . k over dims 0..D-1 in order; a 128-byte piece of the row (8
+           float4s) loaded ahead, so the loads are in flight together */
+        for (uint c0 = 0u; c0 < D4; c0 += 8u) {
+            vec4 k[8];
+            uint nc = min(8u, D4 - c0); /* D4 is a multiple of 4 */
+            for (uint u = 0u; u < 8u; u++) k[u] = u < nc ? row4(key, c0 + u, D4) : vec4(0.0);
+            for (uint u = 0u; u < nc; u++) {
+                vec4 qa = Qs[ha * (DMAX / 4) + c0 + u], qb = Qs[hb * (DMAX / 4) + c0 + u];
+                da += qa.x * k[u].x; da += qa.y * k[u].y; da += qa.z * k[u].z; da += qa.w * k[u].w;
+                db += qb.x * k[u].x; db += qb.y * k[u].y; db += qb.z * k[u].z; db += qb.w * k[u].w;
+            }
         }
     }
     if (h0 + ha < p.H) SC[rec_of(tl, h0 + ha) + j] = da;
@@ -175,54 +166,57 @@ void main()
 
 #else
 shared uint srcs[KTV];
+shared vec2 Ks[KTV * CL]; /* the tile's keys, the workgroup's 2 CL columns */
 shared float Es[HV * KTV];
 shared float Ps[HV * KTV];
 
-/* columns 2 c2, 2 c2 + 1 of key `key` (not NOKEY) */
-vec2 row2(uint key, uint c2, uint D2)
-{
-    uint kind = key >> 30, r = key & 0x3fffffffu;
-    if (kind == 0u) return KV[r * D2 + c2];
-    if (kind == 1u) return RING[r * D2 + c2];
-    if (r < p.base_rows) return BASE[r * D2 + c2];
-    return CMP[(r - p.base_rows) * D2 + c2];
-}
-
+#define SPT (KTV * CL / 2u / NT) /* float4s staged per thread and tile */
 void main()
 {
-    uint t = gl_LocalInvocationID.x, tl = gl_WorkGroupID.z, hr = t / CL;
-    uint c2 = gl_WorkGroupID.x * CL + t % CL, h = gl_WorkGroupID.y * HV + hr;
-    uint tok = p.t0 + tl, pos = p.p0 + tl, D2 = p.D / 2u;
+    uint t = gl_LocalInvocationID.x, tl = gl_WorkGroupID.z, hr = t / CL, lane = t % CL;
+    uint c2 = gl_WorkGroupID.x * CL + lane, h = gl_WorkGroupID.y * HV + hr;
+    uint tok = p.t0 + tl, pos = p.p0 + tl, D4 = p.D / 4u, c40 = gl_WorkGroupID.x * (CL / 2u);
     uint nw = min(p.win, pos + 1u), nk = n_keys(pos);
-    bool mine = h < p.H && c2 < D2;
     vec2 acc = vec2(0.0);
     float l = 0.0;
     for (uint b0 = 0u; b0 < nk; b0 += KTV) {
         barrier(); /* the previous tile is no longer read */
         if (t < KTV) srcs[t] = b0 + t < nk ? key_of(b0 + t, pos, nw, tl) : NOKEY;
+        barrier();
+        /* the tile's rows (zeros for masked keys and past the list, whose
+           probabilities are 0: adding 0 x 0 leaves every sum as skipping the
+           key does, since no sum is ever -0), all loads issued before the
+           first store */
+        vec4 v[SPT];
+        for (uint u = 0u; u < SPT; u++) {
+            uint x = t + u * NT, j = x / (CL / 2u), q4 = x % (CL / 2u);
+            uint key = srcs[j];
+            v[u] = key != NOKEY && c40 + q4 < D4 ? row4(key, c40 + q4, D4) : vec4(0.0);
+        }
+        for (uint u = 0u; u < SPT; u++) {
+            uint x = t + u * NT, j = x / (CL / 2u), q4 = x % (CL / 2u);
+            Ks[j * CL + 2u * q4] = v[u].xy;
+            Ks[j * CL + 2u * q4 + 1u] = v[u].zw;
+        }
         for (uint x = t; x < HV * KTV; x += NT) {
             uint hh = x / KTV, j = x - hh * KTV, hg = gl_WorkGroupID.y * HV + hh;
             float e = 0.0, pb = 0.0;
             if (hg < p.H && b0 + j < nk) {
                 uint rb = rec_of(tl, hg);
-                e = SC[rb + b0 + j];
+                e = SC[rb + b0 + j]; /* 0 for masked keys (phase 2) */
                 pb = SC[rb + p.ld_sc + b0 + j];
             }
             Es[x] = e;
             Ps[x] = pb;
         }
         barrier();
-        uint cnt = min(KTV, nk - b0);
-        if (mine)
-            for (uint j = 0u; j < cnt; j++) {
-                uint key = srcs[j];
-                if (key == NOKEY) continue;
-                vec2 k = row2(key, c2, D2);
-                l += Es[hr * KTV + j];
-                acc += Ps[hr * KTV + j] * k;
-            }
+        for (uint j = 0u; j < KTV; j++) {
+            vec2 k = Ks[j * CL + lane];
+            l += Es[hr * KTV + j];
+            acc += Ps[hr * KTV + j] * k;
+        }
     }
-    if (!mine) return;
+    if (h >= p.H || c2 >= p.D / 2u) return;
     float m = SC[rec_of(tl, h) + p.ld_sc - 1u];
     float den = l + exp_acc(SINK[h] - m);
     uint ob = (tok * p.H + h) * p.D + 2u * c2;
