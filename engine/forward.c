@@ -698,24 +698,28 @@ static void compressor(dsv4_engine *e, const fseg *sg, lstate *ls, uint32_t rati
  * heads of a token share each staged key tile) where head_dim fits it, or
  * for segments of few tokens (decode) attn_dec (P_ATTN_DEC_SCORE: three
  * dispatches spread over (key, head) and (column, head) pairs; attn_direct
- * where its scratch is missing), else attn. CPU drivers: attn_serial (barrier-free: fastest there) while its
+ * with DSV4_ATTN_DEC=0 or where allow_dec is 0: no scratch for it in this
+ * pass), else attn. CPU drivers: attn_dec only when DSV4_ATTN_DEC=1 (tests),
+ * else attn_serial (barrier-free: fastest there) while its
  * loops fit CPU_LOOP_BUDGET, else attn_tile_s (about 25 loop iterations per
  * key at head_dim 192 instead of ~600), else attn, else -1: the segment needs
  * more than the driver runs, which fwd_run reports. All variants sum in the
  * same order, so the choice never changes a result (tests/test_vk_ops.c
  * checks the bits). Counts are for the segment's last token, which sees the
  * most keys. */
-static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg)
+static int attn_variant_x(const dsv4_engine *e, const gblock *g, const fseg *sg, int allow_dec)
 {
     const dsv4_config *c = &e->m->cfg;
     uint64_t D = (uint64_t)c->head_dim;
     int tile = D % 4 ? -1 : D <= 256 && vkrt_has_pipe(&e->rt, P_ATTN_TILE_S) ? P_ATTN_TILE_S
              : D <= 512 && vkrt_has_pipe(&e->rt, P_ATTN_TILE) ? P_ATTN_TILE : -1;
-    int dec_ok = D % 16 == 0 && D <= 512 && vkrt_has_pipe(&e->rt, P_ATTN_DEC_SCORE);
+    int dec_ok = allow_dec && D % 16 == 0 && D <= 512 && vkrt_has_pipe(&e->rt, P_ATTN_DEC_SCORE);
     if (!e->cpu_device) {
         if (tile < 0) return P_ATTN;
-        /* few tokens (decode): attn_tile would run n x H/8 workgroups; the
-           direct form runs n x H with 64 keys each at once */
+        /* few tokens (decode): attn_tile would run n x H/8 workgroups;
+           attn_dec runs n x (keys / 32) x H/8 for the scores and n x
+           D/64 x H/4 for the value sums (the direct form n x H, each
+           with a chain of keys / 64 x D multiply-adds) */
         if (sg->n >= e->attn_direct_n || D % 16) return tile;
         return e->attn_dec != 0 && dec_ok ? P_ATTN_DEC_SCORE : P_ATTN_DIRECT;
     }
@@ -748,6 +752,8 @@ static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg)
     return wg <= CPU_LOOP_BUDGET ? P_ATTN : -1;
 }
 
+static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg) { return attn_variant_x(e, g, sg, 1); }
+
 static vkview subview(vkview v, VkDeviceSize off, VkDeviceSize size)
 {
     v.off += off;
@@ -775,8 +781,7 @@ static void seg_attention(dsv4_engine *e, const gblock *g, const fseg *sg, lstat
                   sg->n, s->ascore_ld};
     vkview va[8] = {s->q, s->kv, ring, cache, idx, g->attn_sink, s->o,
                     s->ascore_ld ? vkbuf_view(&s->ascore_buf, 0, s->ascore_buf.size) : e->dummy};
-    int av = attn_variant(e, g, sg);
-    if (av == P_ATTN_DEC_SCORE && !s->dscore_ld) av = P_ATTN_DIRECT; /* no scratch for this pass */
+    int av = attn_variant_x(e, g, sg, s->dscore_ld != 0); /* no attn_dec scratch for this pass: the next best */
     if (av == P_ATTN_DEC_SCORE) {
         uint32_t nk = win + (g->ratio == 0 ? 0u : g->ratio == 4 ? topk : (uint32_t)((sg->p0 + sg->n) / g->ratio));
         /* compressed rows all in the sequence's own buffer (base_rows 0;
