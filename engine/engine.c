@@ -157,6 +157,8 @@ int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const cha
         const char *fc = getenv("DSV4_FORK_COPY");
         sh->fork_copy = fc && *fc == '1';
         sh->attn_direct_n = dn ? (uint32_t)atoi(dn) : 64;
+        const char *ad = getenv("DSV4_ATTN_DEC");
+        sh->attn_dec = ad && *ad ? atoi(ad) : -1;
         const char *sr = getenv("DSV4_SMALL_ROWS");
         if (sr && *sr) sh->small_rows = atoi(sr);
         rc = fwd_upload_weights(sh, err, errlen);

@@ -33,6 +33,8 @@ typedef struct { uint32_t width, lds, ldr, col_off, L, q0, p0, t0, use_ape, rati
 typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint32_t n_tok, base_rows; } pc_iscore;
 typedef struct { uint32_t topk, ratio, p0, ld_s, ld_i, i_row0; } pc_topk;
 typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc, base_rows; } pc_attn;
+typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint32_t n_tok, base_rows; } pc_iscored;
+typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc, sc_t0, base_rows; } pc_attnd;
 typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale; } pc_gate;
 typedef struct { uint32_t T, E, k, rowmap_off, slotpos_off, wsort_off, e_begin_off; } pc_group;
 typedef struct { uint32_t rows, inter, use_w, wsort_off; float limit; } pc_swiglu;
@@ -51,6 +53,8 @@ _Static_assert(sizeof(pc_ring) == 40, "ring_write push constants");
 _Static_assert(sizeof(pc_iscore) == 40, "index_score push constants");
 _Static_assert(sizeof(pc_topk) == 24, "topk push constants");
 _Static_assert(sizeof(pc_attn) == 52, "attn push constants");
+_Static_assert(sizeof(pc_iscored) == 40, "index_score_dec push constants");
+_Static_assert(sizeof(pc_attnd) == 56, "attn_dec push constants");
 _Static_assert(sizeof(pc_gate) == 28, "moe_gate push constants");
 _Static_assert(sizeof(pc_group) == 28, "moe_group push constants");
 _Static_assert(sizeof(pc_swiglu) == 20, "swiglu push constants");
@@ -68,6 +72,10 @@ enum { F_RMS_SCALE = 1, F_RMS_W = 2, F_ROPE = 4, F_ROPE_INV = 8, F_HADAMARD = 16
 /* GEMMs of at most e->small_rows rows use the SMALL shader variants, unless
    they have more rows than this and a tensor-core twin runs */
 #define CM_MIN_ROWS 4u
+
+/* the most score rows (tokens of a segment) that topk_dec selects; more
+   share the GPU as one topk_radix workgroup each */
+#define DEC_TOPK_ROWS 16u
 
 #define ARENA_BYTES ((VkDeviceSize)256 << 20)
 
@@ -449,6 +457,7 @@ void fwd_free(dsv4_engine *e)
     for (int i = 0; i < s->nbufs; i++) vkbuf_free(&e->rt, &s->bufs[i]);
     vkbuf_free(&e->rt, &s->iscore_buf);
     vkbuf_free(&e->rt, &s->ascore_buf);
+    vkbuf_free(&e->rt, &s->dscore_buf);
     vkbuf_free(&e->rt, &s->io);
     for (int i = 0; i < e->n_arenas; i++) vkbuf_free(&e->rt, &e->arenas[i]);
     free(e->blk);
@@ -801,25 +810,36 @@ static void compressor(dsv4_engine *e, const fseg *sg, lstate *ls, uint32_t rati
 
 /* The attention variant for one segment of block g. GPUs: attn_tile (8
  * heads of a token share each staged key tile) where head_dim fits it, or
- * attn_direct for segments of few tokens (decode), else attn. CPU drivers: attn_serial (barrier-free: fastest there) while its
+ * for segments of few tokens (decode) attn_dec (P_ATTN_DEC_SCORE: three
+ * dispatches spread over (key, head) and (column, head) pairs; attn_direct
+ * with DSV4_ATTN_DEC=0 or where allow_dec is 0: no scratch for it in this
+ * pass), else attn. CPU drivers: attn_dec only when DSV4_ATTN_DEC=1 (tests),
+ * else attn_serial (barrier-free: fastest there) while its
  * loops fit CPU_LOOP_BUDGET, else attn_tile_s (about 25 loop iterations per
  * key at head_dim 192 instead of ~600), else attn, else -1: the segment needs
  * more than the driver runs, which fwd_run reports. All variants sum in the
  * same order, so the choice never changes a result (tests/test_vk_ops.c
  * checks the bits). Counts are for the segment's last token, which sees the
  * most keys. */
-static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg)
+static int attn_variant_x(const dsv4_engine *e, const gblock *g, const fseg *sg, int allow_dec)
 {
     const dsv4_config *c = &e->m->cfg;
     uint64_t D = (uint64_t)c->head_dim;
     int tile = D % 4 ? -1 : D <= 256 && vkrt_has_pipe(&e->rt, P_ATTN_TILE_S) ? P_ATTN_TILE_S
              : D <= 512 && vkrt_has_pipe(&e->rt, P_ATTN_TILE) ? P_ATTN_TILE : -1;
+    int dec_ok = allow_dec && D % 16 == 0 && D <= 512 && vkrt_has_pipe(&e->rt, P_ATTN_DEC_SCORE);
     if (!e->cpu_device) {
         if (tile < 0) return P_ATTN;
-        /* few tokens (decode): attn_tile would run n x H/8 workgroups; the
-           direct form runs n x H with 64 keys each at once */
-        return sg->n < e->attn_direct_n && D % 16 == 0 ? P_ATTN_DIRECT : tile;
+        /* few tokens (decode): attn_tile would run n x H/8 workgroups;
+           attn_dec runs n x (keys / 32) x H/8 for the scores and n x
+           D/64 x H/4 for the value sums (the direct form n x H, each
+           with a chain of keys / 64 x D multiply-adds) */
+        if (sg->n >= e->attn_direct_n || D % 16) return tile;
+        return e->attn_dec != 0 && dec_ok ? P_ATTN_DEC_SCORE : P_ATTN_DIRECT;
     }
+    /* (attn_dec's loops run about D/16 iterations per key and head pair, or
+       one per key: within the budget at any length) */
+    if (e->attn_dec == 1 && dec_ok && sg->n < e->attn_direct_n) return P_ATTN_DEC_SCORE;
     uint64_t win = (uint64_t)c->sliding_window, p1 = (uint64_t)(sg->p0 + sg->n);
     uint64_t topk = c->index_topk > 0 ? (uint64_t)c->index_topk : 0, nc = 0, vis = 0;
     if (g->ratio == 4) {
@@ -846,6 +866,8 @@ static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg)
     return wg <= CPU_LOOP_BUDGET ? P_ATTN : -1;
 }
 
+static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg) { return attn_variant_x(e, g, sg, 1); }
+
 static vkview subview(vkview v, VkDeviceSize off, VkDeviceSize size)
 {
     v.off += off;
@@ -864,8 +886,14 @@ static vkview cache_base(const dsv4_engine *e, const lstate *ls, int which)
 }
 
 /* The attention of one segment of block g (its window, ring and compressed
- * entries; idx: the segment's top-k rows). */
-static void seg_attention(dsv4_engine *e, const gblock *g, const fseg *sg, lstate *ls, uint32_t topk, vkview idx)
+ * entries; idx: the segment's top-k rows). attn_dec runs in three
+ * dispatches, each reading the previous one's scratch: part -1 records all
+ * three (the runtime puts barriers between them), part 0, 1, 2 only that
+ * one (record_segments_phased: the same part of every sequence, then a
+ * barrier); the other variants are one dispatch, recorded at part -1 or 0.
+ * sc_t0: the segment's first record row in attn_dec's scratch. */
+static void seg_attention(dsv4_engine *e, const gblock *g, const fseg *sg, lstate *ls, uint32_t topk, vkview idx,
+                          int part, uint32_t sc_t0)
 {
     const dsv4_config *c = &e->m->cfg;
     fscratch *s = &e->s;
@@ -881,7 +909,22 @@ static void seg_attention(dsv4_engine *e, const gblock *g, const fseg *sg, lstat
     vkview va[9] = {s->q, s->kv, ring, cache, idx, g->attn_sink, s->o,
                     s->ascore_ld ? vkbuf_view(&s->ascore_buf, 0, s->ascore_buf.size) : e->dummy, base};
     vkview vs[8] = {s->q, s->kv, ring, cache, idx, g->attn_sink, s->o, base};
-    int av = attn_variant(e, g, sg);
+    int av = attn_variant_x(e, g, sg, s->dscore_ld != 0); /* no attn_dec scratch for this pass: the next best */
+    if (av == P_ATTN_DEC_SCORE) {
+        uint32_t nk = win + (g->ratio == 0 ? 0u : g->ratio == 4 ? topk : (uint32_t)((sg->p0 + sg->n) / g->ratio));
+        /* the last binding: the fork's shared base rows (shaders/attn_dec.comp) */
+        pc_attnd pd = {hd, H, win, sg->t0, (uint32_t)sg->p0, pa.ratio, pa.mode, topk, topk, pa.scale, sg->n,
+                       s->dscore_ld, sc_t0, pa.base_rows};
+        vkview vd[9] = {s->q, s->kv, ring, cache, idx, g->attn_sink, s->o,
+                        vkbuf_view(&s->dscore_buf, 0, s->dscore_buf.size), base};
+        if (part <= 0)
+            vkrt_dispatch(&e->rt, P_ATTN_DEC_SCORE, vd, 9, &pd, sizeof pd, cdiv(nk, 32), cdiv(H, 8), sg->n);
+        if (part < 0 || part == 1) vkrt_dispatch(&e->rt, P_ATTN_DEC_PROB, vd, 9, &pd, sizeof pd, H, sg->n, 1);
+        if (part < 0 || part == 2)
+            vkrt_dispatch(&e->rt, P_ATTN_DEC_VALUE, vd, 9, &pd, sizeof pd, cdiv(hd, 64), cdiv(H, 4), sg->n);
+        return;
+    }
+    if (part > 0) return;
     if (av == P_ATTN_SERIAL) /* barrier-free: what a CPU driver runs fastest */
         vkrt_dispatch(&e->rt, P_ATTN_SERIAL, vs, 8, &pa, sizeof pa, cdiv((uint64_t)sg->n * H, 16), 1, 1);
     else if (av == P_ATTN_TILE || av == P_ATTN_TILE_S)
@@ -908,10 +951,14 @@ static void seg_index_score(dsv4_engine *e, const gblock *g, const fseg *sg, lst
                    cache_base(e, ls, 1)};
     /* the tiled product (same bits) where index_head_dim fits it and a
        segment has tokens to share the key tiles; decode: one token per
-       workgroup, one entry per thread */
-    if (ihd % 4 == 0 && ihd <= 128 && m >= 4 && vkrt_has_pipe(&e->rt, P_INDEX_SCORE_TILE))
+       workgroup, an entry's heads over 4 threads (index_score_dec), else
+       one entry per thread (index_score_tok) */
+    if (ihd % 4 == 0 && ihd <= 128 && m >= 4 && vkrt_has_pipe(&e->rt, P_INDEX_SCORE_TILE)) {
         vkrt_dispatch(&e->rt, P_INDEX_SCORE_TILE, v, 5, &pi, sizeof pi, cdiv(n_max, 32), cdiv(m, 8), 1);
-    else if (ihd == 128 && inh <= 64 && vkrt_has_pipe(&e->rt, P_INDEX_SCORE_TOK))
+    } else if (ihd == 128 && inh <= 64 && vkrt_has_pipe(&e->rt, P_INDEX_SCORE_DEC)) {
+        pc_iscored pd = {inh, ihd, 4, pi.t0, pi.p0, pi.ld_s, n_max, pi.wscale, m, pi.base_rows};
+        vkrt_dispatch(&e->rt, P_INDEX_SCORE_DEC, v, 5, &pd, sizeof pd, cdiv(n_max, 32), m, 1);
+    } else if (ihd == 128 && inh <= 64 && vkrt_has_pipe(&e->rt, P_INDEX_SCORE_TOK))
         vkrt_dispatch(&e->rt, P_INDEX_SCORE_TOK, v, 5, &pi, sizeof pi, cdiv(n_max, 64), m, 1);
     else
         vkrt_dispatch(&e->rt, P_INDEX_SCORE, v, 5, &pi, sizeof pi, cdiv(n_max, 64), m, 1);
@@ -924,7 +971,11 @@ static void seg_topk(dsv4_engine *e, const fseg *sg, uint32_t a, uint32_t m, vkv
     uint32_t topk = (uint32_t)e->m->cfg.index_topk;
     pc_topk pt = {topk, 4, (uint32_t)sg->p0 + a, (uint32_t)e->s.iscore_cap, topk, i_row0};
     vkview v2[2] = {S, IDX};
-    vkrt_dispatch(&e->rt, P_TOPK_RADIX, v2, 2, &pt, sizeof pt, m, 1, 1);
+    /* few rows (decode): topk_dec's 512 threads and parallel scans per row
+       (same output); many: a topk_radix workgroup per row. CPU drivers pay
+       for every barrier: topk_radix unless DSV4_ATTN_DEC=1 (tests). */
+    int dec = m < DEC_TOPK_ROWS && vkrt_has_pipe(&e->rt, P_TOPK_DEC) && (!e->cpu_device || e->attn_dec == 1);
+    vkrt_dispatch(&e->rt, dec ? P_TOPK_DEC : P_TOPK_RADIX, v2, 2, &pt, sizeof pt, m, 1, 1);
 }
 
 /* The state-touching work of one segment, dispatch after dispatch (each
@@ -957,7 +1008,7 @@ static void record_segment(dsv4_engine *e, const gblock *g, int bi, const fseg *
         }
     }
     vkrt_op(&e->rt, "attention");
-    seg_attention(e, g, sg, ls, topk, s->idx);
+    seg_attention(e, g, sg, ls, topk, s->idx, -1, 0);
     ring_write(e, s->kv, ring, e->dummy, hd, hd, hd, 0, win, sg, 0, 1);
 }
 
@@ -1022,15 +1073,19 @@ static void record_segments_phased(dsv4_engine *e, const gblock *g, int bi, cons
             vkrt_defer_barriers(&e->rt, 0);
         }
     }
-    for (int step = 0; step < 2; step++) { /* attention, then the window rings it read */
+    /* attention (attn_dec: its three parts; each segment of few tokens has
+       its own rows of the scratch), then the window rings it read */
+    for (int step = 0; step < 4; step++) {
         vkrt_defer_barriers(&e->rt, 1);
+        uint32_t sc_t0 = 0;
         for (int si = 0; si < nsegs; si++) {
             const fseg *sg = &segs[si];
             lstate *ls = &sg->seq->ls[bi];
             vkrt_op(&e->rt, "attention");
-            if (step == 0) {
+            if (step < 3) {
                 vkview I = topk ? subview(s->idx, sg->t0 * irow, sg->n * irow) : s->idx;
-                seg_attention(e, g, sg, ls, topk, I);
+                seg_attention(e, g, sg, ls, topk, I, step, sc_t0);
+                if (attn_variant(e, g, sg) == P_ATTN_DEC_SCORE) sc_t0 += sg->n;
             } else {
                 ring_write(e, s->kv, vkbuf_view(&ls->buf, ls->ring_off, (VkDeviceSize)win * hd * 4), e->dummy, hd, hd,
                            hd, 0, win, sg, 0, 1);
@@ -1271,6 +1326,41 @@ int fwd_run(dsv4_engine *e, const fpass *fp, char *err, size_t errlen)
                 }
             }
             if (need <= s->ascore_buf.size) s->ascore_ld = (uint32_t)ld;
+        }
+    }
+    /* attn_dec's records: 2 x ld words per (token, head) of the segments
+       that run it (few tokens on a GPU), ld past the longest key list; a
+       pass that would need more than ASCORE_MAX_BYTES runs attn_direct */
+    {
+        uint64_t ld = 0, rows = 0, H = (uint64_t)c->num_attention_heads;
+        for (int i = 0; i < fp->nsegs; i++) {
+            int dec = 0;
+            for (int b = fp->b0; b < fp->b1; b++) {
+                const gblock *g = &e->blk[b];
+                if (attn_variant(e, g, &fp->segs[i]) != P_ATTN_DEC_SCORE) continue;
+                uint64_t p1 = (uint64_t)(fp->segs[i].p0 + fp->segs[i].n);
+                uint64_t nk = (uint64_t)c->sliding_window +
+                              (g->ratio == 4 ? (uint64_t)c->index_topk : g->ratio ? p1 / (uint64_t)g->ratio : 0);
+                if (nk + 1 > ld) ld = nk + 1;
+                dec = 1;
+            }
+            if (dec) rows += (uint64_t)fp->segs[i].n;
+        }
+        ld = (ld + 255) / 256 * 256; /* HCA lists grow by a key per 128 tokens: reallocate seldom */
+        uint64_t need = rows * H * 2 * ld * 4, limit = ASCORE_MAX_BYTES;
+        if (limit > e->rt.max_range) limit = e->rt.max_range;
+        s->dscore_ld = 0;
+        if (rows && need <= limit) {
+            if (need > s->dscore_buf.size) {
+                uint64_t want = need * 2 < limit ? need * 2 : limit;
+                vkDeviceWaitIdle(e->rt.dev);
+                vkbuf_free(&e->rt, &s->dscore_buf);
+                if (vkbuf_create(&e->rt, want, 1, &s->dscore_buf, err, errlen)) {
+                    memset(&s->dscore_buf, 0, sizeof s->dscore_buf); /* no room: attn_direct */
+                    err[0] = 0;
+                }
+            }
+            if (need <= s->dscore_buf.size) s->dscore_ld = (uint32_t)ld;
         }
     }
     VkDeviceSize xbytes = (VkDeviceSize)T * hc * D * 4;

@@ -74,6 +74,8 @@ typedef struct fscratch {
     uint32_t route_tiles_max, rowmap_off, slotpos_off, wsort_off, ebegin_off;
     vkbuf ascore_buf;           /* attn_tile's pass-1 scores [token][head][ascore_ld], grows */
     uint32_t ascore_ld;         /* keys per row for this pass; 0: not kept (scores computed twice) */
+    vkbuf dscore_buf;           /* attn_dec's scores and probabilities [token][head][2][dscore_ld], grows */
+    uint32_t dscore_ld;         /* words per half record for this pass; 0: attn_direct instead */
 } fscratch;
 
 struct dsv4_engine {
@@ -104,7 +106,10 @@ struct dsv4_engine {
                                     on how tokens are split into passes; slower on GPUs */
     int fork_copy;               /* $DSV4_FORK_COPY=1: forks copy the whole state (the old way, for comparison) */
     int attn_tile_forced;        /* $DSV4_ATTN_TILE=1 (tests): attn_tile wherever it fits, on CPU drivers too */
-    uint32_t attn_direct_n;      /* $DSV4_ATTN_DIRECT_N, else 64: GPU segments of fewer tokens use attn_direct */
+    uint32_t attn_direct_n;      /* $DSV4_ATTN_DIRECT_N, else 64: GPU segments of fewer tokens use attn_dec
+                                    (or attn_direct) */
+    int attn_dec;                /* $DSV4_ATTN_DEC: 0 attn_direct for those segments instead of attn_dec;
+                                    1 (tests) attn_dec for them on CPU drivers too; unset: GPUs only */
     int head_rows;               /* rows per head pass (vocab slice fits a binding) */
     fscratch s;
     char name[256];

@@ -92,6 +92,11 @@ static const struct {
     [P_TOPK_RADIX] = {"topk_radix", 2},
     [P_ATTN_DIRECT] = {"attn_direct", 9},
     [P_INDEX_SCORE_TOK] = {"index_score_tok", 5, 0, 32768},
+    [P_ATTN_DEC_SCORE] = {"attn_dec_score", 9, 0, 16384},
+    [P_ATTN_DEC_PROB] = {"attn_dec_prob", 9},
+    [P_ATTN_DEC_VALUE] = {"attn_dec_value", 9, 0, 18688},
+    [P_INDEX_SCORE_DEC] = {"index_score_dec", 5, 0, 32768},
+    [P_TOPK_DEC] = {"topk_dec", 2, 0, 12296},
 };
 
 int vkrt_pipe_bindings(vk_pipe_id p) { return pipe_info[p].nbind; }
@@ -313,7 +318,7 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
             return DSV4_EINVAL;
         }
         if ((uint32_t)pipe_info[i].shmem > rt->props.limits.maxComputeSharedMemorySize) continue;
-        VkDescriptorSetLayoutBinding b[16];
+        VkDescriptorSetLayoutBinding b[VK_MAX_BINDINGS];
         for (int j = 0; j < pipe_info[i].nbind; j++)
             b[j] = (VkDescriptorSetLayoutBinding){.binding = (uint32_t)j,
                                                   .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
@@ -566,8 +571,8 @@ void vkrt_dispatch(vkrt *rt, vk_pipe_id p, const vkview *views, int nviews, cons
                    size_t push_size, uint32_t gx, uint32_t gy, uint32_t gz)
 {
     if (gx == 0 || gy == 0 || gz == 0) return;
-    VkDescriptorBufferInfo bi[16];
-    VkWriteDescriptorSet w[16];
+    VkDescriptorBufferInfo bi[VK_MAX_BINDINGS];
+    VkWriteDescriptorSet w[VK_MAX_BINDINGS];
     for (int i = 0; i < nviews; i++) {
         bi[i] = (VkDescriptorBufferInfo){views[i].buf, views[i].off, views[i].size};
         w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, .dstBinding = (uint32_t)i,

@@ -44,6 +44,11 @@ typedef enum {
     P_TOPK_RADIX,       /* topk by 8-bit radix select (4 passes instead of 32) */
     P_ATTN_DIRECT,      /* attn_tile without key staging, one head per workgroup: few tokens */
     P_INDEX_SCORE_TOK,  /* index_score, one token per workgroup, key rows in registers: decode */
+    P_ATTN_DEC_SCORE,   /* attn for few tokens in three dispatches (shaders/attn_dec.comp): scores, */
+    P_ATTN_DEC_PROB,    /* probabilities, */
+    P_ATTN_DEC_VALUE,   /* value sums */
+    P_INDEX_SCORE_DEC,  /* index_score_tok with an entry's heads over 4 threads: decode */
+    P_TOPK_DEC,         /* topk_radix in 3 passes with parallel scans, 512 threads: decode */
     P_COUNT
 } vk_pipe_id;
 
@@ -59,6 +64,8 @@ typedef struct vkview {
     VkDeviceSize off, size;
 } vkview;
 
+/* storage-buffer bindings of one pipe at most (push descriptors: 32 or more on every driver) */
+#define VK_MAX_BINDINGS 12
 #define VK_MAX_PROF_OPS 64
 #define VK_MAX_QUERIES 32768 /* timestamps per pass: 16384 dispatches (a B = 64 decode of V4-Flash needs ~7000 per 12 layers) */
 

@@ -225,10 +225,13 @@ static void split_bindings_give_same_logits(void)
     free(b);
 }
 
-/* attn_tile (forced on this CPU driver, where attn_serial is picked while
- * it fits) and the phase-by-phase recording of a batched decode give the
- * same bits as attn_serial one sequence at a time. */
-static void attn_tile_batched_gives_same_logits(void)
+/* An attention variant forced on this CPU driver (switch env = 1), where
+ * attn_serial is picked while it fits, and the phase-by-phase recording of
+ * a batched decode give the same bits as attn_serial one sequence at a
+ * time: attn_tile (DSV4_ATTN_TILE) for every segment, attn_dec
+ * (DSV4_ATTN_DEC) for the segments of fewer than 64 tokens (the prefills
+ * of 9 and 40 tokens, the decodes). */
+static void forced_variant_gives_same_logits(const char *env)
 {
     int rc = open_engine();
     if (rc == DSV4_EDEVICE) SKIP("no Vulkan device");
@@ -237,9 +240,9 @@ static void attn_tile_batched_gives_same_logits(void)
     char err[512];
     /* the switch is read when an engine opens: a second engine with it set */
     dsv4_engine *tile = NULL;
-    setenv("DSV4_ATTN_TILE", "1", 1);
+    setenv(env, "1", 1);
     rc = dsv4_engine_open(GOLDEN, NULL, &tile, err, sizeof err);
-    unsetenv("DSV4_ATTN_TILE");
+    unsetenv(env);
     CHECKF(rc == 0, "%s", err);
     if (rc) return;
     enum { NS = 3 };
@@ -254,7 +257,7 @@ static void attn_tile_batched_gives_same_logits(void)
         if (!rc) rc = dsv4_seq_prefill(a[i], t[i], len[i], la, len[i], err, sizeof err);
         if (!rc) rc = dsv4_seq_create(tile, &b[i], err, sizeof err);
         if (!rc) rc = dsv4_seq_prefill(b[i], t[i], len[i], lb, len[i], err, sizeof err);
-        if (!rc) CHECKF(max_abs_diff(la, lb, (size_t)len[i] * V) == 0, "prefill %d: attn_tile differs by %g", i,
+        if (!rc) CHECKF(max_abs_diff(la, lb, (size_t)len[i] * V) == 0, "prefill %d: %s differs by %g", i, env,
                         max_abs_diff(la, lb, (size_t)len[i] * V));
     }
     CHECKF(rc == 0, "%s", err);
@@ -264,7 +267,7 @@ static void attn_tile_batched_gives_same_logits(void)
         for (int i = 0; i < NS && !rc; i++) {
             rc = dsv4_decode(&a[i], 1, &next[i], la, err, sizeof err);
             double d = max_abs_diff(lt + (size_t)i * V, la, V);
-            CHECKF(d == 0, "step %d sequence %d: batched attn_tile differs by %g", step, i, d);
+            CHECKF(d == 0, "step %d sequence %d: batched decode with %s differs by %g", step, i, env, d);
             next[i] = t[i][len[i] + step + 1];
         }
     }
@@ -278,12 +281,16 @@ static void attn_tile_batched_gives_same_logits(void)
     free(lt);
 }
 
+static void attn_tile_batched_gives_same_logits(void) { forced_variant_gives_same_logits("DSV4_ATTN_TILE"); }
+static void attn_dec_batched_gives_same_logits(void) { forced_variant_gives_same_logits("DSV4_ATTN_DEC"); }
+
 int main(void)
 {
     RUN(fork_decodes_like_source);
     RUN(export_import_round_trip);
     RUN(batched_decode_equals_one_by_one);
     RUN(attn_tile_batched_gives_same_logits);
+    RUN(attn_dec_batched_gives_same_logits);
     RUN(split_bindings_give_same_logits);
     dsv4_engine_close(eng);
     CHECK_EXIT();

@@ -76,7 +76,7 @@ static double nmse(const float *g, const float *r, size_t n)
 static void run1(vk_pipe_id p, vkbuf **bufs, int n, const void *push, size_t ps, uint32_t gx, uint32_t gy)
 {
     char err[256];
-    vkview v[16];
+    vkview v[VK_MAX_BINDINGS];
     for (int i = 0; i < n; i++) v[i] = vkbuf_view(bufs[i], 0, bufs[i]->size);
     vkrt_begin(&rt, err, sizeof err);
     vkrt_dispatch(&rt, p, v, n, push, ps, gx, gy, 1);
@@ -539,6 +539,24 @@ static void topk_ties_and_visibility(void)
     free(s2);
 }
 
+/* ---- attn_dec: the decode attention's three dispatches ---- */
+typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc, sc_t0, base_rows; } pc_attnd;
+
+/* attn_dec's scores, probabilities and value sums in one command buffer (the
+ * runtime puts the barriers between them); b: the 9 bindings of
+ * shaders/attn_dec.comp, nk: the longest key list of the n tokens. */
+static void run_attn_dec(vkbuf **b, const pc_attnd *pc, uint32_t nk)
+{
+    char err[256];
+    vkview v[9];
+    for (int i = 0; i < 9; i++) v[i] = vkbuf_view(b[i], 0, b[i]->size);
+    vkrt_begin(&rt, err, sizeof err);
+    vkrt_dispatch(&rt, P_ATTN_DEC_SCORE, v, 9, pc, sizeof *pc, (nk + 31) / 32, (pc->H + 7) / 8, pc->n_tok);
+    vkrt_dispatch(&rt, P_ATTN_DEC_PROB, v, 9, pc, sizeof *pc, pc->H, pc->n_tok, 1);
+    vkrt_dispatch(&rt, P_ATTN_DEC_VALUE, v, 9, pc, sizeof *pc, (pc->D + 63) / 64, (pc->H + 3) / 4, pc->n_tok);
+    vkrt_submit_wait(&rt, err, sizeof err);
+}
+
 /* ---- attn_tile: many heads, CSA lists with -1, HCA, a partly filled window ---- */
 /* One attention case: tokens p0..p0+n-1 of a sequence, mode 1 (HCA: all
  * (pos+1)/ratio entries) or 2 (CSA: a top-k list per token with -1 holes).
@@ -631,6 +649,36 @@ static void attn_case(vk_pipe_id tile, int H, int D, int win, int n, int p0, int
             CHECKF(diff == 0, "attn_tile differs from %s%s in %zu of %zu values", names[w],
                    split ? " (cache split at a fork's base rows)" : "", diff, qn);
     }
+    /* attn_dec (head_dim a multiple of 16): the same bits as attn_tile, with
+       the compressed rows in one buffer, and split at base_rows into a
+       shared base and the sequence's own rows (tokens at scratch row 1 on:
+       sc_t0) */
+    for (int split = 0; split < 2 && D % 16 == 0; split++) {
+        char err[256];
+        uint32_t nk = (uint32_t)(win + (mode == 1 ? (p0 + n) / ratio : topk)), ld = nk + 1 + 2 * (uint32_t)split;
+        int nbase = split ? ne / 2 + 1 : 0;
+        size_t scn = (size_t)(n + split) * H * 2 * ld;
+        vkbuf bdsc = mkbuf(NULL, scn * 4), bdb = split ? mkbuf(cmp, (size_t)nbase * D * 4) : mkbuf(NULL, 16),
+              bdown = split ? mkbuf(cmp + (size_t)nbase * D, (size_t)(ne - nbase) * D * 4) : bc;
+        vkbuf *bv[9] = {&bq, &bk, &br, &bdown, &bi, &bs, &bo, &bdsc, &bdb};
+        pc_attnd pd = {(uint32_t)D, (uint32_t)H, (uint32_t)win, 0, (uint32_t)p0, (uint32_t)ratio, (uint32_t)mode,
+                       (uint32_t)topk, (uint32_t)ld_i, scale, (uint32_t)n, ld, (uint32_t)split, (uint32_t)nbase};
+        memset(g2, 0xff, qn * 4);
+        CHECK(vkrt_upload(&rt, vkbuf_view(&bo, 0, qn * 4), g2, qn * 4, err, sizeof err) == 0);
+        run_attn_dec(bv, &pd, nk);
+        CHECK(readbuf(&bo, g2, qn * 4) == 0);
+        float *sc = malloc(scn * 4);
+        CHECK(readbuf(&bdsc, sc, scn * 4) == 0); /* nothing past the scratch rows */
+        free(sc);
+        size_t diff = 0;
+        for (size_t i = 0; i < qn; i++) diff += memcmp(&g[i], &g2[i], 4) != 0;
+        printf("  attn_dec%s: %zu of %zu values differ from attn_tile, nmse %.3g\n",
+               split ? " (base rows split)" : "", diff, qn, nmse(g2, r, qn));
+        CHECKF(diff == 0, "attn_dec%s differs from attn_tile in %zu of %zu values", split ? " (split)" : "", diff, qn);
+        vkbuf_free(&rt, &bdsc);
+        vkbuf_free(&rt, &bdb);
+        if (split) vkbuf_free(&rt, &bdown);
+    }
     b[3] = &bc;
     b[8] = &bd;
     for (int i = 0; i < 9; i++) vkbuf_free(&rt, b[i]);
@@ -713,6 +761,32 @@ static void indexer_scores_tiled(void)
     } else {
         printf("  index_score_tok: not on this device (shared memory)\n");
     }
+    /* index_score_dec (decode), with the keys in one buffer and split at
+       base_rows into a shared base and the sequence's own rows */
+    for (int split = 0; split < 2; split++) {
+        typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint32_t n_tok, base_rows; } pc_iscored;
+        int nbase = split ? n_max / 3 : 0;
+        vkbuf bb = split ? mkbuf(k, (size_t)nbase * hd * 4) : mkbuf(NULL, 16),
+              bown = split ? mkbuf(k + (size_t)nbase * hd, (size_t)(n_max - nbase) * hd * 4) : bk;
+        vkbuf *bd[5] = {&bq, &bw, &bown, &bo, &bb};
+        pc_iscored pd = {(uint32_t)nh, (uint32_t)hd, 4, (uint32_t)t0, (uint32_t)p0, (uint32_t)ld, (uint32_t)n_max, ws,
+                         (uint32_t)m, (uint32_t)nbase};
+        memset(g3, 0xff, (size_t)m * ld * 4);
+        CHECK(vkrt_upload(&rt, vkbuf_view(&bo, 0, (size_t)m * ld * 4), g3, (size_t)m * ld * 4, verr, sizeof verr) == 0);
+        run1(P_INDEX_SCORE_DEC, bd, 5, &pd, sizeof pd, (uint32_t)(n_max + 31) / 32, (uint32_t)m);
+        CHECK(readbuf(&bo, g3, (size_t)m * ld * 4) == 0);
+        size_t d3 = 0;
+        for (int a = 0; a < m; a++)
+            for (int i = 0; i < ld; i++) {
+                uint32_t u;
+                memcpy(&u, &g3[a * ld + i], 4);
+                d3 += i < n_max ? memcmp(&g[a * ld + i], &g3[a * ld + i], 4) != 0 : u != 0xffffffffu;
+            }
+        printf("  index_score_dec%s: %zu values differ from index_score_tile\n", split ? " (base rows split)" : "", d3);
+        CHECKF(d3 == 0, "index_score_dec%s differs from index_score_tile in %zu values", split ? " (split)" : "", d3);
+        vkbuf_free(&rt, &bb);
+        if (split) vkbuf_free(&rt, &bown);
+    }
     memset(g3, 0, (size_t)m * ld * 4); /* as before index_score_tile */
     CHECK(vkrt_upload(&rt, vkbuf_view(&bo, 0, (size_t)m * ld * 4), g3, (size_t)m * ld * 4, verr, sizeof verr) == 0);
     free(g3);
@@ -777,6 +851,29 @@ static void topk_radix_ties_large(void)
     run1(P_TOPK, b, 2, &pc, sizeof pc, (uint32_t)T, 1);
     CHECK(readbuf(&bi, ib, (size_t)T * K * 4) == 0);
     CHECKF(memcmp(ir, ib, (size_t)T * K * 4) == 0, "topk_radix differs from topk");
+    /* topk_dec (decode): the same rows bit for bit, also where rows see
+       fewer entries than K (-1 after them) or none */
+    static const int p0s[3] = {4 * 5900 - 2, 4 * 300 - 2, 0};
+    for (int v = 0; v < 3; v++) {
+        char err[256];
+        pc_topk pv = pc;
+        pv.p0 = (uint32_t)p0s[v];
+        memset(ib, 0x5a, (size_t)T * K * 4);
+        CHECK(vkrt_upload(&rt, vkbuf_view(&bi, 0, (size_t)T * K * 4), ib, (size_t)T * K * 4, err, sizeof err) == 0);
+        run1(P_TOPK_RADIX, b, 2, &pv, sizeof pv, (uint32_t)T, 1);
+        int32_t *iv = malloc((size_t)T * K * 4);
+        CHECK(readbuf(&bi, iv, (size_t)T * K * 4) == 0);
+        CHECK(vkrt_upload(&rt, vkbuf_view(&bi, 0, (size_t)T * K * 4), ib, (size_t)T * K * 4, err, sizeof err) == 0);
+        run1(P_TOPK_DEC, b, 2, &pv, sizeof pv, (uint32_t)T, 1);
+        CHECK(readbuf(&bi, ib, (size_t)T * K * 4) == 0);
+        size_t diff = 0;
+        for (int i = 0; i < T * K; i++) diff += iv[i] != ib[i];
+        printf("  topk_dec, rows of %d..%d entries: %zu of %d indices differ from topk_radix\n", (p0s[v] + 1) / 4,
+               (p0s[v] + T) / 4, diff, T * K);
+        CHECKF(diff == 0, "topk_dec differs from topk_radix in %zu of %d indices (p0 %d)", diff, T * K, p0s[v]);
+        free(iv);
+    }
+    memcpy(ib, ir, (size_t)T * K * 4);
     char *want = malloc((size_t)ld);
     for (int t = 0; t < T; t++) {
         int n = (p0 + t + 1) / 4;

@@ -1,0 +1,226 @@
+/* attn_dec: the sparse attention of attn_tile.comp for segments of few
+ * tokens (decode), in three dispatches that spread one token over many
+ * workgroups. attn_direct ran one workgroup per head: 64 workgroups for a
+ * decode token, each thread walking a chain of ~10 keys x head_dim
+ * multiply-adds, twice (~178 us per layer at 8K on an H200). Here:
+ *
+ *   PHASE 1 (score): one thread per (key, 2 heads); a workgroup is 32 keys x
+ *     8 heads (the 4 warps read the same 32 key rows: L1 hits; 128 bytes of
+ *     a row loaded at a time), the 8 heads' queries staged as f32 in shared
+ *     memory and read as broadcasts. Each
+ *     score q_h . k_j is one chain over dims 0..D-1 in order (as attn_tile).
+ *     Writes the raw dot products to the scratch.
+ *   PHASE 2 (prob): one workgroup per (token, head): the maximum of the
+ *     scaled scores (order-free), then exp(s - max) in place of the score and
+ *     its bf16 rounding next to it, the maximum in the record's last word.
+ *   PHASE 3 (value): one thread per (2 output columns, head); a workgroup is
+ *     64 columns x 4 heads, and stages the 64-column slice of 64 key rows at
+ *     a time in shared memory (all of a tile's loads in flight together).
+ *     Each column's sum and the denominator are chains over the keys in list
+ *     order, exactly as attn_tile (masked keys add 0 x 0: the same bits as
+ *     skipping them).
+ *
+ * So every value is computed by the same operations in the same order as
+ * attn_tile / attn_direct / attn / attn_serial (the same bits; the tests
+ * check it), only with (key, head) and (column, head) pairs spread over
+ * threads instead of keys strided over one workgroup's threads.
+ *
+ * Scratch (binding 7): one record of 2 x ld_sc floats per (token, head),
+ * token = sc_t0 + token of the segment (the engine gives each segment of a
+ * pass its own rows): words [0, nk) the scores, then exp(s - max);
+ * [ld_sc, ld_sc + nk) their bf16 roundings; word ld_sc - 1 the maximum
+ * (ld_sc > nk). Compressed rows follow the shared convention: rows
+ * r < base_rows in the base buffer (the last binding), the rest in CMP at
+ * r - base_rows (row4). head_dim must be a multiple of 16 and
+ * at most DMAX (engine/forward.c attn_variant checks). Loop trips per
+ * invocation: phase 1 D/16 per key and head pair, phase 3 about nk, far
+ * below llvmpipe's 65535 at the tests' sizes. */
+#version 450
+#include "common.glsl"
+#ifndef DMAX
+#define DMAX 512
+#endif
+#define NOKEY 0xffffffffu
+#if PHASE == 1
+#define NT 128u
+#define KB 32u  /* keys per workgroup */
+#define HW 8u   /* heads per workgroup, 2 per thread */
+#elif PHASE == 2
+#define NT 64u
+#else
+#define NT 128u
+#define CL 32u  /* column lanes (2 columns each) per head */
+#define HV 4u   /* heads per workgroup */
+#define KTV 64u /* keys staged per tile */
+#endif
+layout(local_size_x = NT) in;
+layout(std430, binding = 0) readonly buffer BQ { vec4 Q[]; };
+layout(std430, binding = 1) readonly buffer BK { vec4 KV[]; };
+layout(std430, binding = 2) readonly buffer BR { vec4 RING[]; };
+layout(std430, binding = 3) readonly buffer BC { vec4 CMP[]; };
+layout(std430, binding = 8) readonly buffer BB { vec4 BASE[]; };
+layout(std430, binding = 4) readonly buffer BI { int IDX[]; };
+layout(std430, binding = 5) readonly buffer BSK { float SINK[]; };
+layout(std430, binding = 6) writeonly buffer BO { float O[]; };
+layout(std430, binding = 7) buffer BSC { float SC[]; };
+layout(push_constant) uniform P {
+    uint D, H, win, t0, p0, ratio, mode, topk, ld_i;
+    float scale;
+    uint n_tok, ld_sc, sc_t0, base_rows;
+} p;
+
+/* key j of this token: source (0 chunk, 1 ring, 2 compressed) and row, as attn_tile.comp */
+uint key_of(uint j, uint pos, uint nw, uint tl)
+{
+    if (j < p.win) {
+        if (j >= nw) return NOKEY; /* window slots not yet filled */
+        uint kp = pos + 1u - nw + j;
+        if (kp >= p.p0) return (0u << 30) | (p.t0 + kp - p.p0);
+        return (1u << 30) | (kp % p.win);
+    }
+    j -= p.win;
+    if (p.mode == 1u) return (2u << 30) | j;
+    int e = IDX[tl * p.ld_i + j];
+    return e < 0 ? NOKEY : ((2u << 30) | uint(e));
+}
+
+/* the key count of token tl and its record base in the scratch for head h */
+uint n_keys(uint pos)
+{
+    uint nc = p.mode == 0u ? 0u : (p.mode == 1u ? (pos + 1u) / p.ratio : p.topk);
+    return p.win + nc;
+}
+
+uint rec_of(uint tl, uint h) { return ((p.sc_t0 + tl) * p.H + h) * 2u * p.ld_sc; }
+
+/* float4 c4 of key `key` (a row id of key_of, not NOKEY) */
+vec4 row4(uint key, uint c4, uint D4)
+{
+    uint kind = key >> 30, r = key & 0x3fffffffu;
+    if (kind == 0u) return KV[r * D4 + c4];
+    if (kind == 1u) return RING[r * D4 + c4];
+    if (r < p.base_rows) return BASE[r * D4 + c4];
+    return CMP[(r - p.base_rows) * D4 + c4];
+}
+
+#if PHASE == 1
+shared vec4 Qs[HW * (DMAX / 4)];
+
+void main()
+{
+    uint t = gl_LocalInvocationID.x, tl = gl_WorkGroupID.z, h0 = gl_WorkGroupID.y * HW;
+    uint tok = p.t0 + tl, pos = p.p0 + tl, D4 = p.D / 4u;
+    for (uint x = t; x < HW * D4; x += NT) {
+        uint hh = x / D4, c4 = x - hh * D4;
+        Qs[hh * (DMAX / 4) + c4] = h0 + hh < p.H ? Q[(tok * p.H + h0 + hh) * D4 + c4] : vec4(0.0);
+    }
+    barrier();
+    uint nw = min(p.win, pos + 1u), nk = n_keys(pos);
+    uint j = gl_WorkGroupID.x * KB + t % KB, ha = 2u * (t / KB), hb = ha + 1u;
+    if (j >= nk) return;
+    uint key = key_of(j, pos, nw, tl);
+    float da = 0.0, db = 0.0;
+    if (key != NOKEY) {
+        /* q . k over dims 0..D-1 in order; a 128-byte piece of the row (8
+           float4s) loaded ahead, so the loads are in flight together */
+        for (uint c0 = 0u; c0 < D4; c0 += 8u) {
+            vec4 k[8];
+            uint nc = min(8u, D4 - c0); /* D4 is a multiple of 4 */
+            for (uint u = 0u; u < 8u; u++) k[u] = u < nc ? row4(key, c0 + u, D4) : vec4(0.0);
+            for (uint u = 0u; u < nc; u++) {
+                vec4 qa = Qs[ha * (DMAX / 4) + c0 + u], qb = Qs[hb * (DMAX / 4) + c0 + u];
+                da += qa.x * k[u].x; da += qa.y * k[u].y; da += qa.z * k[u].z; da += qa.w * k[u].w;
+                db += qb.x * k[u].x; db += qb.y * k[u].y; db += qb.z * k[u].z; db += qb.w * k[u].w;
+            }
+        }
+    }
+    if (h0 + ha < p.H) SC[rec_of(tl, h0 + ha) + j] = da;
+    if (h0 + hb < p.H) SC[rec_of(tl, h0 + hb) + j] = db;
+}
+
+#elif PHASE == 2
+shared float red[NT];
+
+void main()
+{
+    uint t = gl_LocalInvocationID.x, h = gl_WorkGroupID.x, tl = gl_WorkGroupID.y;
+    uint pos = p.p0 + tl, nw = min(p.win, pos + 1u), nk = n_keys(pos), rb = rec_of(tl, h);
+    float mloc = -1.0 / 0.0;
+    for (uint j = t; j < nk; j += NT)
+        if (key_of(j, pos, nw, tl) != NOKEY) mloc = max(mloc, SC[rb + j] * p.scale);
+    red[t] = mloc;
+    barrier();
+    for (uint k = NT / 2u; k > 0u; k >>= 1) {
+        if (t < k) red[t] = max(red[t], red[t + k]);
+        barrier();
+    }
+    float m = red[0];
+    /* each thread rewrites only the scores it read */
+    for (uint j = t; j < nk; j += NT) {
+        float e = key_of(j, pos, nw, tl) != NOKEY ? exp_acc(SC[rb + j] * p.scale - m) : 0.0;
+        SC[rb + j] = e;
+        SC[rb + p.ld_sc + j] = bf16r(e);
+    }
+    if (t == 0u) SC[rb + p.ld_sc - 1u] = m;
+}
+
+#else
+shared uint srcs[KTV];
+shared vec2 Ks[KTV * CL]; /* the tile's keys, the workgroup's 2 CL columns */
+shared float Es[HV * KTV];
+shared float Ps[HV * KTV];
+
+#define SPT (KTV * CL / 2u / NT) /* float4s staged per thread and tile */
+void main()
+{
+    uint t = gl_LocalInvocationID.x, tl = gl_WorkGroupID.z, hr = t / CL, lane = t % CL;
+    uint c2 = gl_WorkGroupID.x * CL + lane, h = gl_WorkGroupID.y * HV + hr;
+    uint tok = p.t0 + tl, pos = p.p0 + tl, D4 = p.D / 4u, c40 = gl_WorkGroupID.x * (CL / 2u);
+    uint nw = min(p.win, pos + 1u), nk = n_keys(pos);
+    vec2 acc = vec2(0.0);
+    float l = 0.0;
+    for (uint b0 = 0u; b0 < nk; b0 += KTV) {
+        barrier(); /* the previous tile is no longer read */
+        if (t < KTV) srcs[t] = b0 + t < nk ? key_of(b0 + t, pos, nw, tl) : NOKEY;
+        barrier();
+        /* the tile's rows (zeros for masked keys and past the list, whose
+           probabilities are 0: adding 0 x 0 leaves every sum as skipping the
+           key does, since no sum is ever -0), all loads issued before the
+           first store */
+        vec4 v[SPT];
+        for (uint u = 0u; u < SPT; u++) {
+            uint x = t + u * NT, j = x / (CL / 2u), q4 = x % (CL / 2u);
+            uint key = srcs[j];
+            v[u] = key != NOKEY && c40 + q4 < D4 ? row4(key, c40 + q4, D4) : vec4(0.0);
+        }
+        for (uint u = 0u; u < SPT; u++) {
+            uint x = t + u * NT, j = x / (CL / 2u), q4 = x % (CL / 2u);
+            Ks[j * CL + 2u * q4] = v[u].xy;
+            Ks[j * CL + 2u * q4 + 1u] = v[u].zw;
+        }
+        for (uint x = t; x < HV * KTV; x += NT) {
+            uint hh = x / KTV, j = x - hh * KTV, hg = gl_WorkGroupID.y * HV + hh;
+            float e = 0.0, pb = 0.0;
+            if (hg < p.H && b0 + j < nk) {
+                uint rb = rec_of(tl, hg);
+                e = SC[rb + b0 + j]; /* 0 for masked keys (phase 2) */
+                pb = SC[rb + p.ld_sc + b0 + j];
+            }
+            Es[x] = e;
+            Ps[x] = pb;
+        }
+        barrier();
+        for (uint j = 0u; j < KTV; j++) {
+            vec2 k = Ks[j * CL + lane];
+            l += Es[hr * KTV + j];
+            acc += Ps[hr * KTV + j] * k;
+        }
+    }
+    if (h >= p.H || c2 >= p.D / 2u) return;
+    float m = SC[rec_of(tl, h) + p.ld_sc - 1u];
+    float den = l + exp_acc(SINK[h] - m);
+    uint ob = (tok * p.H + h) * p.D + 2u * c2;
+    O[ob] = bf16r(div_acc(acc.x, den));
+    O[ob + 1u] = bf16r(div_acc(acc.y, den));
+}
+#endif
