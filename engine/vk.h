@@ -44,6 +44,8 @@ typedef enum {
     P_TOPK_RADIX,       /* topk by 8-bit radix select (4 passes instead of 32) */
     P_ATTN_DIRECT,      /* attn_tile without key staging, one head per workgroup: few tokens */
     P_INDEX_SCORE_TOK,  /* index_score, one token per workgroup, key rows in registers: decode */
+    P_INDEX_TOPK,       /* indexer scores + per-range candidate lists, no score matrix (prefill) */
+    P_INDEX_TOPK_MERGE, /* index_topk's lists of a token -> its top-k row (topk_radix's output) */
     P_COUNT
 } vk_pipe_id;
 
