@@ -57,6 +57,11 @@ typedef struct fscratch {
     uint32_t route_tiles_max, rowmap_off, slotpos_off, wsort_off, ebegin_off;
     vkbuf ascore_buf;           /* attn_tile's pass-1 scores [token][head][ascore_ld], grows */
     uint32_t ascore_ld;         /* keys per row for this pass; 0: not kept (scores computed twice) */
+    /* the fused indexer's (index_topk) candidate lists: for each token of a
+       pass icand_ld ranges of icand_cap (key, index) pairs, and their
+       counts; fixed size (no score matrix); icand_ld 0: not allocated */
+    vkview icand, icnt;
+    uint32_t icand_cap, icand_ld;
 } fscratch;
 
 struct dsv4_engine {
@@ -87,6 +92,9 @@ struct dsv4_engine {
                                     on how tokens are split into passes; slower on GPUs */
     int attn_tile_forced;        /* $DSV4_ATTN_TILE=1 (tests): attn_tile wherever it fits, on CPU drivers too */
     uint32_t attn_direct_n;      /* $DSV4_ATTN_DIRECT_N, else 64: GPU segments of fewer tokens use attn_direct */
+    int index_unfused;           /* $DSV4_INDEX_UNFUSED=1 (tests, comparison): prefill segments score into
+                                    the score matrix and run topk_radix, as decode does */
+    uint32_t index_split;        /* $DSV4_INDEX_SPLIT (tests): entries per range of index_topk, else planned */
     int head_rows;               /* rows per head pass (vocab slice fits a binding) */
     fscratch s;
     char name[256];

@@ -14,7 +14,7 @@
  * index_score_tile does, kept as order-preserving keys in shared memory, and
  * each token's entries that can still be among its best are appended, in
  * index order, to the token's candidate list for this range ([cap] (key,
- * index) pairs in scratch). When a list could overflow it is cut to its
+ * index) pairs in scratch, row (row0 + token) x ld_split + range). When a list could overflow it is cut to its
  * topk best (radix select on the keys in shared memory, then an in-place
  * stable compaction) and from then on only keys above the k-th largest are
  * appended: a later entry with an equal key has a higher index and ranks
@@ -48,7 +48,7 @@ layout(local_size_x = 256) in;
 layout(std430, binding = 0) readonly buffer BC { uint C[]; };
 layout(std430, binding = 1) readonly buffer BN { uint CN[]; };
 layout(std430, binding = 2) writeonly buffer BI { int IDX[]; };
-layout(push_constant) uniform P { uint topk, ratio, p0, ld_i, i_row0, cap, n_split, row0; } p;
+layout(push_constant) uniform P { uint topk, ratio, p0, ld_i, i_row0, cap, n_split, row0, ld_split; } p;
 #else
 #define NT 64u
 #define TT 8u
@@ -60,7 +60,8 @@ layout(std430, binding = 3) coherent buffer BC { uint C[]; };
 layout(std430, binding = 4) writeonly buffer BN { uint CN[]; };
 layout(std430, binding = 5) readonly buffer BB { float KB[]; };
 layout(push_constant) uniform P {
-    uint nh, hd, ratio, t0, p0, n_max; float wscale; uint n_tok, topk, cap, split_len, n_split, row0, base_rows;
+    uint nh, hd, ratio, t0, p0, n_max; float wscale; uint n_tok, topk, cap, split_len, n_split, row0, ld_split,
+        base_rows;
 } p;
 #endif
 
@@ -115,7 +116,7 @@ void main()
     uint tl = gl_WorkGroupID.x, t = gl_LocalInvocationID.x;
     uint n = (p.p0 + tl + 1u) / p.ratio;
     uint k = min(p.topk, n);
-    uint ib = (p.i_row0 + tl) * p.ld_i, row = (p.row0 + tl) * p.n_split;
+    uint ib = (p.i_row0 + tl) * p.ld_i, row = (p.row0 + tl) * p.ld_split;
     for (uint j = t; j < p.topk; j += NT)
         if (j >= k) IDX[ib + j] = -1;
     if (k == 0u) return;
@@ -282,7 +283,7 @@ void main()
         barrier();
         /* lists that this block could overflow are cut first */
         for (uint r = 0u; r < TT; r++)
-            if (cnt_s[r] + EB > p.cap) compact(r, ((p.row0 + a0 + r) * p.n_split + sp) * p.cap);
+            if (cnt_s[r] + EB > p.cap) compact(r, ((p.row0 + a0 + r) * p.ld_split + sp) * p.cap);
         /* appends, in index order: 8 threads per token, 4 entries each */
         uint r = t / 8u, part = t % 8u, a = a0 + r;
         uint n = (p.p0 + a + 1u) / p.ratio, c0 = cnt_s[r], th = thr_s[r];
@@ -300,7 +301,7 @@ void main()
             off += j < part ? x : 0u;
             tot += x;
         }
-        uint dst = ((p.row0 + a) * p.n_split + sp) * p.cap + c0 + off;
+        uint dst = ((p.row0 + a) * p.ld_split + sp) * p.cap + c0 + off;
         for (uint q = 0u; q < 4u; q++)
             if ((bits & (1u << q)) != 0u) {
                 C[2u * dst] = Sk[r * EB + part * 4u + q];
@@ -312,6 +313,6 @@ void main()
         if (part == 0u) cnt_s[r] = c0 + tot;
     }
     barrier();
-    if (t < TT && a0 + t < p.n_tok) CN[(p.row0 + a0 + t) * p.n_split + sp] = cnt_s[t];
+    if (t < TT && a0 + t < p.n_tok) CN[(p.row0 + a0 + t) * p.ld_split + sp] = cnt_s[t];
 }
 #endif

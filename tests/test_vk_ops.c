@@ -749,11 +749,12 @@ static void topk_radix_ties_large(void)
 
 /* ---- index_topk (+ merge): fused scores and selection against the two-dispatch path ---- */
 typedef struct {
-    uint32_t nh, hd, ratio, t0, p0, n_max; float wscale; uint32_t n_tok, topk, cap, split_len, n_split, row0, base_rows;
+    uint32_t nh, hd, ratio, t0, p0, n_max; float wscale; uint32_t n_tok, topk, cap, split_len, n_split, row0, ld_split,
+        base_rows;
 } pc_itopk;
-typedef struct { uint32_t topk, ratio, p0, ld_i, i_row0, cap, n_split, row0; } pc_itmerge;
-_Static_assert(sizeof(pc_itopk) == 56, "index_topk push constants");
-_Static_assert(sizeof(pc_itmerge) == 32, "index_topk_merge push constants");
+typedef struct { uint32_t topk, ratio, p0, ld_i, i_row0, cap, n_split, row0, ld_split; } pc_itmerge;
+_Static_assert(sizeof(pc_itopk) == 60, "index_topk push constants");
+_Static_assert(sizeof(pc_itmerge) == 36, "index_topk_merge push constants");
 
 /* topk_radix's row from a score row: the keys above the k-th largest in
    index order, then the first ones equal to it, then -1 */
@@ -822,28 +823,29 @@ static void itopk_case(int nh, int m, int t0, int p0, int topk, int split_len, i
     CHECK(readbuf(&bs, sc, (size_t)m * ld * 4) == 0);
     CHECK(readbuf(&bi, i_two, (size_t)(m + 2) * topk * 4) == 0);
     /* fused, twice: the rows split at base_rows into two buffers, then all in one */
-    size_t ncand = (size_t)(row0 + m) * n_split * cap;
+    int lds = n_split + 1; /* lists of a token further apart than its ranges: the engine's layout */
+    size_t ncand = (size_t)(row0 + m) * lds * cap;
     for (int pass = 0; pass < 2; pass++) {
         int br = pass == 0 ? base_rows : 0;
         vkbuf bown = mkbuf(k + (size_t)br * hd, (size_t)(n_max - br) * hd * 4),
               bbase = mkbuf(br ? k : NULL, (size_t)(br ? br : 1) * hd * 4),
-              bc = mkbuf(NULL, ncand * 8), bn = mkbuf(NULL, (size_t)(row0 + m) * n_split * 4);
+              bc = mkbuf(NULL, ncand * 8), bn = mkbuf(NULL, (size_t)(row0 + m) * lds * 4);
         char verr[256];
         memset(i_fused, 0x5a, (size_t)(m + 2) * topk * 4); /* a shader that writes nothing cannot match */
         CHECK(vkrt_upload(&rt, vkbuf_view(&bi, 0, (size_t)(m + 2) * topk * 4), i_fused, (size_t)(m + 2) * topk * 4,
                           verr, sizeof verr) == 0);
         pc_itopk pf = {(uint32_t)nh, (uint32_t)hd, 4, (uint32_t)t0, (uint32_t)p0, (uint32_t)n_max, ws, (uint32_t)m,
                        (uint32_t)topk, (uint32_t)cap, (uint32_t)split_len, (uint32_t)n_split, (uint32_t)row0,
-                       (uint32_t)br};
+                       (uint32_t)lds, (uint32_t)br};
         vkbuf *b6[6] = {&bq, &bw, &bown, &bc, &bn, &bbase};
         run1(P_INDEX_TOPK, b6, 6, &pf, sizeof pf, (uint32_t)n_split, (uint32_t)(m + 7) / 8);
         pc_itmerge pm = {(uint32_t)topk, 4, (uint32_t)p0, (uint32_t)topk, 2, (uint32_t)cap, (uint32_t)n_split,
-                         (uint32_t)row0};
+                         (uint32_t)row0, (uint32_t)lds};
         vkbuf *b3[3] = {&bc, &bn, &bi};
         run1(P_INDEX_TOPK_MERGE, b3, 3, &pm, sizeof pm, (uint32_t)m, 1);
         CHECK(readbuf(&bi, i_fused, (size_t)(m + 2) * topk * 4) == 0);
         uint8_t *gtmp = malloc(ncand * 8); /* guards after the lists and counts */
-        CHECK(readbuf(&bc, gtmp, ncand * 8) == 0 && readbuf(&bn, gtmp, (size_t)(row0 + m) * n_split * 4) == 0);
+        CHECK(readbuf(&bc, gtmp, ncand * 8) == 0 && readbuf(&bn, gtmp, (size_t)(row0 + m) * lds * 4) == 0);
         free(gtmp);
         size_t diff = 0;
         for (size_t i = 2 * (size_t)topk; i < (size_t)(m + 2) * topk; i++) diff += i_fused[i] != i_two[i];
