@@ -74,11 +74,14 @@ enum { F_RMS_SCALE = 1, F_RMS_W = 2, F_ROPE = 4, F_ROPE_INV = 8, F_HADAMARD = 16
 
 /* The fused indexer (index_topk): the most GPU memory its candidate lists
  * may take (chunk tokens x ranges x cap pairs of 8 bytes; V4-Flash, top-k
- * 512 and 1024-token passes: 8 ranges), the most ranges per token, and the
- * workgroups it aims at on a GPU (132 SMs of an H200, about 8 each). Its
- * entries per workgroup are 32 at a time (EB in the shader). */
+ * 512 and 1024-token passes: 8 ranges per token, more for shorter
+ * segments, which use the same slots), the most ranges per token, and the
+ * workgroups it aims at on a GPU (132 SMs of an H200, about 8 each by
+ * shared memory). Its entries per workgroup are 32 at a time (EB in the
+ * shader). */
 #define ICAND_MAX_BYTES ((uint64_t)64 << 20)
-#define ICAND_MAX_RANGES 16u
+#define ICAND_ROW_RANGES 16u  /* lists per token row of the scratch, at most */
+#define ICAND_MAX_RANGES 256u /* lists per token of a segment alone */
 #define ITOPK_TARGET_WGS 1024u
 #define ITOPK_EB 32u
 
@@ -465,7 +468,7 @@ int fwd_alloc_scratch(dsv4_engine *e, char *err, size_t errlen)
         uint64_t cap = itopk_cap((uint32_t)c->index_topk), limit = ICAND_MAX_BYTES;
         if (limit > e->rt.max_range) limit = e->rt.max_range;
         uint64_t ld = limit / (C * cap * 8);
-        if (ld > ICAND_MAX_RANGES) ld = ICAND_MAX_RANGES;
+        if (ld > ICAND_ROW_RANGES) ld = ICAND_ROW_RANGES;
         if (ld >= 1) {
             s->icand_cap = (uint32_t)cap;
             s->icand_ld = (uint32_t)ld;
@@ -843,12 +846,16 @@ static void seg_index_score(dsv4_engine *e, const gblock *g, const fseg *sg, lst
  * query staging and the dot products (~48), the appends (~24), and, at
  * worst, every token's list cut (4 radix passes and the compaction
  * rounds); more ranges than the scratch holds: not fused. */
-static uint32_t index_plan(const dsv4_engine *e, const fseg *sg, uint32_t *split_len)
+static uint32_t index_plan(const dsv4_engine *e, const fseg *sg, int phased, uint32_t *split_len)
 {
     const dsv4_config *c = &e->m->cfg;
     const fscratch *s = &e->s;
     uint32_t ihd = c->index_head_dim, inh = c->index_n_heads, n_max = (uint32_t)((sg->p0 + sg->n) / 4);
     if (e->index_unfused || !s->icand_ld || sg->n < 4 || ihd % 4 || ihd > 128 || n_max == 0) return 0;
+    /* lists per token: phase by phase every token of the pass has icand_ld
+       at its own row; alone, a segment may spread over all the slots */
+    uint64_t most = phased ? s->icand_ld : (uint64_t)e->chunk * s->icand_ld / sg->n;
+    if (most > ICAND_MAX_RANGES) most = ICAND_MAX_RANGES;
     uint32_t blocks = cdiv(n_max, ITOPK_EB), per; /* blocks of 32 entries per range */
     if (e->index_split) {
         per = cdiv(e->index_split, ITOPK_EB);
@@ -859,21 +866,21 @@ static uint32_t index_plan(const dsv4_engine *e, const fseg *sg, uint32_t *split
         if (per < 1) return 0;
     } else {
         uint32_t want = cdiv(ITOPK_TARGET_WGS, cdiv(sg->n, 8));
-        if (want > s->icand_ld) want = s->icand_ld;
+        if (want > most) want = (uint32_t)most;
         if (want < 1) want = 1;
         per = cdiv(blocks, want);
     }
     uint32_t n_split = cdiv(blocks, per);
-    if (n_split > s->icand_ld) return 0;
+    if (n_split > most) return 0;
     *split_len = per * ITOPK_EB;
     return n_split;
 }
 
 /* The fused indexer of a segment (index_plan gave n_split ranges of
- * split_len): step 0 the lists (scratch rows row0..), step 1 their merge
- * into the top-k rows i_row0.. of IDX, step -1 both. */
+ * split_len): step 0 the lists (scratch rows row0.., ld lists per row),
+ * step 1 their merge into the top-k rows i_row0.. of IDX, step -1 both. */
 static void seg_index_topk(dsv4_engine *e, const fseg *sg, lstate *ls, uint32_t n_split, uint32_t split_len,
-                           uint32_t row0, vkview IDX, uint32_t i_row0, int step)
+                           uint32_t row0, uint32_t ld, vkview IDX, uint32_t i_row0, int step)
 {
     const dsv4_config *c = &e->m->cfg;
     fscratch *s = &e->s;
@@ -882,13 +889,13 @@ static void seg_index_topk(dsv4_engine *e, const fseg *sg, lstate *ls, uint32_t 
     if (step <= 0) {
         /* base rows: none yet (one buffer per sequence); the last binding is a dummy */
         pc_itopk pf = {inh, ihd, 4, sg->t0, (uint32_t)sg->p0, n_max, (float)(pow(ihd, -0.5) * pow(inh, -0.5)),
-                       sg->n, topk, s->icand_cap, split_len, n_split, row0, s->icand_ld, 0};
+                       sg->n, topk, s->icand_cap, split_len, n_split, row0, ld, 0};
         vkview v[6] = {s->iq, s->iw, vkbuf_view(&ls->buf, ls->ikv_off, (VkDeviceSize)ls->cap_rows * ihd * 4), s->icand,
                        s->icnt, e->dummy};
         vkrt_dispatch(&e->rt, P_INDEX_TOPK, v, 6, &pf, sizeof pf, n_split, cdiv(sg->n, 8), 1);
     }
     if (step != 0) {
-        pc_itmerge pm = {topk, 4, (uint32_t)sg->p0, topk, i_row0, s->icand_cap, n_split, row0, s->icand_ld};
+        pc_itmerge pm = {topk, 4, (uint32_t)sg->p0, topk, i_row0, s->icand_cap, n_split, row0, ld};
         vkview v[3] = {s->icand, s->icnt, IDX};
         vkrt_dispatch(&e->rt, P_INDEX_TOPK_MERGE, v, 3, &pm, sizeof pm, sg->n, 1, 1);
     }
@@ -925,12 +932,12 @@ static void record_segment(dsv4_engine *e, const gblock *g, int bi, const fseg *
         vkrt_op(&e->rt, "indexer");
         compressor(e, sg, ls, 4, 1, ihd, s->ikv, s->isc, ls->iring_off, ls->ikv_off, g->ic_ape, g->ic_norm, 1, -1);
         topk = (uint32_t)c->index_topk;
-        uint32_t split_len = 0, n_split = index_plan(e, sg, &split_len);
+        uint32_t split_len = 0, n_split = index_plan(e, sg, 0, &split_len);
         if (n_split) {
             vkrt_op(&e->rt, "indexer");
-            seg_index_topk(e, sg, ls, n_split, split_len, 0, s->idx, 0, 0);
+            seg_index_topk(e, sg, ls, n_split, split_len, 0, n_split, s->idx, 0, 0);
             vkrt_op(&e->rt, "topk");
-            seg_index_topk(e, sg, ls, n_split, split_len, 0, s->idx, 0, 1);
+            seg_index_topk(e, sg, ls, n_split, split_len, 0, n_split, s->idx, 0, 1);
         }
         for (uint32_t a = 0; !n_split && a < sg->n; a += (uint32_t)s->iscore_rows) {
             uint32_t m = sg->n - a < (uint32_t)s->iscore_rows ? sg->n - a : (uint32_t)s->iscore_rows;
@@ -961,7 +968,8 @@ static int batched_segments(const dsv4_engine *e, const gblock *g, const fseg *s
     int unfused = 0;
     for (int i = 0; i < nsegs; i++) {
         uint32_t sl;
-        unfused |= index_plan(e, &segs[i], &sl) == 0;
+        if (!index_plan(e, &segs[i], 0, &sl)) unfused = 1;
+        else if (!index_plan(e, &segs[i], 1, &sl)) return 0; /* fused only alone */
     }
     VkDeviceSize a = e->rt.align, srow = (VkDeviceSize)s->iscore_cap * 4,
                  irow = (VkDeviceSize)e->m->cfg.index_topk * 4;
@@ -1005,9 +1013,10 @@ static void record_segments_phased(dsv4_engine *e, const gblock *g, int bi, cons
                 const fseg *sg = &segs[si];
                 vkview S = subview(s->iscore, sg->t0 * srow, sg->n * srow);
                 vkview I = subview(s->idx, sg->t0 * irow, sg->n * irow);
-                uint32_t split_len = 0, n_split = index_plan(e, sg, &split_len);
+                uint32_t split_len = 0, n_split = index_plan(e, sg, 1, &split_len);
                 vkrt_op(&e->rt, step ? "topk" : "indexer");
-                if (n_split) seg_index_topk(e, sg, &sg->seq->ls[bi], n_split, split_len, sg->t0, I, 0, step);
+                if (n_split)
+                    seg_index_topk(e, sg, &sg->seq->ls[bi], n_split, split_len, sg->t0, s->icand_ld, I, 0, step);
                 else if (step == 0) seg_index_score(e, g, sg, &sg->seq->ls[bi], 0, sg->n, S);
                 else seg_topk(e, sg, 0, sg->n, S, I, 0);
             }
@@ -1212,7 +1221,7 @@ int fwd_run(dsv4_engine *e, const fpass *fp, char *err, size_t errlen)
             }
         }
         uint32_t sl;
-        if (index_plan(e, sg, &sl)) continue;
+        if (index_plan(e, sg, 0, &sl)) continue;
         unfused = 1;
         if ((sg->p0 + sg->n) / 4 > max_entries) max_entries = (sg->p0 + sg->n) / 4;
     }

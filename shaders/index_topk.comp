@@ -14,9 +14,10 @@
  * index_score_tile does, kept as order-preserving keys in shared memory, and
  * each token's entries that can still be among its best are appended, in
  * index order, to the token's candidate list for this range ([cap] (key,
- * index) pairs in scratch, row (row0 + token) x ld_split + range). When a list could overflow it is cut to its
- * topk best (radix select on the keys in shared memory, then an in-place
- * stable compaction) and from then on only keys above the k-th largest are
+ * index) pairs in scratch, list (row0 + token) x ld_split + range). When a
+ * list could overflow it is cut to its topk best (topk_radix's radix select
+ * over the list, histograms in shared memory, then an in-place stable
+ * compaction) and from then on only keys above the k-th largest are
  * appended: a later entry with an equal key has a higher index and ranks
  * below all kept ones. Every list thus holds, in index order, at least its
  * range's topk best, so their union holds the token's best. The second
