@@ -845,7 +845,23 @@ static void itopk_case(int nh, int m, int t0, int p0, int topk, int split_len, i
         run1(P_INDEX_TOPK_MERGE, b3, 3, &pm, sizeof pm, (uint32_t)m, 1);
         CHECK(readbuf(&bi, i_fused, (size_t)(m + 2) * topk * 4) == 0);
         uint8_t *gtmp = malloc(ncand * 8); /* guards after the lists and counts */
-        CHECK(readbuf(&bc, gtmp, ncand * 8) == 0 && readbuf(&bn, gtmp, (size_t)(row0 + m) * lds * 4) == 0);
+        uint32_t *cnt = malloc((size_t)(row0 + m) * lds * 4);
+        CHECK(readbuf(&bc, gtmp, ncand * 8) == 0 && readbuf(&bn, cnt, (size_t)(row0 + m) * lds * 4) == 0);
+        /* each list holds at least min(visible, topk) and at most cap pairs;
+           where a range is longer than a list, lists were cut */
+        size_t cut = 0, bad_cnt = 0;
+        for (int a = 0; a < m; a++)
+            for (int r = 0; r < n_split; r++) {
+                int vis = (p0 + a + 1) / 4 - r * split_len, c = (int)cnt[(row0 + a) * lds + r];
+                vis = vis < 0 ? 0 : vis > split_len ? split_len : vis;
+                if (vis > n_max - r * split_len) vis = n_max - r * split_len;
+                bad_cnt += c > cap || c < (vis < topk ? vis : topk);
+                cut += c < vis;
+            }
+        CHECKF(bad_cnt == 0, "%zu list counts out of range", bad_cnt);
+        if (pass == 0) printf("  index_topk: %zu of %d lists cut\n", cut, m * n_split);
+        CHECKF(split_len <= cap || cut > 0, "ranges of %d entries but no list cut", split_len);
+        free(cnt);
         free(gtmp);
         size_t diff = 0;
         for (size_t i = 2 * (size_t)topk; i < (size_t)(m + 2) * topk; i++) diff += i_fused[i] != i_two[i];
@@ -890,8 +906,10 @@ static void index_topk_fused(void)
     itopk_case(5, 11, 2, 201, 16, 32, 0, 0, 0);     /* n_max 53 above k, two ranges */
     itopk_case(3, 13, 0, 17, 64, 64, 2, 0, 1);      /* n_max 7 below k: -1 fill; some tokens see nothing */
     itopk_case(2, 16, 3, 1200, 40, 320, 100, 1, 0); /* ties, one range: many cuts of the lists */
-    itopk_case(2, 9, 1, 1500, 24, 96, 57, 1, 2);    /* ties, four ranges, p0 > 0 */
+    itopk_case(2, 9, 1, 1500, 24, 160, 57, 1, 2);   /* ties, three ranges and their lists cut, p0 > 0 */
     itopk_case(4, 20, 0, 2000, 64, 256, 37, 0, 0);  /* several blocks and cuts per range */
+    itopk_case(3, 40, 5, 50, 16, 32, 3, 0, 0);      /* tokens seeing fewer and more than k entries */
+    itopk_case(1, 8, 0, 12000, 512, 1536, 700, 0, 1); /* V4-Flash's k: lists of 1024, cut in 16 rounds */
 }
 
 int main(void)
