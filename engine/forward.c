@@ -1230,8 +1230,7 @@ int fwd_run(dsv4_engine *e, const fpass *fp, char *err, size_t errlen)
        that exceeds one binding (or the DSV4_ISCORE_KIB test override): then
        fewer per dispatch */
     uint64_t want_rows = T < (uint32_t)e->chunk ? T : (uint32_t)e->chunk, limit = e->rt.max_range;
-    const char *lim = getenv("DSV4_ISCORE_KIB");
-    if (lim && atoi(lim) > 0 && ((uint64_t)atoi(lim) << 10) < limit) limit = (uint64_t)atoi(lim) << 10;
+    if (e->iscore_limit && e->iscore_limit < limit) limit = e->iscore_limit; /* read at open */
     if (unfused && (max_entries > s->iscore_cap ||
                     ((uint64_t)s->iscore_rows < want_rows &&
                      (uint64_t)s->iscore_rows < limit / ((uint64_t)s->iscore_cap * 4)))) {

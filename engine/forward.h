@@ -95,6 +95,7 @@ struct dsv4_engine {
     int index_unfused;           /* $DSV4_INDEX_UNFUSED=1 (tests, comparison): prefill segments score into
                                     the score matrix and run topk_radix, as decode does */
     uint32_t index_split;        /* $DSV4_INDEX_SPLIT (tests): entries per range of index_topk, else planned */
+    uint64_t iscore_limit;       /* $DSV4_ISCORE_KIB x 1024 (tests): bytes of indexer scores per dispatch, 0: no limit */
     int head_rows;               /* rows per head pass (vocab slice fits a binding) */
     fscratch s;
     char name[256];
