@@ -843,7 +843,7 @@ static void seg_index_score(dsv4_engine *e, const gblock *g, const fseg *sg, lst
  * list simply keeps all its entries for the merge). CPU drivers: ranges
  * short enough that an invocation's loops stay within CPU_LOOP_BUDGET,
  * counted per block of 32 entries as the key staging (16), per head the
- * query staging and the dot products (~48), the appends (~24), and, at
+ * query loads and stores and the dot products (~56), the appends (~24), and, at
  * worst, every token's list cut (4 radix passes and the compaction
  * rounds); more ranges than the scratch holds: not fused. */
 static uint32_t index_plan(const dsv4_engine *e, const fseg *sg, int phased, uint32_t *split_len)
@@ -861,7 +861,7 @@ static uint32_t index_plan(const dsv4_engine *e, const fseg *sg, int phased, uin
         per = cdiv(e->index_split, ITOPK_EB);
     } else if (e->cpu_device) {
         uint64_t cut = 4 * (4 + s->icand_cap / 64 + 1 + 14) + (s->icand_cap / 64 + 1) * 8;
-        uint64_t w = 16 + (uint64_t)inh * 48 + 24 + 8 * cut;
+        uint64_t w = 16 + (uint64_t)inh * 56 + 24 + 8 * cut;
         per = (uint32_t)(CPU_LOOP_BUDGET / w);
         if (per < 1) return 0;
     } else {

@@ -92,7 +92,7 @@ static const struct {
     [P_TOPK_RADIX] = {"topk_radix", 2},
     [P_ATTN_DIRECT] = {"attn_direct", 8},
     [P_INDEX_SCORE_TOK] = {"index_score_tok", 4, 0, 32768},
-    [P_INDEX_TOPK] = {"index_topk", 6, 0, 22888},
+    [P_INDEX_TOPK] = {"index_topk", 6, 0, 26984},
     [P_INDEX_TOPK_MERGE] = {"index_topk_merge", 3},
 };
 

@@ -11,7 +11,10 @@
  * entries into n_split ranges of split_len: a workgroup takes 8 tokens x one
  * range and walks it in blocks of 32 entries; per block the key rows are
  * staged once in shared memory and the 8 x 32 scores computed as
- * index_score_tile does, kept as order-preserving keys in shared memory, and
+ * index_score_tile does (but with each head's query rows loaded during the
+ * previous head's products, into the other half of a double buffer: a
+ * workgroup here walks many blocks, so it hides its own load latency),
+ * kept as order-preserving keys in shared memory, and
  * each token's entries that can still be among its best are appended, in
  * index order, to the token's candidate list for this range ([cap] (key,
  * index) pairs in scratch, list (row0 + token) x ld_split + range). When a
@@ -164,9 +167,16 @@ void main()
 }
 #else
 shared vec4 Ks[EB * H4]; /* index_score_tile's layout: row e, column c at e * H4 + (c ^ (e & 7)) */
-shared vec4 Qs[TT * H4];
+shared vec4 Qs[2u * TT * H4]; /* two heads' query rows: the next loads while this one is used */
 shared uint Sk[TT * EB]; /* the block's keys */
 shared uint cnt_s[TT], thr_s[TT], full_s[TT];
+
+/* float4 column c of query row r (token a0 + r) of head h; 0 past the tokens */
+vec4 query4(uint a0, uint r, uint h, uint c)
+{
+    uint a = a0 + r, b = ((p.t0 + a) * p.nh + h) * p.hd + c * 4u;
+    return a < p.n_tok ? vec4(Q[b], Q[b + 1u], Q[b + 2u], Q[b + 3u]) : vec4(0.0);
+}
 
 /* float4 column c of compressed row i, from the base rows or the own ones */
 vec4 key_row4(uint i, uint c)
@@ -250,23 +260,27 @@ void main()
         float sum[2][2];
         for (uint u = 0u; u < 2u; u++)
             for (uint v = 0u; v < 2u; v++) sum[u][v] = 0.0;
+        for (uint x = t; x < TT * h4; x += NT) { /* head 0's query rows */
+            uint r = x / h4, c = x - r * h4;
+            Qs[r * H4 + c] = query4(a0, r, 0u, c);
+        }
+        /* head h: its rows were stored in Qs half h & 1 before the barrier;
+           the next head's are loaded into registers before the products
+           (the loads' latency hidden behind them) and stored into the other
+           half after (which the previous head read before this barrier) */
         for (uint h = 0u; h < p.nh; h++) {
-            barrier(); /* the previous head's query rows are no longer read */
-            for (uint x = t; x < TT * h4; x += NT) {
-                uint r = x / h4, c = x - r * h4, a = a0 + r;
-                vec4 v = vec4(0.0);
-                if (a < p.n_tok) {
-                    uint b = ((p.t0 + a) * p.nh + h) * p.hd + c * 4u;
-                    v = vec4(Q[b], Q[b + 1u], Q[b + 2u], Q[b + 3u]);
-                }
-                Qs[r * H4 + c] = v;
-            }
             barrier();
+            vec4 nq[TT * H4 / NT];
+            uint qo = (h & 1u) * TT * H4, no = TT * H4 - qo;
+            for (uint j = 0u; j < TT * H4 / NT; j++) {
+                uint x = t + j * NT, r = x / h4, c = x - r * h4;
+                nq[j] = h + 1u < p.nh && x < TT * h4 ? query4(a0, r, h + 1u, c) : vec4(0.0);
+            }
             float d[2][2];
             for (uint u = 0u; u < 2u; u++)
                 for (uint v = 0u; v < 2u; v++) d[u][v] = 0.0;
             for (uint c = 0u; c < h4; c++) {
-                vec4 q0 = Qs[tq * H4 + c], q1 = Qs[(tq + 4u) * H4 + c];
+                vec4 q0 = Qs[qo + tq * H4 + c], q1 = Qs[qo + (tq + 4u) * H4 + c];
                 vec4 k0 = Ks[eq * H4 + (c ^ (eq & 7u))], k1 = Ks[(eq + 16u) * H4 + (c ^ (eq & 7u))];
                 d[0][0] += q0.x * k0.x; d[0][0] += q0.y * k0.y; d[0][0] += q0.z * k0.z; d[0][0] += q0.w * k0.w;
                 d[0][1] += q0.x * k1.x; d[0][1] += q0.y * k1.y; d[0][1] += q0.z * k1.z; d[0][1] += q0.w * k1.w;
@@ -277,6 +291,10 @@ void main()
                 uint a = a0 + tq + 4u * u;
                 float w = a < p.n_tok ? bf16r(WT[(p.t0 + a) * p.nh + h] * p.wscale) : 0.0;
                 for (uint v = 0u; v < 2u; v++) sum[u][v] += bf16r(max(bf16r(d[u][v]), 0.0) * w);
+            }
+            for (uint j = 0u; j < TT * H4 / NT; j++) {
+                uint x = t + j * NT, r = x / h4, c = x - r * h4;
+                if (h + 1u < p.nh && x < TT * h4) Qs[no + r * H4 + c] = nq[j];
             }
         }
         for (uint u = 0u; u < 2u; u++)
