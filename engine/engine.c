@@ -159,6 +159,11 @@ int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const cha
         sh->attn_direct_n = dn ? (uint32_t)atoi(dn) : 64;
         const char *ad = getenv("DSV4_ATTN_DEC");
         sh->attn_dec = ad && *ad ? atoi(ad) : -1;
+        const char *iu = getenv("DSV4_INDEX_UNFUSED"), *is = getenv("DSV4_INDEX_SPLIT");
+        sh->index_unfused = iu && *iu == '1';
+        sh->index_split = is && atoi(is) > 0 ? (uint32_t)atoi(is) : 0;
+        const char *ik = getenv("DSV4_ISCORE_KIB");
+        sh->iscore_limit = ik && atoi(ik) > 0 ? (uint64_t)atoi(ik) << 10 : 0;
         const char *sr = getenv("DSV4_SMALL_ROWS");
         if (sr && *sr) sh->small_rows = atoi(sr);
         rc = fwd_upload_weights(sh, err, errlen);

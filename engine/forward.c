@@ -35,6 +35,11 @@ typedef struct { uint32_t topk, ratio, p0, ld_s, ld_i, i_row0; } pc_topk;
 typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc, base_rows; } pc_attn;
 typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint32_t n_tok, base_rows; } pc_iscored;
 typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc, sc_t0, base_rows; } pc_attnd;
+typedef struct {
+    uint32_t nh, hd, ratio, t0, p0, n_max; float wscale; uint32_t n_tok, topk, cap, split_len, n_split, row0, ld_split,
+        base_rows;
+} pc_itopk;
+typedef struct { uint32_t topk, ratio, p0, ld_i, i_row0, cap, n_split, row0, ld_split; } pc_itmerge;
 typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale; } pc_gate;
 typedef struct { uint32_t T, E, k, rowmap_off, slotpos_off, wsort_off, e_begin_off; } pc_group;
 typedef struct { uint32_t rows, inter, use_w, wsort_off; float limit; } pc_swiglu;
@@ -55,6 +60,8 @@ _Static_assert(sizeof(pc_topk) == 24, "topk push constants");
 _Static_assert(sizeof(pc_attn) == 52, "attn push constants");
 _Static_assert(sizeof(pc_iscored) == 40, "index_score_dec push constants");
 _Static_assert(sizeof(pc_attnd) == 56, "attn_dec push constants");
+_Static_assert(sizeof(pc_itopk) == 60, "index_topk push constants");
+_Static_assert(sizeof(pc_itmerge) == 36, "index_topk_merge push constants");
 _Static_assert(sizeof(pc_gate) == 28, "moe_gate push constants");
 _Static_assert(sizeof(pc_group) == 28, "moe_group push constants");
 _Static_assert(sizeof(pc_swiglu) == 20, "swiglu push constants");
@@ -68,6 +75,27 @@ enum { F_RMS_SCALE = 1, F_RMS_W = 2, F_ROPE = 4, F_ROPE_INV = 8, F_HADAMARD = 16
 /* The most GPU memory attn_tile's kept scores may take (beyond it, or
  * beyond one binding, the scores are computed twice instead). */
 #define ASCORE_MAX_BYTES ((uint64_t)512 << 20)
+
+/* The fused indexer (index_topk): the most GPU memory its candidate lists
+ * may take (chunk tokens x ranges x cap pairs of 8 bytes; V4-Flash, top-k
+ * 512 and 1024-token passes: 8 ranges per token, more for shorter
+ * segments, which use the same slots), the most ranges per token, and the
+ * workgroups it aims at on a GPU (132 SMs of an H200, about 8 each by
+ * shared memory). Its entries per workgroup are 32 at a time (EB in the
+ * shader). */
+#define ICAND_MAX_BYTES ((uint64_t)64 << 20)
+#define ICAND_ROW_RANGES 16u  /* lists per token row of the scratch, at most */
+#define ICAND_MAX_RANGES 256u /* lists per token of a segment alone */
+#define ITOPK_TARGET_WGS 1024u
+#define ITOPK_EB 32u
+
+/* Pairs per candidate list: the top-k plus room for at least two blocks of
+ * entries before a list is cut again (the shader needs cap >= topk + 2 x 32). */
+static uint32_t itopk_cap(uint32_t topk)
+{
+    uint32_t c = 2 * topk > topk + 2 * ITOPK_EB ? 2 * topk : topk + 2 * ITOPK_EB;
+    return (c + ITOPK_EB - 1) / ITOPK_EB * ITOPK_EB;
+}
 
 /* GEMMs of at most e->small_rows rows use the SMALL shader variants, unless
    they have more rows than this and a tensor-core twin runs */
@@ -440,6 +468,23 @@ int fwd_alloc_scratch(dsv4_engine *e, char *err, size_t errlen)
         return DSV4_EINVAL;
     }
     if (rc) return rc;
+    /* index_topk's lists, where some layer is CSA and the shaders are there */
+    int csa = 0;
+    for (int b = 0; b < e->n_blocks; b++) csa |= e->blk[b].ratio == 4;
+    s->icand_ld = 0;
+    if (csa && c->index_topk > 0 && vkrt_has_pipe(&e->rt, P_INDEX_TOPK) && vkrt_has_pipe(&e->rt, P_INDEX_TOPK_MERGE)) {
+        uint64_t cap = itopk_cap((uint32_t)c->index_topk), limit = ICAND_MAX_BYTES;
+        if (limit > e->rt.max_range) limit = e->rt.max_range;
+        uint64_t ld = limit / (C * cap * 8);
+        if (ld > ICAND_ROW_RANGES) ld = ICAND_ROW_RANGES;
+        if (ld >= 1) {
+            s->icand_cap = (uint32_t)cap;
+            s->icand_ld = (uint32_t)ld;
+            rc = sbuf(e, &s->icand, C * ld * cap * 8, err, errlen);
+            if (!rc) rc = sbuf(e, &s->icnt, C * ld * 4, err, errlen);
+            if (rc) return rc;
+        }
+    }
     s->io_tok = 0;
     s->io_pos = align_up(C * 4, 256);
     s->io_logits = s->io_pos + align_up(C * 4, 256);
@@ -964,6 +1009,74 @@ static void seg_index_score(dsv4_engine *e, const gblock *g, const fseg *sg, lst
         vkrt_dispatch(&e->rt, P_INDEX_SCORE, v, 5, &pi, sizeof pi, cdiv(n_max, 64), m, 1);
 }
 
+/* Whether the fused indexer (index_topk + index_topk_merge) takes a
+ * segment, and how: 0 when not (decode-sized segments, where the score row
+ * is short and index_score_tok + topk_radix are the better fit; index
+ * shapes it does not hold; $DSV4_INDEX_UNFUSED), else the number of entry
+ * ranges, each *split_len entries (a multiple of 32). GPUs: enough ranges
+ * that the 8-token blocks of the segment make about ITOPK_TARGET_WGS
+ * workgroups (at most the ranges the scratch holds; a range shorter than a
+ * list simply keeps all its entries for the merge). CPU drivers: ranges
+ * short enough that an invocation's loops stay within CPU_LOOP_BUDGET,
+ * counted per block of 32 entries as the key staging (16), per head the
+ * query loads and stores and the dot products (~56), the appends (~24), and, at
+ * worst, every token's list cut (4 radix passes and the compaction
+ * rounds); more ranges than the scratch holds: not fused. */
+static uint32_t index_plan(const dsv4_engine *e, const fseg *sg, int phased, uint32_t *split_len)
+{
+    const dsv4_config *c = &e->m->cfg;
+    const fscratch *s = &e->s;
+    uint32_t ihd = c->index_head_dim, inh = c->index_n_heads, n_max = (uint32_t)((sg->p0 + sg->n) / 4);
+    if (e->index_unfused || !s->icand_ld || sg->n < 4 || ihd % 4 || ihd > 128 || n_max == 0) return 0;
+    /* lists per token: phase by phase every token of the pass has icand_ld
+       at its own row; alone, a segment may spread over all the slots */
+    uint64_t most = phased ? s->icand_ld : (uint64_t)e->chunk * s->icand_ld / sg->n;
+    if (most > ICAND_MAX_RANGES) most = ICAND_MAX_RANGES;
+    uint32_t blocks = cdiv(n_max, ITOPK_EB), per; /* blocks of 32 entries per range */
+    if (e->index_split) {
+        per = cdiv(e->index_split, ITOPK_EB);
+    } else if (e->cpu_device) {
+        uint64_t cut = 4 * (4 + s->icand_cap / 64 + 1 + 14) + (s->icand_cap / 64 + 1) * 8;
+        uint64_t w = 16 + (uint64_t)inh * 56 + 24 + 8 * cut;
+        per = (uint32_t)(CPU_LOOP_BUDGET / w);
+        if (per < 1) return 0;
+    } else {
+        uint32_t want = cdiv(ITOPK_TARGET_WGS, cdiv(sg->n, 8));
+        if (want > most) want = (uint32_t)most;
+        if (want < 1) want = 1;
+        per = cdiv(blocks, want);
+    }
+    uint32_t n_split = cdiv(blocks, per);
+    if (n_split > most) return 0;
+    *split_len = per * ITOPK_EB;
+    return n_split;
+}
+
+/* The fused indexer of a segment (index_plan gave n_split ranges of
+ * split_len): step 0 the lists (scratch rows row0.., ld lists per row),
+ * step 1 their merge into the top-k rows i_row0.. of IDX, step -1 both. */
+static void seg_index_topk(dsv4_engine *e, const fseg *sg, lstate *ls, uint32_t n_split, uint32_t split_len,
+                           uint32_t row0, uint32_t ld, vkview IDX, uint32_t i_row0, int step)
+{
+    const dsv4_config *c = &e->m->cfg;
+    fscratch *s = &e->s;
+    uint32_t ihd = c->index_head_dim, inh = c->index_n_heads, n_max = (uint32_t)((sg->p0 + sg->n) / 4);
+    uint32_t topk = (uint32_t)c->index_topk;
+    if (step <= 0) {
+        /* the last binding: a fork's shared base rows */
+        pc_itopk pf = {inh, ihd, 4, sg->t0, (uint32_t)sg->p0, n_max, (float)(pow(ihd, -0.5) * pow(inh, -0.5)),
+                       sg->n, topk, s->icand_cap, split_len, n_split, row0, ld, (uint32_t)ls->base_rows};
+        vkview v[6] = {s->iq, s->iw, vkbuf_view(&ls->buf, ls->ikv_off, (VkDeviceSize)ls->cap_rows * ihd * 4), s->icand,
+                       s->icnt, cache_base(e, ls, 1)};
+        vkrt_dispatch(&e->rt, P_INDEX_TOPK, v, 6, &pf, sizeof pf, n_split, cdiv(sg->n, 8), 1);
+    }
+    if (step != 0) {
+        pc_itmerge pm = {topk, 4, (uint32_t)sg->p0, topk, i_row0, s->icand_cap, n_split, row0, ld};
+        vkview v[3] = {s->icand, s->icnt, IDX};
+        vkrt_dispatch(&e->rt, P_INDEX_TOPK_MERGE, v, 3, &pm, sizeof pm, sg->n, 1, 1);
+    }
+}
+
 /* Top-k of m score rows (view S) of a segment's tokens a.., into rows
  * i_row0.. of the view IDX. */
 static void seg_topk(dsv4_engine *e, const fseg *sg, uint32_t a, uint32_t m, vkview S, vkview IDX, uint32_t i_row0)
@@ -999,7 +1112,14 @@ static void record_segment(dsv4_engine *e, const gblock *g, int bi, const fseg *
         vkrt_op(&e->rt, "indexer");
         compressor(e, sg, ls, 4, 1, ihd, s->ikv, s->isc, ls->iring_off, ls->ikv_off, g->ic_ape, g->ic_norm, 1, -1);
         topk = (uint32_t)c->index_topk;
-        for (uint32_t a = 0; a < sg->n; a += (uint32_t)s->iscore_rows) {
+        uint32_t split_len = 0, n_split = index_plan(e, sg, 0, &split_len);
+        if (n_split) {
+            vkrt_op(&e->rt, "indexer");
+            seg_index_topk(e, sg, ls, n_split, split_len, 0, n_split, s->idx, 0, 0);
+            vkrt_op(&e->rt, "topk");
+            seg_index_topk(e, sg, ls, n_split, split_len, 0, n_split, s->idx, 0, 1);
+        }
+        for (uint32_t a = 0; !n_split && a < sg->n; a += (uint32_t)s->iscore_rows) {
             uint32_t m = sg->n - a < (uint32_t)s->iscore_rows ? sg->n - a : (uint32_t)s->iscore_rows;
             vkrt_op(&e->rt, "indexer");
             seg_index_score(e, g, sg, ls, a, m, s->iscore);
@@ -1014,8 +1134,9 @@ static void record_segment(dsv4_engine *e, const gblock *g, int bi, const fseg *
 
 /* Whether the segments of a pass can be recorded phase by phase
  * (record_segments_phased): several segments of distinct sequences, and
- * every token's indexer score and top-k rows fit the scratch at their own
- * offset (rows = token index in the pass, views aligned). */
+ * every token's indexer score (segments not fused) and top-k rows fit the
+ * scratch at their own offset (rows = token index in the pass, views
+ * aligned); the fused indexer's lists are rows of the pass's tokens too. */
 static int batched_segments(const dsv4_engine *e, const gblock *g, const fseg *segs, int nsegs, uint32_t T)
 {
     const fscratch *s = &e->s;
@@ -1024,9 +1145,15 @@ static int batched_segments(const dsv4_engine *e, const gblock *g, const fseg *s
         for (int j = 0; j < i; j++)
             if (segs[i].seq == segs[j].seq) return 0;
     if (g->ratio != 4) return 1;
+    int unfused = 0;
+    for (int i = 0; i < nsegs; i++) {
+        uint32_t sl;
+        if (!index_plan(e, &segs[i], 0, &sl)) unfused = 1;
+        else if (!index_plan(e, &segs[i], 1, &sl)) return 0; /* fused only alone */
+    }
     VkDeviceSize a = e->rt.align, srow = (VkDeviceSize)s->iscore_cap * 4,
                  irow = (VkDeviceSize)e->m->cfg.index_topk * 4;
-    if (T > (uint32_t)s->iscore_rows || srow % a || irow % a) return 0;
+    if (irow % a || (unfused && (T > (uint32_t)s->iscore_rows || srow % a))) return 0;
     return 1;
 }
 
@@ -1066,8 +1193,11 @@ static void record_segments_phased(dsv4_engine *e, const gblock *g, int bi, cons
                 const fseg *sg = &segs[si];
                 vkview S = subview(s->iscore, sg->t0 * srow, sg->n * srow);
                 vkview I = subview(s->idx, sg->t0 * irow, sg->n * irow);
+                uint32_t split_len = 0, n_split = index_plan(e, sg, 1, &split_len);
                 vkrt_op(&e->rt, step ? "topk" : "indexer");
-                if (step == 0) seg_index_score(e, g, sg, &sg->seq->ls[bi], 0, sg->n, S);
+                if (n_split)
+                    seg_index_topk(e, sg, &sg->seq->ls[bi], n_split, split_len, sg->t0, s->icand_ld, I, 0, step);
+                else if (step == 0) seg_index_score(e, g, sg, &sg->seq->ls[bi], 0, sg->n, S);
                 else seg_topk(e, sg, 0, sg->n, S, I, 0);
             }
             vkrt_defer_barriers(&e->rt, 0);
@@ -1258,8 +1388,10 @@ int fwd_run(dsv4_engine *e, const fpass *fp, char *err, size_t errlen)
     fscratch *s = &e->s;
     uint32_t T = (uint32_t)fp->T, D = c->hidden_size, hc = c->hc_mult;
     int rc;
-    /* state capacity and indexer score rows, before recording */
+    /* state capacity and indexer score rows (segments the fused indexer does
+       not take: decode), before recording */
     int64_t max_entries = 1;
+    int unfused = 0;
     for (int i = 0; i < fp->nsegs; i++) {
         const fseg *sg = &fp->segs[i];
         for (int b = fp->b0; b < fp->b1; b++) {
@@ -1272,18 +1404,24 @@ int fwd_run(dsv4_engine *e, const fpass *fp, char *err, size_t errlen)
                 return DSV4_ENOMEM;
             }
         }
+        uint32_t sl;
+        if (index_plan(e, sg, 0, &sl)) continue;
+        unfused = 1;
         if ((sg->p0 + sg->n) / 4 > max_entries) max_entries = (sg->p0 + sg->n) / 4;
     }
-    if (max_entries > s->iscore_cap) {
+    /* rows: all tokens of the pass at once (a batched decode of B sequences
+       needs B rows, not a chunk's; grown when a later pass has more), unless
+       that exceeds one binding (or the DSV4_ISCORE_KIB test override): then
+       fewer per dispatch */
+    uint64_t want_rows = T < (uint32_t)e->chunk ? T : (uint32_t)e->chunk, limit = e->rt.max_range;
+    if (e->iscore_limit && e->iscore_limit < limit) limit = e->iscore_limit; /* read at open */
+    if (unfused && (max_entries > s->iscore_cap ||
+                    ((uint64_t)s->iscore_rows < want_rows &&
+                     (uint64_t)s->iscore_rows < limit / ((uint64_t)s->iscore_cap * 4)))) {
         int64_t cap = s->iscore_cap ? s->iscore_cap : 256;
         while (cap < max_entries) cap *= 2;
-        /* all tokens of a chunk at once, unless that exceeds one binding
-           (or the DSV4_ISCORE_KIB test override): then fewer per dispatch */
-        uint64_t limit = e->rt.max_range;
-        const char *lim = getenv("DSV4_ISCORE_KIB");
-        if (lim && atoi(lim) > 0 && ((uint64_t)atoi(lim) << 10) < limit) limit = (uint64_t)atoi(lim) << 10;
-        uint64_t rows = limit / ((uint64_t)cap * 4);
-        if (rows > (uint64_t)e->chunk) rows = (uint64_t)e->chunk;
+        uint64_t rows = want_rows > (uint64_t)s->iscore_rows ? want_rows : (uint64_t)s->iscore_rows;
+        if (rows > limit / ((uint64_t)cap * 4)) rows = limit / ((uint64_t)cap * 4);
         if (rows < 1) {
             snprintf(err, errlen, "engine: indexer scores of %lld entries exceed maxStorageBufferRange",
                      (long long)cap);

@@ -76,6 +76,11 @@ typedef struct fscratch {
     uint32_t ascore_ld;         /* keys per row for this pass; 0: not kept (scores computed twice) */
     vkbuf dscore_buf;           /* attn_dec's scores and probabilities [token][head][2][dscore_ld], grows */
     uint32_t dscore_ld;         /* words per half record for this pass; 0: attn_direct instead */
+    /* the fused indexer's (index_topk) candidate lists: for each token of a
+       pass icand_ld ranges of icand_cap (key, index) pairs, and their
+       counts; fixed size (no score matrix); icand_ld 0: not allocated */
+    vkview icand, icnt;
+    uint32_t icand_cap, icand_ld;
 } fscratch;
 
 struct dsv4_engine {
@@ -110,6 +115,10 @@ struct dsv4_engine {
                                     (or attn_direct) */
     int attn_dec;                /* $DSV4_ATTN_DEC: 0 attn_direct for those segments instead of attn_dec;
                                     1 (tests) attn_dec for them on CPU drivers too; unset: GPUs only */
+    int index_unfused;           /* $DSV4_INDEX_UNFUSED=1 (tests, comparison): prefill segments score into
+                                    the score matrix and run topk_radix, as decode does */
+    uint32_t index_split;        /* $DSV4_INDEX_SPLIT (tests): entries per range of index_topk, else planned */
+    uint64_t iscore_limit;       /* $DSV4_ISCORE_KIB x 1024 (tests): bytes of indexer scores per dispatch, 0: no limit */
     int head_rows;               /* rows per head pass (vocab slice fits a binding) */
     fscratch s;
     char name[256];

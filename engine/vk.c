@@ -97,6 +97,8 @@ static const struct {
     [P_ATTN_DEC_VALUE] = {"attn_dec_value", 9, 0, 18688},
     [P_INDEX_SCORE_DEC] = {"index_score_dec", 5, 0, 32768},
     [P_TOPK_DEC] = {"topk_dec", 2, 0, 12296},
+    [P_INDEX_TOPK] = {"index_topk", 6, 0, 26984},
+    [P_INDEX_TOPK_MERGE] = {"index_topk_merge", 3},
 };
 
 int vkrt_pipe_bindings(vk_pipe_id p) { return pipe_info[p].nbind; }

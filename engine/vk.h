@@ -49,6 +49,8 @@ typedef enum {
     P_ATTN_DEC_VALUE,   /* value sums */
     P_INDEX_SCORE_DEC,  /* index_score_tok with an entry's heads over 4 threads: decode */
     P_TOPK_DEC,         /* topk_radix in 3 passes with parallel scans, 512 threads: decode */
+    P_INDEX_TOPK,       /* indexer scores + per-range candidate lists, no score matrix (prefill) */
+    P_INDEX_TOPK_MERGE, /* index_topk's lists of a token -> its top-k row (topk_radix's output) */
     P_COUNT
 } vk_pipe_id;
 

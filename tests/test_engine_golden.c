@@ -104,11 +104,72 @@ out:
     dsv4_engine_close(e);
 }
 
+/* The fused indexer (index_topk, what prefill chunks use) gives the logits
+ * of the unfused one (index_score_* + topk_radix, $DSV4_INDEX_UNFUSED=1) bit
+ * for bit, over a prefill long enough that the top-k selects (600 tokens:
+ * up to 150 CSA entries for index_topk 16; passes of the CPU chunk, so
+ * later passes start at p0 > 0) and decode steps after it; with the
+ * planned entry ranges and with ranges of 32 entries ($DSV4_INDEX_SPLIT:
+ * many lists per token, merged). */
+static void fused_indexer_matches_unfused(void)
+{
+    enum { N = 600, STEPS = 3 };
+    const char *modes[3][2] = {{"DSV4_INDEX_UNFUSED", "1"}, {NULL, NULL}, {"DSV4_INDEX_SPLIT", "32"}};
+    char err[512];
+    dsv4_st_set *cs = NULL;
+    int rc = dsv4_st_open_file(GOLDEN "/case_b.safetensors", &cs, err, sizeof err);
+    CHECKF(rc == 0, "%s", err);
+    const dsv4_tensor *tt = cs ? dsv4_st_find(cs, "tokens") : NULL;
+    CHECK(tt != NULL && tt->nbytes >= (N + STEPS) * 4);
+    if (!tt || tt->nbytes < (N + STEPS) * 4) {
+        dsv4_st_close(cs);
+        return;
+    }
+    int32_t tokens[N + STEPS];
+    memcpy(tokens, tt->data, sizeof tokens);
+    float *logits[3] = {0};
+    size_t V = 0;
+    for (int m = 0; m < 3; m++) {
+        if (modes[m][0]) setenv(modes[m][0], modes[m][1], 1);
+        dsv4_engine *e = NULL;
+        rc = dsv4_engine_open(GOLDEN, NULL, &e, err, sizeof err);
+        if (modes[m][0]) unsetenv(modes[m][0]);
+        if (rc == DSV4_EDEVICE) {
+            dsv4_st_close(cs);
+            SKIP("no Vulkan device");
+        }
+        CHECKF(rc == 0, "%s", err);
+        if (rc) break;
+        V = (size_t)dsv4_engine_info(e)->vocab_size;
+        logits[m] = malloc((N + STEPS) * V * 4);
+        dsv4_seq *s = NULL;
+        rc = dsv4_seq_create(e, &s, err, sizeof err);
+        if (!rc) rc = dsv4_seq_prefill(s, tokens, N, logits[m], N, err, sizeof err);
+        for (int k = 0; k < STEPS && !rc; k++)
+            rc = dsv4_decode(&s, 1, &tokens[N + k], logits[m] + (N + k) * V, err, sizeof err);
+        CHECKF(rc == 0, "%s: %s", modes[m][0] ? modes[m][0] : "planned", err);
+        dsv4_seq_free(s);
+        dsv4_engine_close(e);
+        if (rc) break;
+    }
+    for (int m = 1; m < 3 && !rc; m++) {
+        size_t diff = 0;
+        for (size_t i = 0; i < (N + STEPS) * V; i++) diff += memcmp(&logits[0][i], &logits[m][i], 4) != 0;
+        printf("  fused indexer (%s) vs unfused, %d prefill + %d decode: %zu logits differ\n",
+               m == 1 ? "planned ranges" : "ranges of 32", N, STEPS, diff);
+        CHECKF(diff == 0, "fused indexer (%s): %zu of %zu logits differ from the unfused indexer's",
+               m == 1 ? "planned" : "ranges of 32", diff, (N + STEPS) * V);
+    }
+    for (int m = 0; m < 3; m++) free(logits[m]);
+    dsv4_st_close(cs);
+}
+
 int main(void)
 {
     RUN(case_a_blocks_mtp_prefill_decode);
     RUN(case_b_prefill_decode);
     RUN(case_c_prefill_decode);
     RUN(chunked_prefill_matches_one_shot);
+    RUN(fused_indexer_matches_unfused);
     CHECK_EXIT();
 }

@@ -201,11 +201,13 @@ static void split_bindings_give_same_logits(void)
     setenv("DSV4_VSLICE_ROWS", "500", 1);     /* 2048 rows -> 5 slices, the last partial */
     setenv("DSV4_EXPERTS_PER_GROUP", "3", 1); /* 8 experts -> 3 groups */
     setenv("DSV4_ISCORE_KIB", "4", 1);        /* indexer scores for 4 tokens per dispatch */
+    setenv("DSV4_INDEX_UNFUSED", "1", 1);     /* ... which only the unfused indexer writes */
     dsv4_engine *e2 = NULL;
     rc = dsv4_engine_open(GOLDEN, NULL, &e2, err, sizeof err);
     unsetenv("DSV4_VSLICE_ROWS");
     unsetenv("DSV4_EXPERTS_PER_GROUP");
     unsetenv("DSV4_ISCORE_KIB");
+    unsetenv("DSV4_INDEX_UNFUSED");
     CHECKF(rc == 0, "%s", err);
     if (rc) return;
     int32_t t[40];

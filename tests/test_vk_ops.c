@@ -901,6 +901,171 @@ static void topk_radix_ties_large(void)
     free(s); free(ir); free(ib); free(want);
 }
 
+/* ---- index_topk (+ merge): fused scores and selection against the two-dispatch path ---- */
+typedef struct {
+    uint32_t nh, hd, ratio, t0, p0, n_max; float wscale; uint32_t n_tok, topk, cap, split_len, n_split, row0, ld_split,
+        base_rows;
+} pc_itopk;
+typedef struct { uint32_t topk, ratio, p0, ld_i, i_row0, cap, n_split, row0, ld_split; } pc_itmerge;
+_Static_assert(sizeof(pc_itopk) == 60, "index_topk push constants");
+_Static_assert(sizeof(pc_itmerge) == 36, "index_topk_merge push constants");
+
+/* topk_radix's row from a score row: the keys above the k-th largest in
+   index order, then the first ones equal to it, then -1 */
+static uint32_t okey_c(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+static void cpu_topk_row(const float *s, int n, int topk, int32_t *out)
+{
+    int k = n < topk ? n : topk, j = 0;
+    for (int i = 0; i < topk; i++) out[i] = -1;
+    if (k <= 0) return;
+    uint32_t *keys = malloc((size_t)n * 4), *srt = malloc((size_t)n * 4);
+    for (int i = 0; i < n; i++) keys[i] = srt[i] = okey_c(s[i]);
+    for (int i = 1; i < n; i++) { /* descending insertion sort: test sizes */
+        uint32_t v = srt[i];
+        int p = i - 1;
+        while (p >= 0 && srt[p] < v) { srt[p + 1] = srt[p]; p--; }
+        srt[p + 1] = v;
+    }
+    uint32_t th = srt[k - 1];
+    for (int i = 0; i < n; i++)
+        if (keys[i] > th) out[j++] = i;
+    for (int i = 0; i < n && j < k; i++)
+        if (keys[i] == th) out[j++] = i;
+    free(keys);
+    free(srt);
+}
+
+/* One shape: scores of m tokens (scratch rows t0.., positions p0..) over the
+ * entries split into ranges of split_len, topk of them, the compressed rows
+ * [0, base_rows) in a second buffer. ties: key rows repeat with period 7 and
+ * two heads, so many scores are equal (and many are 0). Checks: fused ==
+ * index_score_tile + topk_radix bit for bit, == a CPU selection on those
+ * scores, the same with all rows in one buffer, and the selected sets
+ * against ref_indexer_select (the CPU reference's scores). */
+static void itopk_case(int nh, int m, int t0, int p0, int topk, int split_len, int base_rows, int ties, int row0)
+{
+    int hd = 128, T = t0 + m + 1, n_max = (p0 + m) / 4, ld = n_max + 5;
+    int cap = ((2 * topk > topk + 64 ? 2 * topk : topk + 64) + 31) / 32 * 32; /* the engine's */
+    int n_split = (n_max + split_len - 1) / split_len;
+    float *q = malloc((size_t)T * nh * hd * 4), *w = malloc((size_t)T * nh * 4), *k = malloc((size_t)n_max * hd * 4);
+    for (int i = 0; i < T * nh * hd; i++) q[i] = bf(frand());
+    for (int i = 0; i < T * nh; i++) w[i] = bf(frand() * 4.0f);
+    for (int i = 0; i < n_max * hd; i++) k[i] = bf(frand());
+    if (ties)
+        for (int i = 7; i < n_max; i++) memcpy(k + (size_t)i * hd, k + (size_t)(i % 7) * hd, (size_t)hd * 4);
+    float ws = (float)(pow(hd, -0.5) * pow(nh, -0.5));
+    vkbuf bq = mkbuf(q, (size_t)T * nh * hd * 4), bw = mkbuf(w, (size_t)T * nh * 4),
+          bk = mkbuf(k, (size_t)n_max * hd * 4), bs = mkbuf(NULL, (size_t)m * ld * 4),
+          bi = mkbuf(NULL, (size_t)(m + 2) * topk * 4);
+    /* the two-dispatch path */
+    pc_iscore pc = {(uint32_t)nh, (uint32_t)hd, 4, (uint32_t)t0, (uint32_t)p0, (uint32_t)ld, (uint32_t)n_max, ws,
+                    (uint32_t)m};
+    vkbuf *b4[4] = {&bq, &bw, &bk, &bs};
+    run1(P_INDEX_SCORE_TILE, b4, 4, &pc, sizeof pc, (uint32_t)(n_max + 31) / 32, (uint32_t)(m + 7) / 8);
+    pc_topk pt = {(uint32_t)topk, 4, (uint32_t)p0, (uint32_t)ld, (uint32_t)topk, 2};
+    vkbuf *b2[2] = {&bs, &bi};
+    run1(P_TOPK_RADIX, b2, 2, &pt, sizeof pt, (uint32_t)m, 1);
+    float *sc = malloc((size_t)m * ld * 4);
+    int32_t *i_two = malloc((size_t)(m + 2) * topk * 4), *i_fused = malloc((size_t)(m + 2) * topk * 4),
+            *i_cpu = malloc((size_t)topk * 4);
+    CHECK(readbuf(&bs, sc, (size_t)m * ld * 4) == 0);
+    CHECK(readbuf(&bi, i_two, (size_t)(m + 2) * topk * 4) == 0);
+    /* fused, twice: the rows split at base_rows into two buffers, then all in one */
+    int lds = n_split + 1; /* lists of a token further apart than its ranges: the engine's layout */
+    size_t ncand = (size_t)(row0 + m) * lds * cap;
+    for (int pass = 0; pass < 2; pass++) {
+        int br = pass == 0 ? base_rows : 0;
+        vkbuf bown = mkbuf(k + (size_t)br * hd, (size_t)(n_max - br) * hd * 4),
+              bbase = mkbuf(br ? k : NULL, (size_t)(br ? br : 1) * hd * 4),
+              bc = mkbuf(NULL, ncand * 8), bn = mkbuf(NULL, (size_t)(row0 + m) * lds * 4);
+        char verr[256];
+        memset(i_fused, 0x5a, (size_t)(m + 2) * topk * 4); /* a shader that writes nothing cannot match */
+        CHECK(vkrt_upload(&rt, vkbuf_view(&bi, 0, (size_t)(m + 2) * topk * 4), i_fused, (size_t)(m + 2) * topk * 4,
+                          verr, sizeof verr) == 0);
+        pc_itopk pf = {(uint32_t)nh, (uint32_t)hd, 4, (uint32_t)t0, (uint32_t)p0, (uint32_t)n_max, ws, (uint32_t)m,
+                       (uint32_t)topk, (uint32_t)cap, (uint32_t)split_len, (uint32_t)n_split, (uint32_t)row0,
+                       (uint32_t)lds, (uint32_t)br};
+        vkbuf *b6[6] = {&bq, &bw, &bown, &bc, &bn, &bbase};
+        run1(P_INDEX_TOPK, b6, 6, &pf, sizeof pf, (uint32_t)n_split, (uint32_t)(m + 7) / 8);
+        pc_itmerge pm = {(uint32_t)topk, 4, (uint32_t)p0, (uint32_t)topk, 2, (uint32_t)cap, (uint32_t)n_split,
+                         (uint32_t)row0, (uint32_t)lds};
+        vkbuf *b3[3] = {&bc, &bn, &bi};
+        run1(P_INDEX_TOPK_MERGE, b3, 3, &pm, sizeof pm, (uint32_t)m, 1);
+        CHECK(readbuf(&bi, i_fused, (size_t)(m + 2) * topk * 4) == 0);
+        uint8_t *gtmp = malloc(ncand * 8); /* guards after the lists and counts */
+        uint32_t *cnt = malloc((size_t)(row0 + m) * lds * 4);
+        CHECK(readbuf(&bc, gtmp, ncand * 8) == 0 && readbuf(&bn, cnt, (size_t)(row0 + m) * lds * 4) == 0);
+        /* each list holds at least min(visible, topk) and at most cap pairs;
+           where a range is longer than a list, lists were cut */
+        size_t cut = 0, bad_cnt = 0;
+        for (int a = 0; a < m; a++)
+            for (int r = 0; r < n_split; r++) {
+                int vis = (p0 + a + 1) / 4 - r * split_len, c = (int)cnt[(row0 + a) * lds + r];
+                vis = vis < 0 ? 0 : vis > split_len ? split_len : vis;
+                if (vis > n_max - r * split_len) vis = n_max - r * split_len;
+                bad_cnt += c > cap || c < (vis < topk ? vis : topk);
+                cut += c < vis;
+            }
+        CHECKF(bad_cnt == 0, "%zu list counts out of range", bad_cnt);
+        if (pass == 0) printf("  index_topk: %zu of %d lists cut\n", cut, m * n_split);
+        CHECKF(split_len <= cap || cut > 0, "ranges of %d entries but no list cut", split_len);
+        free(cnt);
+        free(gtmp);
+        size_t diff = 0;
+        for (size_t i = 2 * (size_t)topk; i < (size_t)(m + 2) * topk; i++) diff += i_fused[i] != i_two[i];
+        CHECKF(diff == 0, "nh %d m %d p0 %d topk %d split %d base_rows %d: index_topk differs from "
+               "index_score_tile + topk_radix in %zu of %d", nh, m, p0, topk, split_len, br, diff, m * topk);
+        size_t outside = 0;
+        for (int i = 0; i < 2 * topk; i++) outside += i_fused[i] != 0x5a5a5a5a; /* rows before i_row0 untouched */
+        CHECKF(outside == 0, "index_topk wrote outside its rows");
+        vkbuf_free(&rt, &bown); vkbuf_free(&rt, &bbase); vkbuf_free(&rt, &bc); vkbuf_free(&rt, &bn);
+    }
+    /* against the CPU: topk_radix's rule on the GPU scores, and the sets of
+       ref_indexer_select (the reference's own scores) */
+    int64_t *sel = malloc((size_t)topk * sizeof *sel);
+    float *rs = malloc((size_t)n_max * 4), *wt = malloc((size_t)nh * 4);
+    size_t bad_row = 0, bad_set = 0, sel_total = 0;
+    for (int a = 0; a < m; a++) {
+        int n = (p0 + a + 1) / 4;
+        cpu_topk_row(sc + (size_t)a * ld, n, topk, i_cpu);
+        bad_row += memcmp(i_cpu, i_fused + (size_t)(a + 2) * topk, (size_t)topk * 4) != 0;
+        for (int h = 0; h < nh; h++) wt[h] = bf(w[(t0 + a) * nh + h] * ws);
+        int cnt = ref_indexer_select(q + (size_t)(t0 + a) * nh * hd, wt, nh, hd, k, n, topk, rs, sel);
+        sel_total += (size_t)cnt;
+        for (int j = 0; j < cnt; j++) {
+            int found = 0;
+            for (int x = 0; x < topk; x++) found |= i_fused[(size_t)(a + 2) * topk + x] == (int32_t)sel[j];
+            bad_set += !found;
+        }
+    }
+    printf("  index_topk nh %d m %d p0 %d (n_max %d) topk %d split %d (x%d) base_rows %d%s: %zu selected, "
+           "%zu rows != cpu rule, %zu not in ref set\n", nh, m, p0, n_max, topk, split_len, n_split, base_rows,
+           ties ? " ties" : "", sel_total, bad_row, bad_set);
+    CHECKF(bad_row == 0, "%zu rows differ from the CPU selection on the same scores", bad_row);
+    CHECKF(sel_total > 0 && bad_set == 0, "%zu selected entries not among ref_indexer_select's", bad_set);
+    vkbuf_free(&rt, &bq); vkbuf_free(&rt, &bw); vkbuf_free(&rt, &bk); vkbuf_free(&rt, &bs); vkbuf_free(&rt, &bi);
+    free(q); free(w); free(k); free(sc); free(i_two); free(i_fused); free(i_cpu); free(sel); free(rs); free(wt);
+}
+
+static void index_topk_fused(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    if (!vkrt_has_pipe(&rt, P_INDEX_TOPK)) SKIP("index_topk not on this device");
+    itopk_case(5, 11, 2, 201, 16, 32, 0, 0, 0);     /* n_max 53 above k, two ranges */
+    itopk_case(3, 13, 0, 17, 64, 64, 2, 0, 1);      /* n_max 7 below k: -1 fill; some tokens see nothing */
+    itopk_case(2, 16, 3, 1200, 40, 320, 100, 1, 0); /* ties, one range: many cuts of the lists */
+    itopk_case(2, 9, 1, 1500, 24, 160, 57, 1, 2);   /* ties, three ranges and their lists cut, p0 > 0 */
+    itopk_case(4, 20, 0, 2000, 64, 256, 37, 0, 0);  /* several blocks and cuts per range */
+    itopk_case(3, 40, 5, 50, 16, 32, 3, 0, 0);      /* tokens seeing fewer and more than k entries */
+    itopk_case(1, 8, 0, 12000, 512, 1536, 700, 0, 1); /* V4-Flash's k: lists of 1024, cut in 16 rounds */
+}
+
 int main(void)
 {
     RUN(gemm_formats);
@@ -915,6 +1080,7 @@ int main(void)
     RUN(attention_tiled_heads);
     RUN(indexer_scores_tiled);
     RUN(topk_radix_ties_large);
+    RUN(index_topk_fused);
     if (rt_ok == 1) vkrt_close(&rt);
     CHECK_EXIT();
 }
