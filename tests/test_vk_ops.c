@@ -965,9 +965,11 @@ static void itopk_case(int nh, int m, int t0, int p0, int topk, int split_len, i
           bi = mkbuf(NULL, (size_t)(m + 2) * topk * 4);
     /* the two-dispatch path */
     pc_iscore pc = {(uint32_t)nh, (uint32_t)hd, 4, (uint32_t)t0, (uint32_t)p0, (uint32_t)ld, (uint32_t)n_max, ws,
-                    (uint32_t)m};
-    vkbuf *b4[4] = {&bq, &bw, &bk, &bs};
-    run1(P_INDEX_SCORE_TILE, b4, 4, &pc, sizeof pc, (uint32_t)(n_max + 31) / 32, (uint32_t)(m + 7) / 8);
+                    (uint32_t)m, 0};
+    vkbuf bz = mkbuf(NULL, 16); /* no base rows */
+    vkbuf *b5[5] = {&bq, &bw, &bk, &bs, &bz};
+    run1(P_INDEX_SCORE_TILE, b5, 5, &pc, sizeof pc, (uint32_t)(n_max + 31) / 32, (uint32_t)(m + 7) / 8);
+    vkbuf_free(&rt, &bz);
     pc_topk pt = {(uint32_t)topk, 4, (uint32_t)p0, (uint32_t)ld, (uint32_t)topk, 2};
     vkbuf *b2[2] = {&bs, &bi};
     run1(P_TOPK_RADIX, b2, 2, &pt, sizeof pt, (uint32_t)m, 1);
