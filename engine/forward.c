@@ -617,6 +617,25 @@ static void rmsnorm_quant(dsv4_engine *e, vkview X, vkview W, vkview Y, vkview Y
     vkrt_dispatch(&e->rt, P_RMSNORM_Q, v, 4, &pc, sizeof pc, rows, 1, 1);
 }
 
+/* Expert.forward's silu(w1 x) * (w3 x) (times the routing weights with
+   use_w) into H and, with quant, act_quant's FP8 quant-dequant of it into HQ
+   (w2's input): one swiglu_q dispatch, which writes HQ only, where inter is
+   whole 128-column blocks; else swiglu into H, then act_quant. */
+static void swiglu(dsv4_engine *e, vkview G, vkview U, vkview H, vkview HQ, uint32_t rows, int use_w, int quant)
+{
+    const dsv4_config *c = &e->m->cfg;
+    uint32_t inter = (uint32_t)c->moe_intermediate_size;
+    pc_swiglu pc = {rows, inter, (uint32_t)use_w, e->s.wsort_off, (float)c->swiglu_limit};
+    if (quant && inter % 128 == 0) {
+        vkview v[4] = {G, U, e->s.route, HQ};
+        vkrt_dispatch(&e->rt, P_SWIGLU_Q, v, 4, &pc, sizeof pc, inter / 128, rows, 1);
+        return;
+    }
+    vkview v[4] = {G, U, e->s.route, H};
+    vkrt_dispatch(&e->rt, P_SWIGLU, v, 4, &pc, sizeof pc, rows, 1, 1);
+    if (quant) act_quant(e, H, HQ, rows, inter);
+}
+
 static void headprep(dsv4_engine *e, vkview X, vkview NW, int yarn, uint32_t D, uint32_t ldx, uint32_t x_off,
                      uint32_t flags, uint32_t rows, uint32_t heads, uint32_t pos_base, uint32_t pos_step)
 {
@@ -1015,10 +1034,7 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
             vkrt_dispatch(&e->rt, pgath, v, 5, &pc, sizeof pc, gx_in, tiles, 1);
         }
     }
-    pc_swiglu psw = {T * k, inter, 1, s->wsort_off, (float)c->swiglu_limit};
-    vkview vs[4] = {s->h1, s->h3, s->route, s->hs};
-    vkrt_dispatch(&e->rt, P_SWIGLU, vs, 4, &psw, sizeof psw, T * k, 1, 1);
-    act_quant(e, s->hs, s->hsq, T * k, inter);
+    swiglu(e, s->h1, s->h3, s->hs, s->hsq, T * k, 1, 1);
     {
         for (int q = 0; q < g->n_exgroups; q++) {
             uint32_t e0 = (uint32_t)(q * g->ex_per_group), e1 = e0 + (uint32_t)g->ex_per_group < E ? e0 + (uint32_t)g->ex_per_group : E;
@@ -1031,10 +1047,13 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     vkrt_op(&e->rt, "shared_expert");
     gemm(e, &g->sh[0], s->xq, D, 0, s->s1, inter, 0, T, 1, 0, 0);
     gemm(e, &g->sh[2], s->xq, D, 0, s->s3, inter, 0, T, 1, 0, 0);
-    pc_swiglu psh = {T, inter, 0, 0, (float)c->swiglu_limit};
-    vkview vsh[4] = {s->s1, s->s3, s->route, s->ss};
-    vkrt_dispatch(&e->rt, P_SWIGLU, vsh, 4, &psh, sizeof psh, T, 1, 1);
-    qlinear(e, &g->sh[1], s->ss, s->ssq, T, s->sy, 1);
+    if (g->sh[1].q == DSV4_WQ_FP8 || g->sh[1].q == DSV4_WQ_FP4) { /* qlinear's act_quant done by swiglu */
+        swiglu(e, s->s1, s->s3, s->ss, s->ssq, T, 0, 1);
+        gemm(e, &g->sh[1], s->ssq, inter, 0, s->sy, D, 0, T, 1, 0, 0);
+    } else {
+        swiglu(e, s->s1, s->s3, s->ss, s->ssq, T, 0, 0);
+        gemm(e, &g->sh[1], s->ss, inter, 0, s->sy, D, 0, T, 1, 0, 0);
+    }
     vkrt_op(&e->rt, "moe_combine");
     pc_combine pcb = {D, k, s->slotpos_off};
     vkview vc[5] = {s->ys, s->sy, s->sel, s->route, s->fo};

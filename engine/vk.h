@@ -44,6 +44,7 @@ typedef enum {
     P_TOPK_RADIX,       /* topk by 8-bit radix select (4 passes instead of 32) */
     P_ATTN_DIRECT,      /* attn_tile without key staging, one head per workgroup: few tokens */
     P_INDEX_SCORE_TOK,  /* index_score, one token per workgroup, key rows in registers: decode */
+    P_SWIGLU_Q,         /* swiglu with act_quant's FP8 quant-dequant of its result (w2's input) */
     P_COUNT
 } vk_pipe_id;
 

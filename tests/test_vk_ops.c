@@ -361,6 +361,91 @@ static void rmsnorm_quant_fused(void)
     free(x); free(y1); free(q1); free(y2); free(q2);
 }
 
+/* ---- swiglu_q: swiglu and act_quant of its result in one dispatch ---- */
+typedef struct { uint32_t rows, inter, use_w, wsort_off; float limit; } pc_swiglu;
+
+/* Runs swiglu + act_quant (the two dispatches) and swiglu_q on rows of g, u;
+   qa gets the former's quantized output, qb the latter's. */
+static void swiglu_both(const float *g, const float *u, const uint32_t *r, int R, int I, int use_w, float lim,
+                        float *qa, float *qb)
+{
+    size_t n = (size_t)R * I;
+    uint32_t woff = 3; /* the weights start a few words into R, as wsort_off does in the engine */
+    vkbuf bg = mkbuf(g, n * 4), bu = mkbuf(u, n * 4), br = mkbuf(r, (size_t)(R + woff) * 4), bh = mkbuf(NULL, n * 4),
+          bq = mkbuf(NULL, n * 4), bq2 = mkbuf(NULL, n * 4);
+    pc_swiglu pc = {(uint32_t)R, (uint32_t)I, (uint32_t)use_w, woff, lim};
+    vkbuf *b1[4] = {&bg, &bu, &br, &bh};
+    run1(P_SWIGLU, b1, 4, &pc, sizeof pc, (uint32_t)R, 1);
+    pc_aq pa = {(uint32_t)R, (uint32_t)I, (uint32_t)I, 0, 128, 0};
+    vkbuf *ba[2] = {&bh, &bq};
+    run1(P_ACT_QUANT, ba, 2, &pa, sizeof pa, (uint32_t)I / 128, (uint32_t)R);
+    vkbuf *b2[4] = {&bg, &bu, &br, &bq2};
+    run1(P_SWIGLU_Q, b2, 4, &pc, sizeof pc, (uint32_t)I / 128, (uint32_t)R);
+    CHECK(readbuf(&bq, qa, n * 4) == 0);
+    CHECK(readbuf(&bq2, qb, n * 4) == 0);
+    vkbuf_free(&rt, &bg); vkbuf_free(&rt, &bu); vkbuf_free(&rt, &br); vkbuf_free(&rt, &bh);
+    vkbuf_free(&rt, &bq); vkbuf_free(&rt, &bq2);
+}
+
+/* swiglu_q must give the bits of swiglu + act_quant (with and without the
+   routing weights and the clamp), and both the CPU reference's; a changed
+   input must change its output (the comparison can fail). */
+static void swiglu_quant_fused(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    int R = 6, I = 384; /* three 128-column blocks */
+    size_t n = (size_t)R * I;
+    float *g = malloc(n * 4), *u = malloc(n * 4), *qa = malloc(n * 4), *qb = malloc(n * 4), *ref = malloc(n * 4);
+    uint32_t r[3 + 6] = {0xdeadbeefu, 0xdeadbeefu, 0xdeadbeefu};
+    for (int i = 0; i < R; i++) { float w = 0.25f + 0.1f * (float)i; memcpy(&r[3 + i], &w, 4); }
+    for (size_t i = 0; i < n; i++) {
+        g[i] = bf(frand() * (i % 128 == 9 ? 14.0f : 4.0f)); /* some beyond the limit */
+        u[i] = bf(frand() * (i % 128 == 70 ? 30.0f : 3.0f));
+    }
+    for (int use_w = 0; use_w < 2; use_w++)
+        for (int cl = 0; cl < 2; cl++) {
+            float lim = cl ? 10.0f : 0.0f;
+            swiglu_both(g, u, r, R, I, use_w, lim, qa, qb);
+            CHECKF(memcmp(qa, qb, n * 4) == 0, "swiglu_q differs from swiglu + act_quant (use_w %d, limit %g)",
+                   use_w, lim);
+            for (int t = 0; t < R; t++) /* the CPU reference: Expert.forward's activation, then act_quant */
+                for (int i = 0; i < I; i++) {
+                    float gv = g[t * I + i], uv = u[t * I + i], w;
+                    memcpy(&w, &r[3 + t], 4);
+                    if (lim > 0) {
+                        uv = uv < -lim ? -lim : uv > lim ? lim : uv;
+                        gv = gv > lim ? lim : gv;
+                    }
+                    float a = gv / (1.0f + expf(-gv)) * uv;
+                    if (use_w) a = w * a;
+                    ref[t * I + i] = bf(a);
+                }
+            size_t differ = 0;
+            for (size_t i = 0; i < n; i++) differ += ref[i] != qb[i];
+            CHECKF(differ > n / 4, "the quantization changed only %zu of %zu values", differ, n);
+            ref_act_quant(ref, R, I, I, 128);
+            double e = nmse(qb, ref, n);
+            printf("  swiglu_q (use_w %d, limit %g) nmse %.3g against the CPU reference\n", use_w, lim, e);
+            CHECKF(e < 1e-12, "swiglu_q nmse %g", e);
+        }
+    /* one value in block 1 of row 2 made the block's largest: its scale
+       grows, which changes the value and the block's smallest (they fall to
+       e4m3's subnormals), nothing outside the block */
+    swiglu_both(g, u, r, R, I, 1, 0.0f, qa, qb); /* unclamped, so the new value can exceed every other */
+    g[2 * I + 128 + 18] = 40.0f;
+    u[2 * I + 128 + 18] = 40.0f;
+    float *qm = malloc(n * 4), *qm2 = malloc(n * 4);
+    swiglu_both(g, u, r, R, I, 1, 0.0f, qm, qm2);
+    CHECKF(memcmp(qm, qm2, n * 4) == 0, "swiglu_q differs from swiglu + act_quant (mutated input)");
+    size_t changed = 0, outside = 0;
+    for (size_t i = 0; i < n; i++) {
+        int in_blk = i / I == 2 && i % I >= 128 && i % I < 256;
+        if (qm2[i] != qb[i]) { changed++; outside += !in_blk; }
+    }
+    CHECKF(changed > 1 && outside == 0, "mutated input: %zu values changed, %zu outside its block", changed, outside);
+    free(g); free(u); free(qa); free(qb); free(ref); free(qm); free(qm2);
+}
+
 /* ---- headprep: indexer path (RoPE, Hadamard, FP4) and KV path (norm, RoPE, FP8) ---- */
 typedef struct { uint32_t D, rd, ldx, x_off, flags, pos_base, pos_step; float eps; } pc_hp;
 
@@ -755,6 +840,7 @@ int main(void)
     RUN(act_quant_fp8);
     RUN(rmsnorm_rows);
     RUN(rmsnorm_quant_fused);
+    RUN(swiglu_quant_fused);
     RUN(headprep_paths);
     RUN(attention_window_and_compressed);
     RUN(topk_ties_and_visibility);
