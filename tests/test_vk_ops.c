@@ -297,42 +297,76 @@ static void act_quant_fp8(void)
 /* ---- rmsnorm ---- */
 typedef struct { uint32_t D, ldx, ldy, x_off, y_off; float eps; } pc_rms;
 
-static void rmsnorm_rows(void)
+/* rmsnorm.comp's own order, on the CPU: lane l adds the squares of columns
+   l, l + 64, ... in order, the 64 lane sums are added as a pairwise tree,
+   then div_acc / rsqrt_acc (correctly rounded via double); the shader must
+   give these bits for any D (staged in shared memory or not). The reference
+   of ref_model.h adds in its own order, so it agrees only within a bound. */
+static void rms_shader_order(const float *x, const float *w, int R, int D, float eps, float *out)
 {
-    if (!open_rt()) SKIP("no Vulkan device");
-    int R = 7, D = 192;
-    float *x = malloc((size_t)R * D * 4), *r = malloc((size_t)R * D * 4), *g = malloc((size_t)R * D * 4), w[192];
-    uint16_t wh[192];
+    for (int t = 0; t < R; t++) {
+        const float *xr = x + (size_t)t * D;
+        float lane[64];
+        for (int l = 0; l < 64; l++) {
+            float s = 0.0f;
+            for (int c = l; c < D; c += 64) s += xr[c] * xr[c];
+            lane[l] = s;
+        }
+        for (int k = 32; k > 0; k >>= 1)
+            for (int l = 0; l < k; l++) lane[l] += lane[l + k];
+        float ms = (float)((double)lane[0] / (double)(float)D) + eps;
+        float r = (float)(1.0 / (double)(float)sqrt((double)ms));
+        for (int c = 0; c < D; c++) out[(size_t)t * D + c] = bf(w[c] * (xr[c] * r));
+    }
+}
+
+/* D 192: a tail of a 64-lane round and of the 1024-column rounds; 7296: past
+   the shader's MAXD (7168), the row read from X where needed, not staged */
+static void rmsnorm_case(int R, int D)
+{
+    float *x = malloc((size_t)R * D * 4), *r = malloc((size_t)R * D * 4), *g = malloc((size_t)R * D * 4),
+          *w = malloc((size_t)D * 4);
+    uint16_t *wh = malloc((size_t)D * 2);
     for (int i = 0; i < D; i++) {
         wh[i] = dsv4_f32_to_bf16(1 + frand() * 0.5f);
         w[i] = dsv4_bf16_to_f32(wh[i]);
     }
     for (int i = 0; i < R * D; i++) x[i] = bf(frand() * 3);
     ref_rmsnorm(x, w, R, D, 1e-6f, r);
-    vkbuf bx = mkbuf(x, (size_t)R * D * 4), bw = mkbuf(wh, sizeof wh), by = mkbuf(NULL, (size_t)R * D * 4);
+    vkbuf bx = mkbuf(x, (size_t)R * D * 4), bw = mkbuf(wh, (size_t)D * 2), by = mkbuf(NULL, (size_t)R * D * 4);
     vkbuf *b[3] = {&bx, &bw, &by};
     pc_rms pc = {(uint32_t)D, (uint32_t)D, (uint32_t)D, 0, 0, 1e-6f};
     run1(P_RMSNORM, b, 3, &pc, sizeof pc, R, 1);
     CHECK(readbuf(&by, g, (size_t)R * D * 4) == 0);
     double e = nmse(g, r, (size_t)R * D);
-    printf("  rmsnorm nmse %.3g\n", e);
-    CHECKF(e < 1e-9, "rmsnorm nmse %g", e);
+    printf("  rmsnorm D %d nmse %.3g\n", D, e);
+    CHECKF(e < 1e-7, "rmsnorm D %d nmse %g", D, e);
+    rms_shader_order(x, w, R, D, 1e-6f, r);
+    CHECKF(memcmp(g, r, (size_t)R * D * 4) == 0, "rmsnorm D %d: not the bits of its summation order", D);
+    x[D + 5] *= 1.5f; /* a changed input must show */
+    rms_shader_order(x, w, R, D, 1e-6f, r);
+    CHECKF(memcmp(g, r, (size_t)R * D * 4) != 0, "rmsnorm D %d: the comparison cannot fail", D);
     vkbuf_free(&rt, &bx); vkbuf_free(&rt, &bw); vkbuf_free(&rt, &by);
-    free(x); free(r); free(g);
+    free(x); free(r); free(g); free(w); free(wh);
+}
+
+static void rmsnorm_rows(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    rmsnorm_case(7, 192);
+    rmsnorm_case(3, 7296);
 }
 
 /* rmsnorm_q: the norm and act_quant's FP8 quant-dequant of its result in one
    dispatch must give the two dispatches' bits, also writing over its input. */
-static void rmsnorm_quant_fused(void)
+static void rmsnorm_quant_case(int R, int D)
 {
-    if (!open_rt()) SKIP("no Vulkan device");
-    int R = 5, D = 384; /* three 128-column blocks */
     size_t n = (size_t)R * D;
     float *x = malloc(n * 4), *y1 = malloc(n * 4), *q1 = malloc(n * 4), *y2 = malloc(n * 4), *q2 = malloc(n * 4);
-    uint16_t wh[384];
+    uint16_t *wh = malloc((size_t)D * 2);
     for (int i = 0; i < D; i++) wh[i] = dsv4_f32_to_bf16(1 + frand() * 0.5f);
     for (size_t i = 0; i < n; i++) x[i] = bf(frand() * (i % 128 == 5 ? 40.0f : 3.0f)); /* one large value per block */
-    vkbuf bx = mkbuf(x, n * 4), bw = mkbuf(wh, sizeof wh), by = mkbuf(NULL, n * 4), bq = mkbuf(NULL, n * 4);
+    vkbuf bx = mkbuf(x, n * 4), bw = mkbuf(wh, (size_t)D * 2), by = mkbuf(NULL, n * 4), bq = mkbuf(NULL, n * 4);
     pc_rms pc = {(uint32_t)D, (uint32_t)D, (uint32_t)D, 0, 0, 1e-6f};
     vkbuf *b3[3] = {&bx, &bw, &by};
     run1(P_RMSNORM, b3, 3, &pc, sizeof pc, R, 1);
@@ -351,6 +385,16 @@ static void rmsnorm_quant_fused(void)
     size_t differ = 0;
     for (size_t i = 0; i < n; i++) differ += q1[i] != y1[i];
     CHECKF(differ > n / 4, "the quantization changed only %zu of %zu values", differ, n);
+    { /* and the CPU reference of the two, so both shaders cannot be wrong alike */
+        float *w = malloc((size_t)D * 4), *r = malloc(n * 4);
+        for (int i = 0; i < D; i++) w[i] = dsv4_bf16_to_f32(wh[i]);
+        ref_rmsnorm(x, w, R, D, 1e-6f, r);
+        ref_act_quant(r, R, D, D, 128);
+        double e = nmse(q2, r, n);
+        printf("  rmsnorm_q D %d nmse %.3g against the CPU reference\n", D, e);
+        CHECKF(e < 1e-9, "rmsnorm_q D %d nmse %g", D, e);
+        free(w); free(r);
+    }
     /* in place: the quantized result over the input rows */
     vkbuf *b5[4] = {&bx, &bw, &by2, &bx};
     run1(P_RMSNORM_Q, b5, 4, &pc, sizeof pc, R, 1);
@@ -358,7 +402,14 @@ static void rmsnorm_quant_fused(void)
     CHECKF(memcmp(q1, q2, n * 4) == 0, "rmsnorm_q in place differs");
     vkbuf_free(&rt, &bx); vkbuf_free(&rt, &bw); vkbuf_free(&rt, &by); vkbuf_free(&rt, &bq);
     vkbuf_free(&rt, &by2); vkbuf_free(&rt, &bq2);
-    free(x); free(y1); free(q1); free(y2); free(q2);
+    free(x); free(y1); free(q1); free(y2); free(q2); free(wh);
+}
+
+static void rmsnorm_quant_fused(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    rmsnorm_quant_case(5, 384);  /* three 128-column blocks, the row staged */
+    rmsnorm_quant_case(2, 7296); /* 57 blocks, past MAXD: read from X in place */
 }
 
 /* ---- swiglu_q: swiglu and act_quant of its result in one dispatch ---- */
