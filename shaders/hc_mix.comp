@@ -37,10 +37,23 @@ void main()
        GPUs (that made this shader 13x slower than the rest of hc_pre) */
     double ss = 0.0;
     for (uint j = 0u; j < nmix; j++) part[j][t] = 0.0;
+    /* fn's values for eight mixes are loaded before any is used: one after
+       the other, each a memory latency, a decode step's slice spent ~30 us
+       waiting (the sums and their order are the same) */
     for (uint c = c0 + t; c < c1; c += 64u) {
         double v = double(X[xb + c]);
         ss += v * v;
-        for (uint j = 0u; j < nmix; j++) part[j][t] += v * double(FN[j * HD + c]);
+        for (uint j0 = 0u; j0 < nmix; j0 += 8u) {
+            vec4 fa, fb;
+            for (uint k = 0u; k < 4u; k++) {
+                fa[k] = FN[min(j0 + k, nmix - 1u) * HD + c];
+                fb[k] = FN[min(j0 + 4u + k, nmix - 1u) * HD + c];
+            }
+            for (uint k = 0u; k < 4u; k++) {
+                if (j0 + k < nmix) part[j0 + k][t] += v * double(fa[k]);
+                if (j0 + 4u + k < nmix) part[j0 + 4u + k][t] += v * double(fb[k]);
+            }
+        }
     }
     part[MAXMIX][t] = ss;
     barrier();

@@ -497,6 +497,115 @@ static void swiglu_quant_fused(void)
     free(g); free(u); free(qa); free(qb); free(ref); free(qm); free(qm2);
 }
 
+/* ---- hc_mix + hc_pre: Block.hc_pre split over slices of a token ---- */
+typedef struct { uint32_t D, hc, iters, x_ld; float norm_eps, hc_eps; uint32_t splits; } pc_hcpre;
+typedef struct { uint32_t D, hc, x_ld, splits; } pc_hcmix;
+
+/* hc_mix.comp's order on the CPU: per slice, lane l adds columns c0 + l,
+   c0 + l + 64, ... in double, then a pairwise tree over the 64 lanes. */
+static void hc_mix_order(const float *x, const float *fn, int T, int hc, int D, int splits, double *part)
+{
+    int HD = hc * D, nmix = (2 + hc) * hc, len = (HD + splits - 1) / splits;
+    double (*lane)[64] = malloc(sizeof(double[64]) * (size_t)(nmix + 1));
+    for (int t = 0; t < T; t++)
+        for (int sl = 0; sl < splits; sl++) {
+            int c0 = sl * len, c1 = c0 + len < HD ? c0 + len : HD;
+            memset(lane, 0, sizeof(double[64]) * (size_t)(nmix + 1));
+            for (int l = 0; l < 64; l++)
+                for (int c = c0 + l; c < c1; c += 64) {
+                    double v = x[(size_t)t * HD + c];
+                    lane[nmix][l] += v * v;
+                    for (int j = 0; j < nmix; j++) lane[j][l] += v * (double)fn[(size_t)j * HD + c];
+                }
+            for (int k = 32; k > 0; k >>= 1)
+                for (int l = 0; l < k; l++)
+                    for (int j = 0; j <= nmix; j++) lane[j][l] += lane[j][l + k];
+            for (int j = 0; j <= nmix; j++) part[((size_t)t * splits + sl) * (nmix + 1) + j] = lane[j][0];
+        }
+    free(lane);
+}
+
+/* Runs hc_mix then hc_pre over T tokens (rows of x from token t0) with the
+   given split count; PART, Y [T][D] and MIX [T][hc + hc*hc] come back. */
+static void hc_pre_run(const float *x, const float *fn, const float *base, const float *scale, int t0, int T,
+                       int hc, int D, int splits, double *part, float *y, float *mix)
+{
+    int HD = hc * D, nmix = (2 + hc) * hc;
+    size_t np = (size_t)T * splits * (nmix + 1), nm = (size_t)T * (hc + hc * hc);
+    vkbuf bx = mkbuf(x + (size_t)t0 * HD, (size_t)T * HD * 4), bf = mkbuf(fn, (size_t)nmix * HD * 4),
+          bb = mkbuf(base, (size_t)nmix * 4), bs = mkbuf(scale, 12), by = mkbuf(NULL, (size_t)T * D * 4),
+          bm = mkbuf(NULL, nm * 4), bp = mkbuf(NULL, np * 8);
+    pc_hcmix pm = {(uint32_t)D, (uint32_t)hc, (uint32_t)HD, (uint32_t)splits};
+    vkbuf *b1[3] = {&bx, &bf, &bp};
+    run1(P_HC_MIX, b1, 3, &pm, sizeof pm, (uint32_t)T, (uint32_t)splits);
+    pc_hcpre pc = {(uint32_t)D, (uint32_t)hc, 20, (uint32_t)HD, 1e-6f, 1e-6f, (uint32_t)splits};
+    vkbuf *b2[7] = {&bx, &bf, &bb, &bs, &by, &bm, &bp};
+    run1(P_HC_PRE, b2, 7, &pc, sizeof pc, (uint32_t)T, 1);
+    CHECK(readbuf(&bp, part, np * 8) == 0);
+    CHECK(readbuf(&by, y, (size_t)T * D * 4) == 0);
+    CHECK(readbuf(&bm, mix, nm * 4) == 0);
+    vkbuf_free(&rt, &bx); vkbuf_free(&rt, &bf); vkbuf_free(&rt, &bb); vkbuf_free(&rt, &bs);
+    vkbuf_free(&rt, &by); vkbuf_free(&rt, &bm); vkbuf_free(&rt, &bp);
+}
+
+/* hc_mix's partial sums in its exact order, for the engine's split counts
+   (4 on CPU drivers, 64 on GPUs) and an odd one; hc_pre's result against
+   the CPU reference; a token's bits the same alone as among others. */
+static void hc_pre_slices(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    enum { T = 3, HC = 4, D = 320, HD = HC * D, NMIX = (2 + HC) * HC };
+    float *x = malloc(sizeof(float) * T * HD), *fn = malloc(sizeof(float) * NMIX * HD), base[NMIX], scale[3];
+    for (int i = 0; i < T * HD; i++) x[i] = bf(frand() * 2);
+    for (int i = 0; i < NMIX * HD; i++) fn[i] = frand() * 0.05f;
+    for (int i = 0; i < NMIX; i++) base[i] = frand() * 0.5f;
+    for (int i = 0; i < 3; i++) scale[i] = 0.5f + 0.25f * (float)i;
+    float yr[T * D], post[T * HC], comb[T * HC * HC];
+    ref_hc_pre(x, T, HC, D, fn, scale, base, 20, 1e-6f, 1e-6f, yr, post, comb);
+    int splits_of[3] = {4, 64, 7};
+    for (int si = 0; si < 3; si++) {
+        int sp = splits_of[si];
+        size_t np = (size_t)T * sp * (NMIX + 1);
+        double *part = malloc(np * 8), *want = malloc(np * 8), *part1 = malloc(np * 8);
+        float y[T * D], mix[T * (HC + HC * HC)], y1[D], mix1[HC + HC * HC];
+        hc_pre_run(x, fn, base, scale, 0, T, HC, D, sp, part, y, mix);
+        hc_mix_order(x, fn, T, HC, D, sp, want);
+        CHECKF(memcmp(part, want, np * 8) == 0, "hc_mix (%d slices): not the bits of its summation order", sp);
+        double e = nmse(y, yr, (size_t)T * D);
+        float mr[T * (HC + HC * HC)];
+        for (int t = 0; t < T; t++) {
+            memcpy(mr + t * (HC + HC * HC), post + t * HC, HC * 4);
+            memcpy(mr + t * (HC + HC * HC) + HC, comb + t * HC * HC, HC * HC * 4);
+        }
+        double em = nmse(mix, mr, (size_t)T * (HC + HC * HC));
+        printf("  hc_pre %d slices: y nmse %.3g, post/comb nmse %.3g\n", sp, e, em);
+        CHECKF(e < 1e-5 && em < 1e-9, "hc_pre %d slices: y nmse %g, post/comb nmse %g", sp, e, em);
+        hc_pre_run(x, fn, base, scale, 1, 1, HC, D, sp, part1, y1, mix1);
+        CHECKF(memcmp(y1, y + D, D * 4) == 0 && memcmp(mix1, mix + HC + HC * HC, (HC + HC * HC) * 4) == 0,
+               "hc_pre %d slices: token 1 alone differs from token 1 of 3", sp);
+        if (sp == 64) { /* a digest of the bits, to compare builds */
+            uint64_t h = 1469598103934665603ull;
+            const uint8_t *py = (const uint8_t *)y, *pm = (const uint8_t *)mix;
+            for (size_t i = 0; i < sizeof y; i++) h = (h ^ py[i]) * 1099511628211ull;
+            for (size_t i = 0; i < sizeof mix; i++) h = (h ^ pm[i]) * 1099511628211ull;
+            printf("  hc_pre 64 slices: digest of y and mix %016llx\n", (unsigned long long)h);
+        }
+        free(part); free(want); free(part1);
+    }
+    x[HD + 77] += 0.5f; /* a changed input must show in the exact comparison */
+    {
+        size_t np = (size_t)T * 64 * (NMIX + 1);
+        double *part = malloc(np * 8), *want = malloc(np * 8);
+        float y[T * D], mix[T * (HC + HC * HC)];
+        hc_pre_run(x, fn, base, scale, 0, T, HC, D, 64, part, y, mix);
+        x[HD + 77] -= 0.5f;
+        hc_mix_order(x, fn, T, HC, D, 64, want);
+        CHECKF(memcmp(part, want, np * 8) != 0, "hc_mix: the exact comparison cannot fail");
+        free(part); free(want);
+    }
+    free(x); free(fn);
+}
+
 /* ---- headprep: indexer path (RoPE, Hadamard, FP4) and KV path (norm, RoPE, FP8) ---- */
 typedef struct { uint32_t D, rd, ldx, x_off, flags, pos_base, pos_step; float eps; } pc_hp;
 
@@ -892,6 +1001,7 @@ int main(void)
     RUN(rmsnorm_rows);
     RUN(rmsnorm_quant_fused);
     RUN(swiglu_quant_fused);
+    RUN(hc_pre_slices);
     RUN(headprep_paths);
     RUN(attention_window_and_compressed);
     RUN(topk_ties_and_visibility);
