@@ -36,6 +36,8 @@ typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scal
 typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale; } pc_gate;
 typedef struct { uint32_t T, E, k, rowmap_off, slotpos_off, wsort_off, e_begin_off; } pc_group;
 typedef struct { uint32_t rows, inter, use_w, wsort_off; float limit; } pc_swiglu;
+typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale;
+                 uint32_t rowmap_off, slotpos_off, wsort_off, e_begin_off; } pc_gategroup;
 typedef struct { uint32_t D, k, slotpos_off; } pc_combine;
 typedef struct { uint32_t D, hc, row0, rows; } pc_embed;
 typedef struct { uint32_t D, hc; } pc_add;
@@ -54,6 +56,7 @@ _Static_assert(sizeof(pc_attn) == 48, "attn push constants");
 _Static_assert(sizeof(pc_gate) == 28, "moe_gate push constants");
 _Static_assert(sizeof(pc_group) == 28, "moe_group push constants");
 _Static_assert(sizeof(pc_swiglu) == 20, "swiglu push constants");
+_Static_assert(sizeof(pc_gategroup) == 44, "moe_gate_group push constants");
 _Static_assert(sizeof(pc_combine) == 12, "moe_combine push constants");
 _Static_assert(sizeof(pc_embed) == 16, "embed push constants");
 _Static_assert(sizeof(pc_add) == 8, "add_bcast push constants");
@@ -992,11 +995,18 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
                            : c->scoring_func == DSV4_SCORE_SOFTMAX            ? 1u : 2u,
                   (uint32_t)g->hash, g->gate_bias.buf != e->dummy.buf || g->gate_bias.off != e->dummy.off,
                   (float)c->routed_scaling_factor};
-    vkview vg[6] = {s->gl, g->gate_bias, g->tid2eid, s->tok, s->sel, s->wgt};
-    vkrt_dispatch(&e->rt, P_MOE_GATE, vg, 6, &pg, sizeof pg, T, 1, 1);
-    pc_group pgr = {T, E, k, s->rowmap_off, s->slotpos_off, s->wsort_off, s->ebegin_off};
-    vkview vr[3] = {s->sel, s->wgt, s->route};
-    vkrt_dispatch(&e->rt, P_MOE_GROUP, vr, 3, &pgr, sizeof pgr, 1, 1, 1);
+    if (T == 1) { /* one token: the grouping in the gate's workgroup */
+        pc_gategroup pgg = {pg.T, pg.E, pg.k, pg.func, pg.hash, pg.use_bias, pg.route_scale,
+                            s->rowmap_off, s->slotpos_off, s->wsort_off, s->ebegin_off};
+        vkview vg[7] = {s->gl, g->gate_bias, g->tid2eid, s->tok, s->sel, s->wgt, s->route};
+        vkrt_dispatch(&e->rt, P_MOE_GATE_GROUP, vg, 7, &pgg, sizeof pgg, 1, 1, 1);
+    } else {
+        vkview vg[6] = {s->gl, g->gate_bias, g->tid2eid, s->tok, s->sel, s->wgt};
+        vkrt_dispatch(&e->rt, P_MOE_GATE, vg, 6, &pg, sizeof pg, T, 1, 1);
+        pc_group pgr = {T, E, k, s->rowmap_off, s->slotpos_off, s->wsort_off, s->ebegin_off};
+        vkview vr[3] = {s->sel, s->wgt, s->route};
+        vkrt_dispatch(&e->rt, P_MOE_GROUP, vr, 3, &pgr, sizeof pgr, 1, 1, 1);
+    }
     vkrt_op(&e->rt, "experts");
     int fp4 = g->ex_q == DSV4_WQ_FP4;
     vk_pipe_id pgath = fp4 ? P_GEMM_FP4_GATHER : g->ex_q == DSV4_WQ_FP8 ? P_GEMM_FP8_GATHER : P_GEMM_BF16_GATHER;

@@ -93,6 +93,7 @@ static const struct {
     [P_ATTN_DIRECT] = {"attn_direct", 8},
     [P_INDEX_SCORE_TOK] = {"index_score_tok", 4, 0, 32768},
     [P_SWIGLU_Q] = {"swiglu_q", 4},
+    [P_MOE_GATE_GROUP] = {"moe_gate_group", 7},
 };
 
 int vkrt_pipe_bindings(vk_pipe_id p) { return pipe_info[p].nbind; }

@@ -45,6 +45,7 @@ typedef enum {
     P_ATTN_DIRECT,      /* attn_tile without key staging, one head per workgroup: few tokens */
     P_INDEX_SCORE_TOK,  /* index_score, one token per workgroup, key rows in registers: decode */
     P_SWIGLU_Q,         /* swiglu with act_quant's FP8 quant-dequant of its result (w2's input) */
+    P_MOE_GATE_GROUP,   /* moe_gate and moe_group's grouping in one workgroup: one token */
     P_COUNT
 } vk_pipe_id;
 

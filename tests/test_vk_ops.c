@@ -606,6 +606,130 @@ static void hc_pre_slices(void)
     free(x); free(fn);
 }
 
+/* ---- moe_gate_group: the gate and moe_group's grouping in one dispatch ---- */
+typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale; } pc_gate;
+typedef struct { uint32_t T, E, k, rowmap_off, slotpos_off, wsort_off, e_begin_off; } pc_group;
+typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale;
+                 uint32_t rowmap_off, slotpos_off, wsort_off, e_begin_off; } pc_gategroup;
+
+/* The route buffer moe_group must write for slots sel/wgt (n = T*k), built
+   on the CPU from its description in moe_route.glsl; offsets as routeoffs. */
+static void route_expect(const uint32_t *sel, const float *wgt, int T, int k, int E, uint32_t *R, const uint32_t *o)
+{
+    int n = T * k;
+    uint32_t tiles = 0, off = 0;
+    for (int e = 0; e < E; e++) {
+        uint32_t c = 0;
+        for (int q = 0; q < n; q++) c += sel[q] == (uint32_t)e;
+        R[o[3] + e] = off;
+        for (uint32_t m = 0; m < c; m += 32) {
+            uint32_t *b = R + 4 + 4 * tiles++;
+            b[0] = (uint32_t)e; b[1] = off + m; b[2] = off + (m + 32 < c ? m + 32 : c); b[3] = 0;
+        }
+        uint32_t pos = off;
+        for (int q = 0; q < n; q++)
+            if (sel[q] == (uint32_t)e) {
+                R[o[0] + pos] = (uint32_t)(q / k);
+                R[o[1] + q] = pos;
+                memcpy(&R[o[2] + pos], &wgt[q], 4);
+                pos++;
+            }
+        off += c;
+    }
+    R[0] = tiles;
+}
+
+/* Gate (and, for one token, grouping) of T tokens' logits: the two
+   dispatches into sel1/wgt1/r1, and for T == 1 the fused one into
+   sel2/wgt2/r2. o: rowmap, slotpos, wsort, e_begin offsets in R (nr words). */
+static void gate_run(const float *lg, const float *bias, const uint32_t *tid2eid, const int32_t *tok, int T, int E,
+                     int k, int func, int hash, const uint32_t *o, size_t nr, uint32_t *sel1, float *wgt1, uint32_t *r1,
+                     uint32_t *sel2, float *wgt2, uint32_t *r2)
+{
+    vkbuf bl = mkbuf(lg, (size_t)T * E * 4), bb = mkbuf(bias, (size_t)E * 4), bh = mkbuf(tid2eid, 64 * 16 * 8),
+          bt = mkbuf(tok, (size_t)T * 4), bs = mkbuf(NULL, (size_t)T * k * 4), bw = mkbuf(NULL, (size_t)T * k * 4),
+          br = mkbuf(NULL, nr * 4);
+    pc_gate pg = {(uint32_t)T, (uint32_t)E, (uint32_t)k, (uint32_t)func, (uint32_t)hash, bias != NULL, 1.5f};
+    vkbuf *b6[6] = {&bl, &bb, &bh, &bt, &bs, &bw};
+    run1(P_MOE_GATE, b6, 6, &pg, sizeof pg, (uint32_t)T, 1);
+    pc_group pr = {(uint32_t)T, (uint32_t)E, (uint32_t)k, o[0], o[1], o[2], o[3]};
+    vkbuf *b3[3] = {&bs, &bw, &br};
+    run1(P_MOE_GROUP, b3, 3, &pr, sizeof pr, 1, 1);
+    CHECK(readbuf(&bs, sel1, (size_t)T * k * 4) == 0);
+    CHECK(readbuf(&bw, wgt1, (size_t)T * k * 4) == 0);
+    CHECK(readbuf(&br, r1, nr * 4) == 0);
+    if (T == 1) {
+        vkbuf bs2 = mkbuf(NULL, (size_t)k * 4), bw2 = mkbuf(NULL, (size_t)k * 4), br2 = mkbuf(NULL, nr * 4);
+        pc_gategroup pgg = {1, (uint32_t)E, (uint32_t)k, (uint32_t)func, (uint32_t)hash, bias != NULL, 1.5f,
+                            o[0], o[1], o[2], o[3]};
+        vkbuf *b7[7] = {&bl, &bb, &bh, &bt, &bs2, &bw2, &br2};
+        run1(P_MOE_GATE_GROUP, b7, 7, &pgg, sizeof pgg, 1, 1);
+        CHECK(readbuf(&bs2, sel2, (size_t)k * 4) == 0);
+        CHECK(readbuf(&bw2, wgt2, (size_t)k * 4) == 0);
+        CHECK(readbuf(&br2, r2, nr * 4) == 0);
+        vkbuf_free(&rt, &bs2); vkbuf_free(&rt, &bw2); vkbuf_free(&rt, &br2);
+    }
+    vkbuf_free(&rt, &bl); vkbuf_free(&rt, &bb); vkbuf_free(&rt, &bh); vkbuf_free(&rt, &bt);
+    vkbuf_free(&rt, &bs); vkbuf_free(&rt, &bw); vkbuf_free(&rt, &br);
+}
+
+/* moe_group's route buffer against its description (several tokens, some
+   experts shared); moe_gate_group bit-for-bit against moe_gate + moe_group
+   for one token (score functions, bias, hash routing), a changed logit
+   changing its output. */
+static void moe_gate_group_fused(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    enum { E = 256, K = 6, TMAX = 40 };
+    int n_max = TMAX * K;
+    uint32_t o[4] = {4u + 4u * (uint32_t)n_max, 0, 0, 0};
+    o[1] = o[0] + (uint32_t)n_max; o[2] = o[1] + (uint32_t)n_max; o[3] = o[2] + (uint32_t)n_max;
+    size_t nr = o[3] + E;
+    float *lg = malloc(sizeof(float) * TMAX * E), bias[E];
+    uint32_t *r1 = malloc(nr * 4), *r2 = malloc(nr * 4), *rw = malloc(nr * 4), tid2eid[64 * 16 * 2];
+    uint32_t sel1[TMAX * K], sel2[K];
+    float wgt1[TMAX * K], wgt2[K];
+    int32_t tok[TMAX];
+    for (int i = 0; i < TMAX * E; i++) lg[i] = frand() * 4;
+    for (int i = 0; i < E; i++) bias[i] = frand() * 0.5f;
+    for (int i = 0; i < 64 * 16; i++) { tid2eid[2 * i] = (uint32_t)(i * 37 % E); tid2eid[2 * i + 1] = 0; }
+    for (int t = 0; t < TMAX; t++) tok[t] = t * 5 % 64;
+    for (int t = 0; t < TMAX; t++) /* the last tokens pile onto three experts: tiles of 32 rows and more */
+        if (t >= 4) for (int e = 0; e < 3; e++) lg[t * E + 100 + e] = 50.0f;
+    /* several tokens: moe_group against its description */
+    memset(r1, 0, nr * 4);
+    gate_run(lg, bias, tid2eid, tok, TMAX, E, K, 0, 0, o, nr, sel1, wgt1, r1, NULL, NULL, NULL);
+    memset(rw, 0, nr * 4);
+    route_expect(sel1, wgt1, TMAX, K, E, rw, o);
+    CHECKF(memcmp(r1, rw, nr * 4) == 0, "moe_group's route buffer differs from its description (%d tokens)", TMAX);
+    CHECKF(r1[0] > (uint32_t)3, "only %u tiles", r1[0]);
+    /* one token: fused against the two dispatches */
+    const char *what[4] = {"sqrtsoftplus + bias", "sigmoid", "softmax", "hash"};
+    int funcs[4] = {0, 2, 1, 0}, hashes[4] = {0, 0, 0, 1};
+    for (int c = 0; c < 4; c++) {
+        gate_run(lg + 2 * E, c == 0 ? bias : NULL, tid2eid, tok + 2, 1, E, K, funcs[c], hashes[c], o, nr, sel1, wgt1,
+                 r1, sel2, wgt2, r2);
+        CHECKF(memcmp(sel1, sel2, sizeof sel2) == 0 && memcmp(wgt1, wgt2, sizeof wgt2) == 0,
+               "moe_gate_group (%s): selections or weights differ", what[c]);
+        CHECKF(memcmp(r1, r2, nr * 4) == 0, "moe_gate_group (%s): route buffer differs", what[c]);
+        memset(rw, 0, nr * 4);
+        route_expect(sel2, wgt2, 1, K, E, rw, o);
+        CHECKF(memcmp(r2, rw, nr * 4) == 0, "moe_gate_group (%s): route buffer differs from its description", what[c]);
+    }
+    /* the first selected expert made the least likely: another is chosen */
+    uint32_t first = sel2[0];
+    gate_run(lg + 2 * E, NULL, tid2eid, tok + 2, 1, E, K, 1, 0, o, nr, sel1, wgt1, r1, sel2, wgt2, r2);
+    first = sel2[0];
+    lg[2 * E + first] = -50.0f;
+    uint32_t sel3[K];
+    float wgt3[K];
+    gate_run(lg + 2 * E, NULL, tid2eid, tok + 2, 1, E, K, 1, 0, o, nr, sel1, wgt1, r1, sel3, wgt3, r2);
+    int still = 0;
+    for (int j = 0; j < K; j++) still |= sel3[j] == first;
+    CHECKF(!still && memcmp(r1, r2, nr * 4) == 0, "a changed logit: expert %u still chosen (or the two differ)", first);
+    free(lg); free(r1); free(r2); free(rw);
+}
+
 /* ---- headprep: indexer path (RoPE, Hadamard, FP4) and KV path (norm, RoPE, FP8) ---- */
 typedef struct { uint32_t D, rd, ldx, x_off, flags, pos_base, pos_step; float eps; } pc_hp;
 
@@ -1002,6 +1126,7 @@ int main(void)
     RUN(rmsnorm_quant_fused);
     RUN(swiglu_quant_fused);
     RUN(hc_pre_slices);
+    RUN(moe_gate_group_fused);
     RUN(headprep_paths);
     RUN(attention_window_and_compressed);
     RUN(topk_ties_and_visibility);
