@@ -976,8 +976,13 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     vkrt_op(&e->rt, "attn_out");
     headprep(e, s->o, e->dummy, yarn, hd, H * hd, 0, F_ROPE_INV | F_POSBUF, T, H, 0, 0);
     uint32_t G = c->o_groups, R = c->o_lora_rank, gin = H * hd / G;
-    for (uint32_t gi = 0; gi < G; gi++) /* wo_a: bf16 einsum per group, no activation quant */
+    /* wo_a: bf16 einsum per group, no activation quant. The groups write
+       disjoint columns of oa: no barriers among them (each write of the one
+       oa view looked like a dependency: o_groups - 1 barriers per layer) */
+    vkrt_defer_barriers(&e->rt, 1);
+    for (uint32_t gi = 0; gi < G; gi++)
         gemm(e, &g->wo_a, s->o, H * hd, gi * gin, s->oa, G * R, gi * R, T, 1, gi * R, R);
+    vkrt_defer_barriers(&e->rt, 0);
     act_quant(e, s->oa, s->oaq, T, G * R);
     gemm(e, &g->wo_b, s->oaq, G * R, 0, s->ao, D, 0, T, 1, 0, 0);
     vkrt_op(&e->rt, "hc_post");
