@@ -730,6 +730,57 @@ static void moe_gate_group_fused(void)
     free(lg); free(r1); free(r2); free(rw);
 }
 
+/* ---- moe_combine: the routed experts' rows in ascending expert order + the shared expert ---- */
+typedef struct { uint32_t D, k, slotpos_off; } pc_combine;
+
+/* want[T][D]: the CPU's sum, experts in ascending order, then the shared one */
+static void combine_want(const float *ys, const float *sh, const uint32_t *sel, const uint32_t *pos, int T, int K,
+                         int D, float *want)
+{
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < D; c++) {
+            float y = 0.0f;
+            int prev = -1;
+            for (int j = 0; j < K; j++) {
+                int best = -1;
+                for (int q = 0; q < K; q++)
+                    if ((int)sel[t * K + q] > prev && (best < 0 || sel[t * K + q] < sel[t * K + best])) best = q;
+                prev = (int)sel[t * K + best];
+                y += ys[(size_t)pos[t * K + best] * D + c];
+            }
+            want[t * D + c] = bf(y + sh[t * D + c]);
+        }
+}
+
+static void moe_combine_order(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    enum { T = 3, K = 6, D = 320, SOFF = 5 };
+    static const int perm[K] = {4, 1, 5, 0, 3, 2};
+    uint32_t sel[T * K], r[SOFF + T * K];
+    float *ys = malloc(sizeof(float) * T * K * D), sh[T * D], want[T * D], got[T * D];
+    for (int i = 0; i < T * K * D; i++) ys[i] = bf(frand() * (i % 11 == 0 ? 100.0f : 1.0f));
+    for (int i = 0; i < T * D; i++) sh[i] = bf(frand());
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < K; j++) {
+            sel[t * K + j] = (uint32_t)(t * 3 + 5 * perm[j]); /* a token's experts distinct, unsorted */
+            r[SOFF + t * K + j] = (uint32_t)((t * K + j) * 5 % (T * K)); /* a permutation of the rows */
+        }
+    combine_want(ys, sh, sel, r + SOFF, T, K, D, want);
+    vkbuf by = mkbuf(ys, sizeof(float) * T * K * D), bs = mkbuf(sh, sizeof sh), be = mkbuf(sel, sizeof sel),
+          br = mkbuf(r, sizeof r), bo = mkbuf(NULL, sizeof got);
+    pc_combine pc = {D, K, SOFF};
+    vkbuf *b[5] = {&by, &bs, &be, &br, &bo};
+    run1(P_MOE_COMBINE, b, 5, &pc, sizeof pc, T, (D + 255) / 256);
+    CHECK(readbuf(&bo, got, sizeof got) == 0);
+    CHECKF(memcmp(got, want, sizeof got) == 0, "moe_combine: not the bits of the ascending-expert sum");
+    ys[(size_t)r[SOFF + K + 2] * D + 300] += 3.0f; /* a changed input must show */
+    combine_want(ys, sh, sel, r + SOFF, T, K, D, want);
+    CHECKF(memcmp(got, want, sizeof got) != 0, "moe_combine: the comparison cannot fail");
+    vkbuf_free(&rt, &by); vkbuf_free(&rt, &bs); vkbuf_free(&rt, &be); vkbuf_free(&rt, &br); vkbuf_free(&rt, &bo);
+    free(ys);
+}
+
 /* ---- headprep: indexer path (RoPE, Hadamard, FP4) and KV path (norm, RoPE, FP8) ---- */
 typedef struct { uint32_t D, rd, ldx, x_off, flags, pos_base, pos_step; float eps; } pc_hp;
 
@@ -1127,6 +1178,7 @@ int main(void)
     RUN(swiglu_quant_fused);
     RUN(hc_pre_slices);
     RUN(moe_gate_group_fused);
+    RUN(moe_combine_order);
     RUN(headprep_paths);
     RUN(attention_window_and_compressed);
     RUN(topk_ties_and_visibility);
