@@ -41,10 +41,11 @@ bool staged;
 
 float xv(uint c) { return staged ? xs[c] : X[xb + c]; }
 
-/* the bf16 result of column c */
-float ynorm(uint c, float r)
+float wat(uint c) { return bf16_at(Wt[c >> 1], c & 1u); }
+
+/* the bf16 result of column c, weight w */
+float ynorm(uint c, float w, float r)
 {
-    float w = bf16_at(Wt[c >> 1], c & 1u);
     precise float y = w * (xv(c) * r);
     return bf16r(y);
 }
@@ -89,11 +90,15 @@ void main()
     uint b = t >> 2;
     if (b < D >> 7) {
         uint m = 0u;
-        for (uint i = 0u; i < 32u; i++) {
-            uint c = b * 128u + (t & 3u) + 4u * ((i + b) & 31u);
-            float yb = ynorm(c, r);
-            if (staged) xs[c] = yb;
-            m = max(m, floatBitsToUint(abs(yb)));
+        for (uint i0 = 0u; i0 < 32u; i0 += 4u) {
+            vec4 w4; /* the weights of four columns in flight at a time */
+            for (uint k = 0u; k < 4u; k++) w4[k] = wat(b * 128u + (t & 3u) + 4u * ((i0 + k + b) & 31u));
+            for (uint k = 0u; k < 4u; k++) {
+                uint c = b * 128u + (t & 3u) + 4u * ((i0 + k + b) & 31u);
+                float yb = ynorm(c, w4[k], r);
+                if (staged) xs[c] = yb;
+                m = max(m, floatBitsToUint(abs(yb)));
+            }
         }
         atomicMax(amax[b], m);
     }
@@ -105,9 +110,9 @@ void main()
         for (uint k = 0u; k < 4u; k++) {
             uint c = min(c0 + 256u * k, last);
 #ifdef QUANT
-            y4[k] = staged ? xs[c] : ynorm(c, r);
+            y4[k] = staged ? xs[c] : ynorm(c, wat(c), r);
 #else
-            y4[k] = ynorm(c, r);
+            y4[k] = ynorm(c, wat(c), r);
 #endif
         }
         for (uint k = 0u; k < 4u; k++) {
