@@ -43,6 +43,8 @@ typedef struct { uint32_t topk, ratio, p0, ld_i, i_row0, cap, n_split, row0, ld_
 typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale; } pc_gate;
 typedef struct { uint32_t T, E, k, rowmap_off, slotpos_off, wsort_off, e_begin_off; } pc_group;
 typedef struct { uint32_t rows, inter, use_w, wsort_off; float limit; } pc_swiglu;
+typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale;
+                 uint32_t rowmap_off, slotpos_off, wsort_off, e_begin_off; } pc_gategroup;
 typedef struct { uint32_t D, k, slotpos_off; } pc_combine;
 typedef struct { uint32_t D, hc, row0, rows; } pc_embed;
 typedef struct { uint32_t D, hc; } pc_add;
@@ -65,6 +67,7 @@ _Static_assert(sizeof(pc_itmerge) == 36, "index_topk_merge push constants");
 _Static_assert(sizeof(pc_gate) == 28, "moe_gate push constants");
 _Static_assert(sizeof(pc_group) == 28, "moe_group push constants");
 _Static_assert(sizeof(pc_swiglu) == 20, "swiglu push constants");
+_Static_assert(sizeof(pc_gategroup) == 44, "moe_gate_group push constants");
 _Static_assert(sizeof(pc_combine) == 12, "moe_combine push constants");
 _Static_assert(sizeof(pc_embed) == 16, "embed push constants");
 _Static_assert(sizeof(pc_add) == 8, "add_bcast push constants");
@@ -782,6 +785,25 @@ static void rmsnorm_quant(dsv4_engine *e, vkview X, vkview W, vkview Y, vkview Y
     vkrt_dispatch(&e->rt, P_RMSNORM_Q, v, 4, &pc, sizeof pc, rows, 1, 1);
 }
 
+/* Expert.forward's silu(w1 x) * (w3 x) (times the routing weights with
+   use_w) into H and, with quant, act_quant's FP8 quant-dequant of it into HQ
+   (w2's input): one swiglu_q dispatch, which writes HQ only, where inter is
+   whole 128-column blocks; else swiglu into H, then act_quant. */
+static void swiglu(dsv4_engine *e, vkview G, vkview U, vkview H, vkview HQ, uint32_t rows, int use_w, int quant)
+{
+    const dsv4_config *c = &e->m->cfg;
+    uint32_t inter = (uint32_t)c->moe_intermediate_size;
+    pc_swiglu pc = {rows, inter, (uint32_t)use_w, e->s.wsort_off, (float)c->swiglu_limit};
+    if (quant && inter % 128 == 0) {
+        vkview v[4] = {G, U, e->s.route, HQ};
+        vkrt_dispatch(&e->rt, P_SWIGLU_Q, v, 4, &pc, sizeof pc, inter / 128, rows, 1);
+        return;
+    }
+    vkview v[4] = {G, U, e->s.route, H};
+    vkrt_dispatch(&e->rt, P_SWIGLU, v, 4, &pc, sizeof pc, rows, 1, 1);
+    if (quant) act_quant(e, H, HQ, rows, inter);
+}
+
 static void headprep(dsv4_engine *e, vkview X, vkview NW, int yarn, uint32_t D, uint32_t ldx, uint32_t x_off,
                      uint32_t flags, uint32_t rows, uint32_t heads, uint32_t pos_base, uint32_t pos_step)
 {
@@ -1268,8 +1290,13 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     vkrt_op(&e->rt, "attn_out");
     headprep(e, s->o, e->dummy, yarn, hd, H * hd, 0, F_ROPE_INV | F_POSBUF, T, H, 0, 0);
     uint32_t G = c->o_groups, R = c->o_lora_rank, gin = H * hd / G;
-    for (uint32_t gi = 0; gi < G; gi++) /* wo_a: bf16 einsum per group, no activation quant */
+    /* wo_a: bf16 einsum per group, no activation quant. The groups write
+       disjoint columns of oa: no barriers among them (each write of the one
+       oa view looked like a dependency: o_groups - 1 barriers per layer) */
+    vkrt_defer_barriers(&e->rt, 1);
+    for (uint32_t gi = 0; gi < G; gi++)
         gemm(e, &g->wo_a, s->o, H * hd, gi * gin, s->oa, G * R, gi * R, T, 1, gi * R, R);
+    vkrt_defer_barriers(&e->rt, 0);
     act_quant(e, s->oa, s->oaq, T, G * R);
     gemm(e, &g->wo_b, s->oaq, G * R, 0, s->ao, D, 0, T, 1, 0, 0);
     vkrt_op(&e->rt, "hc_post");
@@ -1287,11 +1314,18 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
                            : c->scoring_func == DSV4_SCORE_SOFTMAX            ? 1u : 2u,
                   (uint32_t)g->hash, g->gate_bias.buf != e->dummy.buf || g->gate_bias.off != e->dummy.off,
                   (float)c->routed_scaling_factor};
-    vkview vg[6] = {s->gl, g->gate_bias, g->tid2eid, s->tok, s->sel, s->wgt};
-    vkrt_dispatch(&e->rt, P_MOE_GATE, vg, 6, &pg, sizeof pg, T, 1, 1);
-    pc_group pgr = {T, E, k, s->rowmap_off, s->slotpos_off, s->wsort_off, s->ebegin_off};
-    vkview vr[3] = {s->sel, s->wgt, s->route};
-    vkrt_dispatch(&e->rt, P_MOE_GROUP, vr, 3, &pgr, sizeof pgr, 1, 1, 1);
+    if (T == 1) { /* one token: the grouping in the gate's workgroup */
+        pc_gategroup pgg = {pg.T, pg.E, pg.k, pg.func, pg.hash, pg.use_bias, pg.route_scale,
+                            s->rowmap_off, s->slotpos_off, s->wsort_off, s->ebegin_off};
+        vkview vg[7] = {s->gl, g->gate_bias, g->tid2eid, s->tok, s->sel, s->wgt, s->route};
+        vkrt_dispatch(&e->rt, P_MOE_GATE_GROUP, vg, 7, &pgg, sizeof pgg, 1, 1, 1);
+    } else {
+        vkview vg[6] = {s->gl, g->gate_bias, g->tid2eid, s->tok, s->sel, s->wgt};
+        vkrt_dispatch(&e->rt, P_MOE_GATE, vg, 6, &pg, sizeof pg, T, 1, 1);
+        pc_group pgr = {T, E, k, s->rowmap_off, s->slotpos_off, s->wsort_off, s->ebegin_off};
+        vkview vr[3] = {s->sel, s->wgt, s->route};
+        vkrt_dispatch(&e->rt, P_MOE_GROUP, vr, 3, &pgr, sizeof pgr, 1, 1, 1);
+    }
     vkrt_op(&e->rt, "experts");
     int fp4 = g->ex_q == DSV4_WQ_FP4;
     vk_pipe_id pgath = fp4 ? P_GEMM_FP4_GATHER : g->ex_q == DSV4_WQ_FP8 ? P_GEMM_FP8_GATHER : P_GEMM_BF16_GATHER;
@@ -1329,10 +1363,7 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
             vkrt_dispatch(&e->rt, pgath, v, 5, &pc, sizeof pc, gx_in, tiles, 1);
         }
     }
-    pc_swiglu psw = {T * k, inter, 1, s->wsort_off, (float)c->swiglu_limit};
-    vkview vs[4] = {s->h1, s->h3, s->route, s->hs};
-    vkrt_dispatch(&e->rt, P_SWIGLU, vs, 4, &psw, sizeof psw, T * k, 1, 1);
-    act_quant(e, s->hs, s->hsq, T * k, inter);
+    swiglu(e, s->h1, s->h3, s->hs, s->hsq, T * k, 1, 1);
     {
         for (int q = 0; q < g->n_exgroups; q++) {
             uint32_t e0 = (uint32_t)(q * g->ex_per_group), e1 = e0 + (uint32_t)g->ex_per_group < E ? e0 + (uint32_t)g->ex_per_group : E;
@@ -1345,10 +1376,13 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     vkrt_op(&e->rt, "shared_expert");
     gemm(e, &g->sh[0], s->xq, D, 0, s->s1, inter, 0, T, 1, 0, 0);
     gemm(e, &g->sh[2], s->xq, D, 0, s->s3, inter, 0, T, 1, 0, 0);
-    pc_swiglu psh = {T, inter, 0, 0, (float)c->swiglu_limit};
-    vkview vsh[4] = {s->s1, s->s3, s->route, s->ss};
-    vkrt_dispatch(&e->rt, P_SWIGLU, vsh, 4, &psh, sizeof psh, T, 1, 1);
-    qlinear(e, &g->sh[1], s->ss, s->ssq, T, s->sy, 1);
+    if (g->sh[1].q == DSV4_WQ_FP8 || g->sh[1].q == DSV4_WQ_FP4) { /* qlinear's act_quant done by swiglu */
+        swiglu(e, s->s1, s->s3, s->ss, s->ssq, T, 0, 1);
+        gemm(e, &g->sh[1], s->ssq, inter, 0, s->sy, D, 0, T, 1, 0, 0);
+    } else {
+        swiglu(e, s->s1, s->s3, s->ss, s->ssq, T, 0, 0);
+        gemm(e, &g->sh[1], s->ss, inter, 0, s->sy, D, 0, T, 1, 0, 0);
+    }
     vkrt_op(&e->rt, "moe_combine");
     pc_combine pcb = {D, k, s->slotpos_off};
     vkview vc[5] = {s->ys, s->sy, s->sel, s->route, s->fo};

@@ -99,6 +99,8 @@ static const struct {
     [P_TOPK_DEC] = {"topk_dec", 2, 0, 12296},
     [P_INDEX_TOPK] = {"index_topk", 6, 0, 26984},
     [P_INDEX_TOPK_MERGE] = {"index_topk_merge", 3},
+    [P_SWIGLU_Q] = {"swiglu_q", 4},
+    [P_MOE_GATE_GROUP] = {"moe_gate_group", 7},
 };
 
 int vkrt_pipe_bindings(vk_pipe_id p) { return pipe_info[p].nbind; }

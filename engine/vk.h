@@ -51,6 +51,8 @@ typedef enum {
     P_TOPK_DEC,         /* topk_radix in 3 passes with parallel scans, 512 threads: decode */
     P_INDEX_TOPK,       /* indexer scores + per-range candidate lists, no score matrix (prefill) */
     P_INDEX_TOPK_MERGE, /* index_topk's lists of a token -> its top-k row (topk_radix's output) */
+    P_SWIGLU_Q,         /* swiglu with act_quant's FP8 quant-dequant of its result (w2's input) */
+    P_MOE_GATE_GROUP,   /* moe_gate and moe_group's grouping in one workgroup: one token */
     P_COUNT
 } vk_pipe_id;
 

@@ -4,11 +4,14 @@
  * the mean square over all hc*D values, mixes = (x . fn_j) * rsqrt, then
  * hc_split_sinkhorn (pre, post, comb with hc_sinkhorn_iters alternating
  * normalisations) or, for the head, pre only; y = sum_h pre_h * x_h rounded
- * to bf16. post and comb go to MIX[T][hc+hc*hc] for hc_post. */
+ * to bf16. post and comb go to MIX[T][hc+hc*hc] for hc_post.
+ * A decode step runs this for one token: 256 invocations write y's columns
+ * (64 left each of them 64 rounds of loads), and the slices' partial sums
+ * are loaded eight at a time before they are added, in slice order. */
 #version 450
 #include "common.glsl"
 #define MAXMIX 48
-layout(local_size_x = 64) in;
+layout(local_size_x = 256) in; /* the sums on the first nmix + 1; all for y's columns */
 layout(std430, binding = 0) readonly buffer BX { float X[]; };
 layout(std430, binding = 1) readonly buffer BF { float FN[]; };
 layout(std430, binding = 2) readonly buffer BB { float BASE[]; };
@@ -35,9 +38,20 @@ void main()
     uint nmix = (2u + p.hc) * p.hc;
 #endif
     uint xb = tok * p.x_ld;
-    if (t <= nmix) {
+    if (t <= nmix) { /* in slice order; eight slices' loads in flight at a time */
         double a = 0.0;
-        for (uint sl = 0u; sl < p.splits; sl++) a += PART[(tok * p.splits + sl) * (nmix + 1u) + t];
+        uint pb = tok * p.splits * (nmix + 1u) + t, last = p.splits - 1u;
+        for (uint s0 = 0u; s0 < p.splits; s0 += 8u) {
+            dvec4 va, vb;
+            for (uint k = 0u; k < 4u; k++) {
+                va[k] = PART[pb + min(s0 + k, last) * (nmix + 1u)];
+                vb[k] = PART[pb + min(s0 + 4u + k, last) * (nmix + 1u)];
+            }
+            for (uint k = 0u; k < 4u; k++)
+                if (s0 + k < p.splits) a += va[k];
+            for (uint k = 0u; k < 4u; k++)
+                if (s0 + 4u + k < p.splits) a += vb[k];
+        }
         tot[t] = float(a);
     }
     barrier();
@@ -97,7 +111,7 @@ void main()
     if (t < nc) MIX[mb + hc + t] = cm[t];
 #endif
     barrier();
-    for (uint c = t; c < p.D; c += 64u) {
+    for (uint c = t; c < p.D; c += 256u) {
         precise float y = 0.0;
         for (uint h = 0u; h < p.hc; h++) y += pre[h] * X[xb + h * p.D + c];
         Y[tok * p.D + c] = bf16r(y);

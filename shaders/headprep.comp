@@ -48,7 +48,12 @@ void main()
 {
     uint row = gl_WorkGroupID.x, head = gl_WorkGroupID.y, t = gl_LocalInvocationID.x;
     uint D = p.D, base = row * p.ldx + p.x_off + head * D;
-    for (uint c = t; c < D; c += 64u) v[c] = X[base + c];
+    for (uint c0 = t; c0 < D; c0 += 256u) { /* four loads in flight, not one after the other */
+        vec4 a;
+        for (uint k = 0u; k < 4u; k++) a[k] = X[base + min(c0 + 64u * k, D - 1u)];
+        for (uint k = 0u; k < 4u; k++)
+            if (c0 + 64u * k < D) v[c0 + 64u * k] = a[k];
+    }
     barrier();
     if ((p.flags & F_RMS_SCALE) != 0u) {
         precise float s = 0.0;

@@ -6,7 +6,12 @@
  * (an exp and a log in double each) are computed once per expert by the
  * workgroup's invocations and the k selections are reductions over them: one
  * invocation per token spent about a millisecond per decode step in its
- * k x E score loop. */
+ * k x E score loop.
+ *
+ * -DGROUP (moe_gate_group): for one token (T = 1, one workgroup), also
+ * moe_group.comp's grouping of its k slots into the route buffer R (binding
+ * 6), from the selections still in shared memory: a decode step of one
+ * sequence saves a dispatch, the barrier before it and moe_group's reads. */
 #version 450
 #include "common.glsl"
 #define MAXE 1024
@@ -17,13 +22,27 @@ layout(std430, binding = 2) readonly buffer BH { uint TID2EID[]; };
 layout(std430, binding = 3) readonly buffer BT { int TOK[]; };
 layout(std430, binding = 4) writeonly buffer BE { uint SEL[]; };
 layout(std430, binding = 5) writeonly buffer BW { float WGT[]; };
+#ifdef GROUP
+layout(std430, binding = 6) buffer BR { uint R[]; };
+layout(push_constant) uniform P {
+    uint T, E, k, func, hash, use_bias; float route_scale;
+    uint rowmap_off, slotpos_off, wsort_off, e_begin_off;
+} p;
+#else
 layout(push_constant) uniform P { uint T, E, k, func, hash, use_bias; float route_scale; } p;
+#endif
 shared float sc[MAXE];   /* the unbiased score of each expert */
 shared uint taken[MAXE];
 shared float rv[256];
 shared uint ri[256];
 shared float mxs, dens;
 shared uint chosen[16];
+#ifdef GROUP
+shared float wout[16]; /* the weights as written to WGT */
+#define SEL_AT(s) chosen[s]
+#define WGT_AT(s) wout[s]
+#include "moe_route.glsl"
+#endif
 
 float score(float x)
 {
@@ -86,19 +105,27 @@ void main()
         barrier();
     }
     barrier();
-    if (t != 0u) return;
-    float wsum = 0.0;
-    float w[16];
-    for (uint j = 0u; j < p.k; j++) {
-        uint best = chosen[j];
-        float s = p.func == 1u ? exp_acc(LG[lb + best] - mxs) / dens : score(LG[lb + best]);
-        w[j] = s;
-        wsum += s;
+    if (t == 0u) {
+        float wsum = 0.0;
+        float w[16];
+        for (uint j = 0u; j < p.k; j++) {
+            uint best = chosen[j];
+            float s = p.func == 1u ? exp_acc(LG[lb + best] - mxs) / dens : score(LG[lb + best]);
+            w[j] = s;
+            wsum += s;
+        }
+        for (uint j = 0u; j < p.k; j++) {
+            float v = w[j];
+            if (p.func != 1u) v = div_acc(v, wsum);
+            SEL[tok * p.k + j] = chosen[j];
+            WGT[tok * p.k + j] = v * p.route_scale;
+#ifdef GROUP
+            wout[j] = v * p.route_scale;
+#endif
+        }
     }
-    for (uint j = 0u; j < p.k; j++) {
-        float v = w[j];
-        if (p.func != 1u) v = div_acc(v, wsum);
-        SEL[tok * p.k + j] = chosen[j];
-        WGT[tok * p.k + j] = v * p.route_scale;
-    }
+#ifdef GROUP
+    barrier();
+    route_group(t, p.k);
+#endif
 }

@@ -306,42 +306,76 @@ static void act_quant_fp8(void)
 /* ---- rmsnorm ---- */
 typedef struct { uint32_t D, ldx, ldy, x_off, y_off; float eps; } pc_rms;
 
-static void rmsnorm_rows(void)
+/* rmsnorm.comp's own order, on the CPU: lane l adds the squares of columns
+   l, l + 64, ... in order, the 64 lane sums are added as a pairwise tree,
+   then div_acc / rsqrt_acc (correctly rounded via double); the shader must
+   give these bits for any D (staged in shared memory or not). The reference
+   of ref_model.h adds in its own order, so it agrees only within a bound. */
+static void rms_shader_order(const float *x, const float *w, int R, int D, float eps, float *out)
 {
-    if (!open_rt()) SKIP("no Vulkan device");
-    int R = 7, D = 192;
-    float *x = malloc((size_t)R * D * 4), *r = malloc((size_t)R * D * 4), *g = malloc((size_t)R * D * 4), w[192];
-    uint16_t wh[192];
+    for (int t = 0; t < R; t++) {
+        const float *xr = x + (size_t)t * D;
+        float lane[64];
+        for (int l = 0; l < 64; l++) {
+            float s = 0.0f;
+            for (int c = l; c < D; c += 64) s += xr[c] * xr[c];
+            lane[l] = s;
+        }
+        for (int k = 32; k > 0; k >>= 1)
+            for (int l = 0; l < k; l++) lane[l] += lane[l + k];
+        float ms = (float)((double)lane[0] / (double)(float)D) + eps;
+        float r = (float)(1.0 / (double)(float)sqrt((double)ms));
+        for (int c = 0; c < D; c++) out[(size_t)t * D + c] = bf(w[c] * (xr[c] * r));
+    }
+}
+
+/* D 192: a tail of a 64-lane round and of the 1024-column rounds; 7296: past
+   the shader's MAXD (7168), the row read from X where needed, not staged */
+static void rmsnorm_case(int R, int D)
+{
+    float *x = malloc((size_t)R * D * 4), *r = malloc((size_t)R * D * 4), *g = malloc((size_t)R * D * 4),
+          *w = malloc((size_t)D * 4);
+    uint16_t *wh = malloc((size_t)D * 2);
     for (int i = 0; i < D; i++) {
         wh[i] = dsv4_f32_to_bf16(1 + frand() * 0.5f);
         w[i] = dsv4_bf16_to_f32(wh[i]);
     }
     for (int i = 0; i < R * D; i++) x[i] = bf(frand() * 3);
     ref_rmsnorm(x, w, R, D, 1e-6f, r);
-    vkbuf bx = mkbuf(x, (size_t)R * D * 4), bw = mkbuf(wh, sizeof wh), by = mkbuf(NULL, (size_t)R * D * 4);
+    vkbuf bx = mkbuf(x, (size_t)R * D * 4), bw = mkbuf(wh, (size_t)D * 2), by = mkbuf(NULL, (size_t)R * D * 4);
     vkbuf *b[3] = {&bx, &bw, &by};
     pc_rms pc = {(uint32_t)D, (uint32_t)D, (uint32_t)D, 0, 0, 1e-6f};
     run1(P_RMSNORM, b, 3, &pc, sizeof pc, R, 1);
     CHECK(readbuf(&by, g, (size_t)R * D * 4) == 0);
     double e = nmse(g, r, (size_t)R * D);
-    printf("  rmsnorm nmse %.3g\n", e);
-    CHECKF(e < 1e-9, "rmsnorm nmse %g", e);
+    printf("  rmsnorm D %d nmse %.3g\n", D, e);
+    CHECKF(e < 1e-7, "rmsnorm D %d nmse %g", D, e);
+    rms_shader_order(x, w, R, D, 1e-6f, r);
+    CHECKF(memcmp(g, r, (size_t)R * D * 4) == 0, "rmsnorm D %d: not the bits of its summation order", D);
+    x[D + 5] *= 1.5f; /* a changed input must show */
+    rms_shader_order(x, w, R, D, 1e-6f, r);
+    CHECKF(memcmp(g, r, (size_t)R * D * 4) != 0, "rmsnorm D %d: the comparison cannot fail", D);
     vkbuf_free(&rt, &bx); vkbuf_free(&rt, &bw); vkbuf_free(&rt, &by);
-    free(x); free(r); free(g);
+    free(x); free(r); free(g); free(w); free(wh);
+}
+
+static void rmsnorm_rows(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    rmsnorm_case(7, 192);
+    rmsnorm_case(3, 7296);
 }
 
 /* rmsnorm_q: the norm and act_quant's FP8 quant-dequant of its result in one
    dispatch must give the two dispatches' bits, also writing over its input. */
-static void rmsnorm_quant_fused(void)
+static void rmsnorm_quant_case(int R, int D)
 {
-    if (!open_rt()) SKIP("no Vulkan device");
-    int R = 5, D = 384; /* three 128-column blocks */
     size_t n = (size_t)R * D;
     float *x = malloc(n * 4), *y1 = malloc(n * 4), *q1 = malloc(n * 4), *y2 = malloc(n * 4), *q2 = malloc(n * 4);
-    uint16_t wh[384];
+    uint16_t *wh = malloc((size_t)D * 2);
     for (int i = 0; i < D; i++) wh[i] = dsv4_f32_to_bf16(1 + frand() * 0.5f);
     for (size_t i = 0; i < n; i++) x[i] = bf(frand() * (i % 128 == 5 ? 40.0f : 3.0f)); /* one large value per block */
-    vkbuf bx = mkbuf(x, n * 4), bw = mkbuf(wh, sizeof wh), by = mkbuf(NULL, n * 4), bq = mkbuf(NULL, n * 4);
+    vkbuf bx = mkbuf(x, n * 4), bw = mkbuf(wh, (size_t)D * 2), by = mkbuf(NULL, n * 4), bq = mkbuf(NULL, n * 4);
     pc_rms pc = {(uint32_t)D, (uint32_t)D, (uint32_t)D, 0, 0, 1e-6f};
     vkbuf *b3[3] = {&bx, &bw, &by};
     run1(P_RMSNORM, b3, 3, &pc, sizeof pc, R, 1);
@@ -360,6 +394,16 @@ static void rmsnorm_quant_fused(void)
     size_t differ = 0;
     for (size_t i = 0; i < n; i++) differ += q1[i] != y1[i];
     CHECKF(differ > n / 4, "the quantization changed only %zu of %zu values", differ, n);
+    { /* and the CPU reference of the two, so both shaders cannot be wrong alike */
+        float *w = malloc((size_t)D * 4), *r = malloc(n * 4);
+        for (int i = 0; i < D; i++) w[i] = dsv4_bf16_to_f32(wh[i]);
+        ref_rmsnorm(x, w, R, D, 1e-6f, r);
+        ref_act_quant(r, R, D, D, 128);
+        double e = nmse(q2, r, n);
+        printf("  rmsnorm_q D %d nmse %.3g against the CPU reference\n", D, e);
+        CHECKF(e < 1e-9, "rmsnorm_q D %d nmse %g", D, e);
+        free(w); free(r);
+    }
     /* in place: the quantized result over the input rows */
     vkbuf *b5[4] = {&bx, &bw, &by2, &bx};
     run1(P_RMSNORM_Q, b5, 4, &pc, sizeof pc, R, 1);
@@ -367,7 +411,383 @@ static void rmsnorm_quant_fused(void)
     CHECKF(memcmp(q1, q2, n * 4) == 0, "rmsnorm_q in place differs");
     vkbuf_free(&rt, &bx); vkbuf_free(&rt, &bw); vkbuf_free(&rt, &by); vkbuf_free(&rt, &bq);
     vkbuf_free(&rt, &by2); vkbuf_free(&rt, &bq2);
-    free(x); free(y1); free(q1); free(y2); free(q2);
+    free(x); free(y1); free(q1); free(y2); free(q2); free(wh);
+}
+
+static void rmsnorm_quant_fused(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    rmsnorm_quant_case(5, 384);  /* three 128-column blocks, the row staged */
+    rmsnorm_quant_case(2, 7296); /* 57 blocks, past MAXD: read from X in place */
+}
+
+/* ---- swiglu_q: swiglu and act_quant of its result in one dispatch ---- */
+typedef struct { uint32_t rows, inter, use_w, wsort_off; float limit; } pc_swiglu;
+
+/* Runs swiglu + act_quant (the two dispatches) and swiglu_q on rows of g, u;
+   qa gets the former's quantized output, qb the latter's. */
+static void swiglu_both(const float *g, const float *u, const uint32_t *r, int R, int I, int use_w, float lim,
+                        float *qa, float *qb)
+{
+    size_t n = (size_t)R * I;
+    uint32_t woff = 3; /* the weights start a few words into R, as wsort_off does in the engine */
+    vkbuf bg = mkbuf(g, n * 4), bu = mkbuf(u, n * 4), br = mkbuf(r, (size_t)(R + woff) * 4), bh = mkbuf(NULL, n * 4),
+          bq = mkbuf(NULL, n * 4), bq2 = mkbuf(NULL, n * 4);
+    pc_swiglu pc = {(uint32_t)R, (uint32_t)I, (uint32_t)use_w, woff, lim};
+    vkbuf *b1[4] = {&bg, &bu, &br, &bh};
+    run1(P_SWIGLU, b1, 4, &pc, sizeof pc, (uint32_t)R, 1);
+    pc_aq pa = {(uint32_t)R, (uint32_t)I, (uint32_t)I, 0, 128, 0};
+    vkbuf *ba[2] = {&bh, &bq};
+    run1(P_ACT_QUANT, ba, 2, &pa, sizeof pa, (uint32_t)I / 128, (uint32_t)R);
+    vkbuf *b2[4] = {&bg, &bu, &br, &bq2};
+    run1(P_SWIGLU_Q, b2, 4, &pc, sizeof pc, (uint32_t)I / 128, (uint32_t)R);
+    CHECK(readbuf(&bq, qa, n * 4) == 0);
+    CHECK(readbuf(&bq2, qb, n * 4) == 0);
+    vkbuf_free(&rt, &bg); vkbuf_free(&rt, &bu); vkbuf_free(&rt, &br); vkbuf_free(&rt, &bh);
+    vkbuf_free(&rt, &bq); vkbuf_free(&rt, &bq2);
+}
+
+/* swiglu_q must give the bits of swiglu + act_quant (with and without the
+   routing weights and the clamp), and both the CPU reference's; a changed
+   input must change its output (the comparison can fail). */
+static void swiglu_quant_fused(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    int R = 6, I = 384; /* three 128-column blocks */
+    size_t n = (size_t)R * I;
+    float *g = malloc(n * 4), *u = malloc(n * 4), *qa = malloc(n * 4), *qb = malloc(n * 4), *ref = malloc(n * 4);
+    uint32_t r[3 + 6] = {0xdeadbeefu, 0xdeadbeefu, 0xdeadbeefu};
+    for (int i = 0; i < R; i++) { float w = 0.25f + 0.1f * (float)i; memcpy(&r[3 + i], &w, 4); }
+    for (size_t i = 0; i < n; i++) {
+        g[i] = bf(frand() * (i % 128 == 9 ? 14.0f : 4.0f)); /* some beyond the limit */
+        u[i] = bf(frand() * (i % 128 == 70 ? 30.0f : 3.0f));
+    }
+    for (int use_w = 0; use_w < 2; use_w++)
+        for (int cl = 0; cl < 2; cl++) {
+            float lim = cl ? 10.0f : 0.0f;
+            swiglu_both(g, u, r, R, I, use_w, lim, qa, qb);
+            CHECKF(memcmp(qa, qb, n * 4) == 0, "swiglu_q differs from swiglu + act_quant (use_w %d, limit %g)",
+                   use_w, lim);
+            for (int t = 0; t < R; t++) /* the CPU reference: Expert.forward's activation, then act_quant */
+                for (int i = 0; i < I; i++) {
+                    float gv = g[t * I + i], uv = u[t * I + i], w;
+                    memcpy(&w, &r[3 + t], 4);
+                    if (lim > 0) {
+                        uv = uv < -lim ? -lim : uv > lim ? lim : uv;
+                        gv = gv > lim ? lim : gv;
+                    }
+                    float a = gv / (1.0f + expf(-gv)) * uv;
+                    if (use_w) a = w * a;
+                    ref[t * I + i] = bf(a);
+                }
+            size_t differ = 0;
+            for (size_t i = 0; i < n; i++) differ += ref[i] != qb[i];
+            CHECKF(differ > n / 4, "the quantization changed only %zu of %zu values", differ, n);
+            ref_act_quant(ref, R, I, I, 128);
+            double e = nmse(qb, ref, n);
+            printf("  swiglu_q (use_w %d, limit %g) nmse %.3g against the CPU reference\n", use_w, lim, e);
+            CHECKF(e < 1e-12, "swiglu_q nmse %g", e);
+        }
+    /* one value in block 1 of row 2 made the block's largest: its scale
+       grows, which changes the value and the block's smallest (they fall to
+       e4m3's subnormals), nothing outside the block */
+    swiglu_both(g, u, r, R, I, 1, 0.0f, qa, qb); /* unclamped, so the new value can exceed every other */
+    g[2 * I + 128 + 18] = 40.0f;
+    u[2 * I + 128 + 18] = 40.0f;
+    float *qm = malloc(n * 4), *qm2 = malloc(n * 4);
+    swiglu_both(g, u, r, R, I, 1, 0.0f, qm, qm2);
+    CHECKF(memcmp(qm, qm2, n * 4) == 0, "swiglu_q differs from swiglu + act_quant (mutated input)");
+    size_t changed = 0, outside = 0;
+    for (size_t i = 0; i < n; i++) {
+        int in_blk = i / I == 2 && i % I >= 128 && i % I < 256;
+        if (qm2[i] != qb[i]) { changed++; outside += !in_blk; }
+    }
+    CHECKF(changed > 1 && outside == 0, "mutated input: %zu values changed, %zu outside its block", changed, outside);
+    free(g); free(u); free(qa); free(qb); free(ref); free(qm); free(qm2);
+}
+
+/* ---- hc_mix + hc_pre: Block.hc_pre split over slices of a token ---- */
+typedef struct { uint32_t D, hc, iters, x_ld; float norm_eps, hc_eps; uint32_t splits; } pc_hcpre;
+typedef struct { uint32_t D, hc, x_ld, splits; } pc_hcmix;
+
+/* hc_mix.comp's order on the CPU: per slice, lane l adds columns c0 + l,
+   c0 + l + 64, ... in double, then a pairwise tree over the 64 lanes. */
+static void hc_mix_order(const float *x, const float *fn, int T, int hc, int D, int splits, double *part)
+{
+    int HD = hc * D, nmix = (2 + hc) * hc, len = (HD + splits - 1) / splits;
+    double (*lane)[64] = malloc(sizeof(double[64]) * (size_t)(nmix + 1));
+    for (int t = 0; t < T; t++)
+        for (int sl = 0; sl < splits; sl++) {
+            int c0 = sl * len, c1 = c0 + len < HD ? c0 + len : HD;
+            memset(lane, 0, sizeof(double[64]) * (size_t)(nmix + 1));
+            for (int l = 0; l < 64; l++)
+                for (int c = c0 + l; c < c1; c += 64) {
+                    double v = x[(size_t)t * HD + c];
+                    lane[nmix][l] += v * v;
+                    for (int j = 0; j < nmix; j++) lane[j][l] += v * (double)fn[(size_t)j * HD + c];
+                }
+            for (int k = 32; k > 0; k >>= 1)
+                for (int l = 0; l < k; l++)
+                    for (int j = 0; j <= nmix; j++) lane[j][l] += lane[j][l + k];
+            for (int j = 0; j <= nmix; j++) part[((size_t)t * splits + sl) * (nmix + 1) + j] = lane[j][0];
+        }
+    free(lane);
+}
+
+/* Runs hc_mix then hc_pre over T tokens (rows of x from token t0) with the
+   given split count; PART, Y [T][D] and MIX [T][hc + hc*hc] come back. */
+static void hc_pre_run(const float *x, const float *fn, const float *base, const float *scale, int t0, int T,
+                       int hc, int D, int splits, double *part, float *y, float *mix)
+{
+    int HD = hc * D, nmix = (2 + hc) * hc;
+    size_t np = (size_t)T * splits * (nmix + 1), nm = (size_t)T * (hc + hc * hc);
+    vkbuf bx = mkbuf(x + (size_t)t0 * HD, (size_t)T * HD * 4), bf = mkbuf(fn, (size_t)nmix * HD * 4),
+          bb = mkbuf(base, (size_t)nmix * 4), bs = mkbuf(scale, 12), by = mkbuf(NULL, (size_t)T * D * 4),
+          bm = mkbuf(NULL, nm * 4), bp = mkbuf(NULL, np * 8);
+    pc_hcmix pm = {(uint32_t)D, (uint32_t)hc, (uint32_t)HD, (uint32_t)splits};
+    vkbuf *b1[3] = {&bx, &bf, &bp};
+    run1(P_HC_MIX, b1, 3, &pm, sizeof pm, (uint32_t)T, (uint32_t)splits);
+    pc_hcpre pc = {(uint32_t)D, (uint32_t)hc, 20, (uint32_t)HD, 1e-6f, 1e-6f, (uint32_t)splits};
+    vkbuf *b2[7] = {&bx, &bf, &bb, &bs, &by, &bm, &bp};
+    run1(P_HC_PRE, b2, 7, &pc, sizeof pc, (uint32_t)T, 1);
+    CHECK(readbuf(&bp, part, np * 8) == 0);
+    CHECK(readbuf(&by, y, (size_t)T * D * 4) == 0);
+    CHECK(readbuf(&bm, mix, nm * 4) == 0);
+    vkbuf_free(&rt, &bx); vkbuf_free(&rt, &bf); vkbuf_free(&rt, &bb); vkbuf_free(&rt, &bs);
+    vkbuf_free(&rt, &by); vkbuf_free(&rt, &bm); vkbuf_free(&rt, &bp);
+}
+
+/* hc_mix's partial sums in its exact order, for the engine's split counts
+   (4 on CPU drivers, 64 on GPUs) and an odd one; hc_pre's result against
+   the CPU reference; a token's bits the same alone as among others. */
+static void hc_pre_slices(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    enum { T = 3, HC = 4, D = 320, HD = HC * D, NMIX = (2 + HC) * HC };
+    float *x = malloc(sizeof(float) * T * HD), *fn = malloc(sizeof(float) * NMIX * HD), base[NMIX], scale[3];
+    for (int i = 0; i < T * HD; i++) x[i] = bf(frand() * 2);
+    for (int i = 0; i < NMIX * HD; i++) fn[i] = frand() * 0.05f;
+    for (int i = 0; i < NMIX; i++) base[i] = frand() * 0.5f;
+    for (int i = 0; i < 3; i++) scale[i] = 0.5f + 0.25f * (float)i;
+    float yr[T * D], post[T * HC], comb[T * HC * HC];
+    ref_hc_pre(x, T, HC, D, fn, scale, base, 20, 1e-6f, 1e-6f, yr, post, comb);
+    int splits_of[3] = {4, 64, 7};
+    for (int si = 0; si < 3; si++) {
+        int sp = splits_of[si];
+        size_t np = (size_t)T * sp * (NMIX + 1);
+        double *part = malloc(np * 8), *want = malloc(np * 8), *part1 = malloc(np * 8);
+        float y[T * D], mix[T * (HC + HC * HC)], y1[D], mix1[HC + HC * HC];
+        hc_pre_run(x, fn, base, scale, 0, T, HC, D, sp, part, y, mix);
+        hc_mix_order(x, fn, T, HC, D, sp, want);
+        CHECKF(memcmp(part, want, np * 8) == 0, "hc_mix (%d slices): not the bits of its summation order", sp);
+        double e = nmse(y, yr, (size_t)T * D);
+        float mr[T * (HC + HC * HC)];
+        for (int t = 0; t < T; t++) {
+            memcpy(mr + t * (HC + HC * HC), post + t * HC, HC * 4);
+            memcpy(mr + t * (HC + HC * HC) + HC, comb + t * HC * HC, HC * HC * 4);
+        }
+        double em = nmse(mix, mr, (size_t)T * (HC + HC * HC));
+        printf("  hc_pre %d slices: y nmse %.3g, post/comb nmse %.3g\n", sp, e, em);
+        CHECKF(e < 1e-5 && em < 1e-9, "hc_pre %d slices: y nmse %g, post/comb nmse %g", sp, e, em);
+        hc_pre_run(x, fn, base, scale, 1, 1, HC, D, sp, part1, y1, mix1);
+        CHECKF(memcmp(y1, y + D, D * 4) == 0 && memcmp(mix1, mix + HC + HC * HC, (HC + HC * HC) * 4) == 0,
+               "hc_pre %d slices: token 1 alone differs from token 1 of 3", sp);
+        if (sp == 64) { /* a digest of the bits, to compare builds */
+            uint64_t h = 1469598103934665603ull;
+            const uint8_t *py = (const uint8_t *)y, *pm = (const uint8_t *)mix;
+            for (size_t i = 0; i < sizeof y; i++) h = (h ^ py[i]) * 1099511628211ull;
+            for (size_t i = 0; i < sizeof mix; i++) h = (h ^ pm[i]) * 1099511628211ull;
+            printf("  hc_pre 64 slices: digest of y and mix %016llx\n", (unsigned long long)h);
+        }
+        free(part); free(want); free(part1);
+    }
+    x[HD + 77] += 0.5f; /* a changed input must show in the exact comparison */
+    {
+        size_t np = (size_t)T * 64 * (NMIX + 1);
+        double *part = malloc(np * 8), *want = malloc(np * 8);
+        float y[T * D], mix[T * (HC + HC * HC)];
+        hc_pre_run(x, fn, base, scale, 0, T, HC, D, 64, part, y, mix);
+        x[HD + 77] -= 0.5f;
+        hc_mix_order(x, fn, T, HC, D, 64, want);
+        CHECKF(memcmp(part, want, np * 8) != 0, "hc_mix: the exact comparison cannot fail");
+        free(part); free(want);
+    }
+    free(x); free(fn);
+}
+
+/* ---- moe_gate_group: the gate and moe_group's grouping in one dispatch ---- */
+typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale; } pc_gate;
+typedef struct { uint32_t T, E, k, rowmap_off, slotpos_off, wsort_off, e_begin_off; } pc_group;
+typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale;
+                 uint32_t rowmap_off, slotpos_off, wsort_off, e_begin_off; } pc_gategroup;
+
+/* The route buffer moe_group must write for slots sel/wgt (n = T*k), built
+   on the CPU from its description in moe_route.glsl; offsets as routeoffs. */
+static void route_expect(const uint32_t *sel, const float *wgt, int T, int k, int E, uint32_t *R, const uint32_t *o)
+{
+    int n = T * k;
+    uint32_t tiles = 0, off = 0;
+    for (int e = 0; e < E; e++) {
+        uint32_t c = 0;
+        for (int q = 0; q < n; q++) c += sel[q] == (uint32_t)e;
+        R[o[3] + e] = off;
+        for (uint32_t m = 0; m < c; m += 32) {
+            uint32_t *b = R + 4 + 4 * tiles++;
+            b[0] = (uint32_t)e; b[1] = off + m; b[2] = off + (m + 32 < c ? m + 32 : c); b[3] = 0;
+        }
+        uint32_t pos = off;
+        for (int q = 0; q < n; q++)
+            if (sel[q] == (uint32_t)e) {
+                R[o[0] + pos] = (uint32_t)(q / k);
+                R[o[1] + q] = pos;
+                memcpy(&R[o[2] + pos], &wgt[q], 4);
+                pos++;
+            }
+        off += c;
+    }
+    R[0] = tiles;
+}
+
+/* Gate (and, for one token, grouping) of T tokens' logits: the two
+   dispatches into sel1/wgt1/r1, and for T == 1 the fused one into
+   sel2/wgt2/r2. o: rowmap, slotpos, wsort, e_begin offsets in R (nr words). */
+static void gate_run(const float *lg, const float *bias, const uint32_t *tid2eid, const int32_t *tok, int T, int E,
+                     int k, int func, int hash, const uint32_t *o, size_t nr, uint32_t *sel1, float *wgt1, uint32_t *r1,
+                     uint32_t *sel2, float *wgt2, uint32_t *r2)
+{
+    vkbuf bl = mkbuf(lg, (size_t)T * E * 4), bb = mkbuf(bias, (size_t)E * 4), bh = mkbuf(tid2eid, 64 * 16 * 8),
+          bt = mkbuf(tok, (size_t)T * 4), bs = mkbuf(NULL, (size_t)T * k * 4), bw = mkbuf(NULL, (size_t)T * k * 4),
+          br = mkbuf(NULL, nr * 4);
+    pc_gate pg = {(uint32_t)T, (uint32_t)E, (uint32_t)k, (uint32_t)func, (uint32_t)hash, bias != NULL, 1.5f};
+    vkbuf *b6[6] = {&bl, &bb, &bh, &bt, &bs, &bw};
+    run1(P_MOE_GATE, b6, 6, &pg, sizeof pg, (uint32_t)T, 1);
+    pc_group pr = {(uint32_t)T, (uint32_t)E, (uint32_t)k, o[0], o[1], o[2], o[3]};
+    vkbuf *b3[3] = {&bs, &bw, &br};
+    run1(P_MOE_GROUP, b3, 3, &pr, sizeof pr, 1, 1);
+    CHECK(readbuf(&bs, sel1, (size_t)T * k * 4) == 0);
+    CHECK(readbuf(&bw, wgt1, (size_t)T * k * 4) == 0);
+    CHECK(readbuf(&br, r1, nr * 4) == 0);
+    if (T == 1) {
+        vkbuf bs2 = mkbuf(NULL, (size_t)k * 4), bw2 = mkbuf(NULL, (size_t)k * 4), br2 = mkbuf(NULL, nr * 4);
+        pc_gategroup pgg = {1, (uint32_t)E, (uint32_t)k, (uint32_t)func, (uint32_t)hash, bias != NULL, 1.5f,
+                            o[0], o[1], o[2], o[3]};
+        vkbuf *b7[7] = {&bl, &bb, &bh, &bt, &bs2, &bw2, &br2};
+        run1(P_MOE_GATE_GROUP, b7, 7, &pgg, sizeof pgg, 1, 1);
+        CHECK(readbuf(&bs2, sel2, (size_t)k * 4) == 0);
+        CHECK(readbuf(&bw2, wgt2, (size_t)k * 4) == 0);
+        CHECK(readbuf(&br2, r2, nr * 4) == 0);
+        vkbuf_free(&rt, &bs2); vkbuf_free(&rt, &bw2); vkbuf_free(&rt, &br2);
+    }
+    vkbuf_free(&rt, &bl); vkbuf_free(&rt, &bb); vkbuf_free(&rt, &bh); vkbuf_free(&rt, &bt);
+    vkbuf_free(&rt, &bs); vkbuf_free(&rt, &bw); vkbuf_free(&rt, &br);
+}
+
+/* moe_group's route buffer against its description (several tokens, some
+   experts shared); moe_gate_group bit-for-bit against moe_gate + moe_group
+   for one token (score functions, bias, hash routing), a changed logit
+   changing its output. */
+static void moe_gate_group_fused(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    enum { E = 256, K = 6, TMAX = 40 };
+    int n_max = TMAX * K;
+    uint32_t o[4] = {4u + 4u * (uint32_t)n_max, 0, 0, 0};
+    o[1] = o[0] + (uint32_t)n_max; o[2] = o[1] + (uint32_t)n_max; o[3] = o[2] + (uint32_t)n_max;
+    size_t nr = o[3] + E;
+    float *lg = malloc(sizeof(float) * TMAX * E), bias[E];
+    uint32_t *r1 = malloc(nr * 4), *r2 = malloc(nr * 4), *rw = malloc(nr * 4), tid2eid[64 * 16 * 2];
+    uint32_t sel1[TMAX * K], sel2[K];
+    float wgt1[TMAX * K], wgt2[K];
+    int32_t tok[TMAX];
+    for (int i = 0; i < TMAX * E; i++) lg[i] = frand() * 4;
+    for (int i = 0; i < E; i++) bias[i] = frand() * 0.5f;
+    for (int i = 0; i < 64 * 16; i++) { tid2eid[2 * i] = (uint32_t)(i * 37 % E); tid2eid[2 * i + 1] = 0; }
+    for (int t = 0; t < TMAX; t++) tok[t] = t * 5 % 64;
+    for (int t = 0; t < TMAX; t++) /* the last tokens pile onto three experts: tiles of 32 rows and more */
+        if (t >= 4) for (int e = 0; e < 3; e++) lg[t * E + 100 + e] = 50.0f;
+    /* several tokens: moe_group against its description */
+    memset(r1, 0, nr * 4);
+    gate_run(lg, bias, tid2eid, tok, TMAX, E, K, 0, 0, o, nr, sel1, wgt1, r1, NULL, NULL, NULL);
+    memset(rw, 0, nr * 4);
+    route_expect(sel1, wgt1, TMAX, K, E, rw, o);
+    CHECKF(memcmp(r1, rw, nr * 4) == 0, "moe_group's route buffer differs from its description (%d tokens)", TMAX);
+    CHECKF(r1[0] > (uint32_t)3, "only %u tiles", r1[0]);
+    /* one token: fused against the two dispatches */
+    const char *what[4] = {"sqrtsoftplus + bias", "sigmoid", "softmax", "hash"};
+    int funcs[4] = {0, 2, 1, 0}, hashes[4] = {0, 0, 0, 1};
+    for (int c = 0; c < 4; c++) {
+        gate_run(lg + 2 * E, c == 0 ? bias : NULL, tid2eid, tok + 2, 1, E, K, funcs[c], hashes[c], o, nr, sel1, wgt1,
+                 r1, sel2, wgt2, r2);
+        CHECKF(memcmp(sel1, sel2, sizeof sel2) == 0 && memcmp(wgt1, wgt2, sizeof wgt2) == 0,
+               "moe_gate_group (%s): selections or weights differ", what[c]);
+        CHECKF(memcmp(r1, r2, nr * 4) == 0, "moe_gate_group (%s): route buffer differs", what[c]);
+        memset(rw, 0, nr * 4);
+        route_expect(sel2, wgt2, 1, K, E, rw, o);
+        CHECKF(memcmp(r2, rw, nr * 4) == 0, "moe_gate_group (%s): route buffer differs from its description", what[c]);
+    }
+    /* the first selected expert made the least likely: another is chosen */
+    uint32_t first = sel2[0];
+    gate_run(lg + 2 * E, NULL, tid2eid, tok + 2, 1, E, K, 1, 0, o, nr, sel1, wgt1, r1, sel2, wgt2, r2);
+    first = sel2[0];
+    lg[2 * E + first] = -50.0f;
+    uint32_t sel3[K];
+    float wgt3[K];
+    gate_run(lg + 2 * E, NULL, tid2eid, tok + 2, 1, E, K, 1, 0, o, nr, sel1, wgt1, r1, sel3, wgt3, r2);
+    int still = 0;
+    for (int j = 0; j < K; j++) still |= sel3[j] == first;
+    CHECKF(!still && memcmp(r1, r2, nr * 4) == 0, "a changed logit: expert %u still chosen (or the two differ)", first);
+    free(lg); free(r1); free(r2); free(rw);
+}
+
+/* ---- moe_combine: the routed experts' rows in ascending expert order + the shared expert ---- */
+typedef struct { uint32_t D, k, slotpos_off; } pc_combine;
+
+/* want[T][D]: the CPU's sum, experts in ascending order, then the shared one */
+static void combine_want(const float *ys, const float *sh, const uint32_t *sel, const uint32_t *pos, int T, int K,
+                         int D, float *want)
+{
+    for (int t = 0; t < T; t++)
+        for (int c = 0; c < D; c++) {
+            float y = 0.0f;
+            int prev = -1;
+            for (int j = 0; j < K; j++) {
+                int best = -1;
+                for (int q = 0; q < K; q++)
+                    if ((int)sel[t * K + q] > prev && (best < 0 || sel[t * K + q] < sel[t * K + best])) best = q;
+                prev = (int)sel[t * K + best];
+                y += ys[(size_t)pos[t * K + best] * D + c];
+            }
+            want[t * D + c] = bf(y + sh[t * D + c]);
+        }
+}
+
+static void moe_combine_order(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    enum { T = 3, K = 6, D = 320, SOFF = 5 };
+    static const int perm[K] = {4, 1, 5, 0, 3, 2};
+    uint32_t sel[T * K], r[SOFF + T * K];
+    float *ys = malloc(sizeof(float) * T * K * D), sh[T * D], want[T * D], got[T * D];
+    for (int i = 0; i < T * K * D; i++) ys[i] = bf(frand() * (i % 11 == 0 ? 100.0f : 1.0f));
+    for (int i = 0; i < T * D; i++) sh[i] = bf(frand());
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < K; j++) {
+            sel[t * K + j] = (uint32_t)(t * 3 + 5 * perm[j]); /* a token's experts distinct, unsorted */
+            r[SOFF + t * K + j] = (uint32_t)((t * K + j) * 5 % (T * K)); /* a permutation of the rows */
+        }
+    combine_want(ys, sh, sel, r + SOFF, T, K, D, want);
+    vkbuf by = mkbuf(ys, sizeof(float) * T * K * D), bs = mkbuf(sh, sizeof sh), be = mkbuf(sel, sizeof sel),
+          br = mkbuf(r, sizeof r), bo = mkbuf(NULL, sizeof got);
+    pc_combine pc = {D, K, SOFF};
+    vkbuf *b[5] = {&by, &bs, &be, &br, &bo};
+    run1(P_MOE_COMBINE, b, 5, &pc, sizeof pc, T, (D + 255) / 256);
+    CHECK(readbuf(&bo, got, sizeof got) == 0);
+    CHECKF(memcmp(got, want, sizeof got) == 0, "moe_combine: not the bits of the ascending-expert sum");
+    ys[(size_t)r[SOFF + K + 2] * D + 300] += 3.0f; /* a changed input must show */
+    combine_want(ys, sh, sel, r + SOFF, T, K, D, want);
+    CHECKF(memcmp(got, want, sizeof got) != 0, "moe_combine: the comparison cannot fail");
+    vkbuf_free(&rt, &by); vkbuf_free(&rt, &bs); vkbuf_free(&rt, &be); vkbuf_free(&rt, &br); vkbuf_free(&rt, &bo);
+    free(ys);
 }
 
 /* ---- headprep: indexer path (RoPE, Hadamard, FP4) and KV path (norm, RoPE, FP8) ---- */
@@ -1076,6 +1496,10 @@ int main(void)
     RUN(act_quant_fp8);
     RUN(rmsnorm_rows);
     RUN(rmsnorm_quant_fused);
+    RUN(swiglu_quant_fused);
+    RUN(hc_pre_slices);
+    RUN(moe_gate_group_fused);
+    RUN(moe_combine_order);
     RUN(headprep_paths);
     RUN(attention_window_and_compressed);
     RUN(topk_ties_and_visibility);
