@@ -155,6 +155,8 @@ int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const cha
         const char *at = getenv("DSV4_ATTN_TILE"), *dn = getenv("DSV4_ATTN_DIRECT_N");
         sh->attn_tile_forced = at && *at == '1';
         sh->attn_direct_n = dn ? (uint32_t)atoi(dn) : 64;
+        const char *af = getenv("DSV4_ATTN_FAST");
+        sh->attn_fast = af && *af ? atoi(af) : 2;
         const char *sr = getenv("DSV4_SMALL_ROWS");
         if (sr && *sr) sh->small_rows = atoi(sr);
         rc = fwd_upload_weights(sh, err, errlen);

@@ -32,7 +32,9 @@ typedef struct { uint32_t d, ratio, overlap, i0, p0, t0, ld_out; } pc_comp;
 typedef struct { uint32_t width, lds, ldr, col_off, L, q0, p0, t0, use_ape, ratio; } pc_ring;
 typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint32_t n_tok; } pc_iscore;
 typedef struct { uint32_t topk, ratio, p0, ld_s, ld_i, i_row0; } pc_topk;
-typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc; } pc_attn;
+/* base_rows: compressed rows below it are read from the base binding (attn_fast, attn_cm); the other
+   attention shaders ignore it */
+typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc, base_rows; } pc_attn;
 typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale; } pc_gate;
 typedef struct { uint32_t T, E, k, rowmap_off, slotpos_off, wsort_off, e_begin_off; } pc_group;
 typedef struct { uint32_t rows, inter, use_w, wsort_off; float limit; } pc_swiglu;
@@ -50,7 +52,7 @@ _Static_assert(sizeof(pc_comp) == 28, "compress push constants");
 _Static_assert(sizeof(pc_ring) == 40, "ring_write push constants");
 _Static_assert(sizeof(pc_iscore) == 36, "index_score push constants");
 _Static_assert(sizeof(pc_topk) == 24, "topk push constants");
-_Static_assert(sizeof(pc_attn) == 48, "attn push constants");
+_Static_assert(sizeof(pc_attn) == 52, "attn push constants");
 _Static_assert(sizeof(pc_gate) == 28, "moe_gate push constants");
 _Static_assert(sizeof(pc_group) == 28, "moe_group push constants");
 _Static_assert(sizeof(pc_swiglu) == 20, "swiglu push constants");
@@ -687,7 +689,9 @@ static void compressor(dsv4_engine *e, const fseg *sg, lstate *ls, uint32_t rati
 
 /* The attention variant for one segment of block g. GPUs: attn_tile (8
  * heads of a token share each staged key tile) where head_dim fits it, or
- * attn_direct for segments of few tokens (decode), else attn. CPU drivers: attn_serial (barrier-free: fastest there) while its
+ * attn_direct for segments of few tokens (decode), else attn; outside exact
+ * mode prefill segments run attn_cm (tensor cores) or attn_fast instead,
+ * which sum in their own order (so results depend on the segment sizes). CPU drivers: attn_serial (barrier-free: fastest there) while its
  * loops fit CPU_LOOP_BUDGET, else attn_tile_s (about 25 loop iterations per
  * key at head_dim 192 instead of ~600), else attn, else -1: the segment needs
  * more than the driver runs, which fwd_run reports. All variants sum in the
@@ -701,6 +705,10 @@ static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg)
     int tile = D % 4 ? -1 : D <= 256 && vkrt_has_pipe(&e->rt, P_ATTN_TILE_S) ? P_ATTN_TILE_S
              : D <= 512 && vkrt_has_pipe(&e->rt, P_ATTN_TILE) ? P_ATTN_TILE : -1;
     if (!e->cpu_device) {
+        if (!e->exact && e->attn_fast && sg->n >= e->attn_direct_n && D <= 512) {
+            if (e->attn_fast > 1 && D % 64 == 0 && vkrt_has_pipe(&e->rt, P_ATTN_CM)) return P_ATTN_CM;
+            if (D % 8 == 0 && vkrt_has_pipe(&e->rt, P_ATTN_FAST)) return P_ATTN_FAST;
+        }
         if (tile < 0) return P_ATTN;
         /* few tokens (decode): attn_tile would run n x H/8 workgroups; the
            direct form runs n x H with 64 keys each at once */
@@ -750,7 +758,7 @@ static void seg_attention(dsv4_engine *e, const gblock *g, const fseg *sg, lstat
     vkview cache = g->ratio ? vkbuf_view(&ls->buf, ls->kv_off, (VkDeviceSize)ls->cap_rows * hd * 4) : e->dummy;
     pc_attn pa = {hd, H, win, sg->t0, (uint32_t)sg->p0, (uint32_t)(g->ratio ? g->ratio : 1),
                   g->ratio == 0 ? 0u : g->ratio == 4 ? 2u : 1u, topk, topk, (float)(1.0 / sqrt((double)hd)),
-                  sg->n, s->ascore_ld};
+                  sg->n, s->ascore_ld, 0};
     vkview va[8] = {s->q, s->kv, ring, cache, idx, g->attn_sink, s->o,
                     s->ascore_ld ? vkbuf_view(&s->ascore_buf, 0, s->ascore_buf.size) : e->dummy};
     int av = attn_variant(e, g, sg);
@@ -760,6 +768,11 @@ static void seg_attention(dsv4_engine *e, const gblock *g, const fseg *sg, lstat
         vkrt_dispatch(&e->rt, (vk_pipe_id)av, va, 8, &pa, sizeof pa, sg->n, cdiv(H, 8), 1);
     else if (av == P_ATTN_DIRECT)
         vkrt_dispatch(&e->rt, P_ATTN_DIRECT, va, 8, &pa, sizeof pa, sg->n, H, 1);
+    else if (av == P_ATTN_FAST || av == P_ATTN_CM) {
+        /* binding 7: the compressed rows below base_rows (none here: a dummy) */
+        va[7] = e->dummy;
+        vkrt_dispatch(&e->rt, (vk_pipe_id)av, va, 8, &pa, sizeof pa, sg->n, cdiv(H, av == P_ATTN_CM ? 16 : 8), 1);
+    }
     else
         vkrt_dispatch(&e->rt, P_ATTN, va, 7, &pa, sizeof pa, sg->n, H, 1);
 }

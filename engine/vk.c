@@ -92,6 +92,8 @@ static const struct {
     [P_TOPK_RADIX] = {"topk_radix", 2},
     [P_ATTN_DIRECT] = {"attn_direct", 8},
     [P_INDEX_SCORE_TOK] = {"index_score_tok", 4, 0, 32768},
+    [P_ATTN_FAST] = {"attn_fast", 8, 0, 25184},
+    [P_ATTN_CM] = {"attn_cm", 8, 1, 38592},
 };
 
 int vkrt_pipe_bindings(vk_pipe_id p) { return pipe_info[p].nbind; }

@@ -44,6 +44,8 @@ typedef enum {
     P_TOPK_RADIX,       /* topk by 8-bit radix select (4 passes instead of 32) */
     P_ATTN_DIRECT,      /* attn_tile without key staging, one head per workgroup: few tokens */
     P_INDEX_SCORE_TOK,  /* index_score, one token per workgroup, key rows in registers: decode */
+    P_ATTN_FAST,        /* attn_tile's attention, sums split into partial sums: GPU prefill, not exact mode */
+    P_ATTN_CM,          /* attn_fast on tensor cores: only when rt->coopmat */
     P_COUNT
 } vk_pipe_id;
 
