@@ -87,8 +87,8 @@ struct dsv4_engine {
                                     on how tokens are split into passes; slower on GPUs */
     int attn_tile_forced;        /* $DSV4_ATTN_TILE=1 (tests): attn_tile wherever it fits, on CPU drivers too */
     uint32_t attn_direct_n;      /* $DSV4_ATTN_DIRECT_N, else 64: GPU segments of fewer tokens use attn_direct */
-    int attn_fast;               /* $DSV4_ATTN_FAST (not in exact mode): 0 off, 1 attn_fast only, else (default)
-                                    attn_cm where the device has it: GPU prefill attention without index-order sums */
+    int attn_fast;               /* $DSV4_ATTN_FAST (GPU prefill outside exact mode, attention without index-order
+                                    sums): 0 off, 1 attn_fast, else (default) attn_cm where the device has it */
     int head_rows;               /* rows per head pass (vocab slice fits a binding) */
     fscratch s;
     char name[256];

@@ -93,7 +93,9 @@ static const struct {
     [P_ATTN_DIRECT] = {"attn_direct", 8},
     [P_INDEX_SCORE_TOK] = {"index_score_tok", 4, 0, 32768},
     [P_ATTN_FAST] = {"attn_fast", 8, 0, 25184},
-    [P_ATTN_CM] = {"attn_cm", 8, 1, 38592},
+    [P_ATTN_CM] = {"attn_cm", 8, 1, 21952},
+    [P_ATTN_CM32] = {"attn_cm32", 8, 1, 27200},
+    [P_ATTN_CM64] = {"attn_cm64", 8, 1, 37696},
 };
 
 int vkrt_pipe_bindings(vk_pipe_id p) { return pipe_info[p].nbind; }

@@ -44,8 +44,9 @@ typedef enum {
     P_TOPK_RADIX,       /* topk by 8-bit radix select (4 passes instead of 32) */
     P_ATTN_DIRECT,      /* attn_tile without key staging, one head per workgroup: few tokens */
     P_INDEX_SCORE_TOK,  /* index_score, one token per workgroup, key rows in registers: decode */
-    P_ATTN_FAST,        /* attn_tile's attention, sums split into partial sums: GPU prefill, not exact mode */
-    P_ATTN_CM,          /* attn_fast on tensor cores: only when rt->coopmat */
+    P_ATTN_FAST,        /* attn_tile's attention in partial sums, rows staged in batches: GPUs, not exact mode */
+    P_ATTN_CM,          /* attn_fast on tensor cores, 16 heads per workgroup: only when rt->coopmat */
+    P_ATTN_CM32, P_ATTN_CM64, /* the same, 32 and 64 heads per workgroup */
     P_COUNT
 } vk_pipe_id;
 

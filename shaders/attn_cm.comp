@@ -3,12 +3,12 @@
  * their f32 sum plus the per-head sink as the denominator, output rounded to
  * bf16) with both matrix products of a token on tensor cores
  * (GL_KHR_cooperative_matrix, 16x16x16, fp16 inputs, fp32 accumulators):
- * scores S = Q K^T (HG = 16 heads x KT = 16 keys per tile, over head_dim)
- * and the output O += P V (16 heads x head_dim, over the tile's keys; V4 is
- * multi-query and every key row is also its value row). For GPU prefill when
- * the engine is not in exact mode; attn_fast.comp is the portable twin
- * (lavapipe has no cooperative matrices), vk.c creates this one only on
- * devices that have them.
+ * scores S = Q K^T (HG heads x KT = 16 keys per tile, over head_dim) and the
+ * output O += P V (HG heads x head_dim, over the tile's keys; V4 is
+ * multi-query and every key row is also its value row). For GPU prefill
+ * outside exact mode; attn_fast.comp is the portable twin (lavapipe has no
+ * cooperative matrices), vk.c creates this one only on devices that have
+ * them.
  *
  * Why fp16 is enough: queries, keys and the probabilities are bf16 values
  * (headprep rounds them), exact in fp16 within its normal range [2^-14,
@@ -17,20 +17,24 @@
  * in fp32, in the tensor cores' order: the results agree with the reference
  * within a tolerance (tests/test_vk_ops.c), not bit for bit.
  *
- * Workgroup: 128 invocations (4 subgroups of 32), one token and 16 heads.
- * Queries are staged once as fp16 and kept in registers as A fragments, each
- * subgroup holding a quarter of head_dim: a tile's scores are four partial
- * products (one per subgroup) added in shared memory. Per tile of 16 keys
- * the rows are staged as fp16 (16.3 KiB at DMAX = 512); pass 1 finds each
- * head's maximum, pass 2 computes the scores again, the probabilities (one
- * 16 x 16 fp16 tile in shared memory) and the value product, each subgroup
- * owning a quarter of the output columns as accumulators. Shared memory:
- * about 38 KiB at DMAX = 512. head_dim must be a multiple of 64 and at most
- * DMAX (engine/forward.c attn_variant checks).
+ * Workgroup: one token and HG = 16, 32 or 64 heads (the engine takes the
+ * one that covers the model's heads with the fewest workgroups: V4's 64
+ * heads in one, so each key tile is staged once per token), HG / 4 subgroups
+ * of 32: subgroup s owns heads 16 (s / 4) .. + 15 and quarter s % 4 of
+ * head_dim. The queries pass through the key-tile buffer 16 rows at a time
+ * into registers (A fragments of the subgroup's heads and quarter); a tile's
+ * scores are four partial products, added in shared memory. Per tile of 16
+ * keys each row is loaded by NT / 16 invocations, LPT float4s each at once
+ * from the one buffer that holds it, and staged as fp16 (16.3 KiB at DMAX =
+ * 512). Pass 1 finds each head's maximum; pass 2 computes the scores again,
+ * the probabilities (an HG x 16 fp16 tile) and the value product, each
+ * subgroup accumulating its heads x its quarter of the columns. Shared
+ * memory: 21 / 27 / 37 KiB for HG = 16 / 32 / 64. head_dim must be a
+ * multiple of 64 and at most DMAX (engine/forward.c attn_variant checks).
  *
  * Compressed rows may live in two buffers (forks share their parent's
  * prefix): rows r < base_rows in BASE (binding 7, the last), the others in
- * CMP at r - base_rows; cmp_row4 is the only reader. */
+ * CMP at r - base_rows; cmp_row is the only reader. */
 #version 450
 #extension GL_KHR_cooperative_matrix : require
 #extension GL_KHR_memory_scope_semantics : require
@@ -41,10 +45,14 @@
 #ifndef DMAX
 #define DMAX 512
 #endif
-#define HG 16
+#ifndef HG
+#define HG 16                /* heads per workgroup: 16, 32 or 64 */
+#endif
 #define KT 16
-#define NT 128u
-#define NSG 4u
+#define NSG (HG / 4)         /* subgroups: 4 per block of 16 heads, each a quarter of head_dim */
+#define NT (32 * NSG)
+#define TPR (NT / KT)        /* invocations per staged row */
+#define LPT (DMAX / 4 / TPR) /* float4s each of them loads (at most) */
 #define LDK (DMAX + 8)       /* fp16 row stride of staged rows (16 bytes of padding: fewer bank conflicts) */
 #define NF (DMAX / 64)       /* fragments per subgroup: score slices of head_dim, output column blocks */
 #define NOKEY 0xffffffffu
@@ -64,21 +72,13 @@ layout(push_constant) uniform P {
     uint n_tok, ld_sc, base_rows;
 } p;
 
-shared float16_t Qs[HG * LDK];
-shared float16_t Ks[KT * LDK];
-shared float Sp[NSG * HG * KT]; /* per subgroup: its partial scores, at the end its output fragment */
+shared float16_t Ks[KT * LDK];  /* the staged rows (at the start: 16 query rows at a time) */
+shared float Sp[NSG * 16 * KT]; /* per subgroup: its partial scores, at the end its output fragment */
 shared float16_t Pp[HG * KT];   /* bf16(exp(s - max)) of the tile */
 shared uint srcs[KT];
 shared float Red[NT];
 shared float Ms[HG];            /* each head's maximum */
 shared float Dn[HG];            /* each head's denominator */
-
-/* float4 c4 of compressed row r: below base_rows in the shared base buffer */
-vec4 cmp_row4(uint r, uint c4)
-{
-    uint d4 = p.D / 4u;
-    return r < p.base_rows ? BASE[r * d4 + c4] : CMP[(r - p.base_rows) * d4 + c4];
-}
 
 /* key j of this token: source (0 chunk, 1 ring, 2 compressed) and row, as attn.comp */
 uint key_of(uint j, uint pos, uint nw, uint tl)
@@ -95,27 +95,46 @@ uint key_of(uint j, uint pos, uint nw, uint tl)
     return e < 0 ? NOKEY : ((2u << 30) | uint(e));
 }
 
-vec4 key4(uint key, uint c4)
+/* LPT float4s of one row, the buffer chosen once so that the loads issue together */
+#define LOAD_ROW(BUF, b)                                         \
+    [[unroll]] for (uint i = 0u; i < LPT; i++) {                 \
+        uint c4 = c0 + i * TPR;                                  \
+        v[i] = c4 < D4 ? BUF[(b) + c4] : vec4(0.0);              \
+    }
+
+/* The compressed row r's part: below base_rows in the shared base buffer.
+   The only reader of compressed rows. */
+void cmp_row(uint r, uint c0, uint D4, out vec4 v[LPT])
 {
-    uint kind = key >> 30, r = key & 0x3fffffffu;
-    if (kind == 0u) return KV[r * (p.D / 4u) + c4];
-    if (kind == 1u) return RING[r * (p.D / 4u) + c4];
-    return cmp_row4(r, c4);
+    if (r < p.base_rows) { LOAD_ROW(BASE, r * D4) }
+    else { LOAD_ROW(CMP, (r - p.base_rows) * D4) }
 }
 
-/* Stages keys b0 .. b0 + KT - 1 as fp16 rows (masked or past the list: zero rows, NOKEY). */
+void put_row(uint j, uint c0, uint D4, vec4 v[LPT])
+{
+    [[unroll]] for (uint i = 0u; i < LPT; i++) {
+        uint c4 = c0 + i * TPR, o = j * LDK + c4 * 4u;
+        if (c4 < D4) {
+            Ks[o] = float16_t(v[i].x); Ks[o + 1u] = float16_t(v[i].y);
+            Ks[o + 2u] = float16_t(v[i].z); Ks[o + 3u] = float16_t(v[i].w);
+        }
+    }
+}
+
+/* Stages keys b0 .. b0 + KT - 1 as fp16 rows (masked or past the list: zero
+   rows, NOKEY): TPR invocations per row, each LPT float4s. */
 void stage(uint b0, uint nk, uint pos, uint nw, uint tl, uint D4)
 {
-    uint t = gl_LocalInvocationID.x;
+    uint t = gl_LocalInvocationID.x, j = t / TPR, c0 = t - j * TPR;
+    uint key = b0 + j < nk ? key_of(b0 + j, pos, nw, tl) : NOKEY, kind = key >> 30, r = key & 0x3fffffffu;
+    vec4 v[LPT];
+    if (key == NOKEY) { [[unroll]] for (uint i = 0u; i < LPT; i++) v[i] = vec4(0.0); }
+    else if (kind == 0u) { LOAD_ROW(KV, r * D4) }
+    else if (kind == 1u) { LOAD_ROW(RING, r * D4) }
+    else cmp_row(r, c0, D4, v);
     barrier(); /* the previous tile is no longer read */
-    if (t < KT) srcs[t] = b0 + t < nk ? key_of(b0 + t, pos, nw, tl) : NOKEY;
-    barrier();
-    for (uint i = t; i < KT * D4; i += NT) {
-        uint j = i / D4, c4 = i - j * D4, key = srcs[j];
-        vec4 v = key == NOKEY ? vec4(0.0) : key4(key, c4);
-        uint o = j * LDK + c4 * 4u;
-        Ks[o] = float16_t(v.x); Ks[o + 1u] = float16_t(v.y); Ks[o + 2u] = float16_t(v.z); Ks[o + 3u] = float16_t(v.w);
-    }
+    if (c0 == 0u) srcs[j] = key;
+    put_row(j, c0, D4, v);
     barrier();
 }
 
@@ -123,23 +142,29 @@ void main()
 {
     uint tl = gl_WorkGroupID.x, h0 = gl_WorkGroupID.y * HG, t = gl_LocalInvocationID.x, sg = gl_SubgroupID;
     uint tok = p.t0 + tl, pos = p.p0 + tl, D4 = p.D / 4u, nf = p.D / 64u;
-    for (uint i = t; i < HG * D4; i += NT) {
-        uint hh = i / D4, c4 = i - hh * D4;
-        vec4 v = h0 + hh < p.H ? Q4[(tok * p.H + h0 + hh) * D4 + c4] : vec4(0.0);
-        uint o = hh * LDK + c4 * 4u;
-        Qs[o] = float16_t(v.x); Qs[o + 1u] = float16_t(v.y); Qs[o + 2u] = float16_t(v.z); Qs[o + 3u] = float16_t(v.w);
-    }
-    barrier();
-    /* this subgroup's slices of head_dim: sg * nf .. sg * nf + nf - 1 (16 wide) */
+    uint hb = sg / 4u, qd = sg % 4u; /* this subgroup's block of 16 heads and quarter of head_dim */
+    /* the queries, 16 heads at a time through Ks, into registers: this
+       subgroup's slices qd * nf .. qd * nf + nf - 1 (16 wide) of its heads */
     coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> qf[NF];
-    [[unroll]] for (uint i = 0u; i < NF; i++)
-        if (i < nf) coopMatLoad(qf[i], Qs, (sg * nf + i) * 16u, LDK, gl_CooperativeMatrixLayoutRowMajor);
+    for (uint b = 0u; b < HG / 16; b++) {
+        uint j = t / TPR, c0 = t - j * TPR, h = h0 + b * 16u + j;
+        vec4 v[LPT];
+        if (h < p.H) { LOAD_ROW(Q4, (tok * p.H + h) * D4) }
+        else { [[unroll]] for (uint i = 0u; i < LPT; i++) v[i] = vec4(0.0); }
+        barrier();
+        put_row(j, c0, D4, v);
+        barrier();
+        if (hb == b)
+            [[unroll]] for (uint i = 0u; i < NF; i++)
+                if (i < nf) coopMatLoad(qf[i], Ks, (qd * nf + i) * 16u, LDK, gl_CooperativeMatrixLayoutRowMajor);
+    }
 
     uint nw = min(p.win, pos + 1u);
     uint nc = p.mode == 0u ? 0u : (p.mode == 1u ? (pos + 1u) / p.ratio : p.topk);
     uint nk = p.win + nc; /* the window takes win slots, as the official key list */
-    /* the two (head, key) entries of a tile this invocation finishes: head t / 8, keys 2 (t % 8) + 0, 1 */
-    uint eh = t >> 3u, ej = (t & 7u) * 2u;
+    /* the two (head, key) entries of a tile this invocation finishes: head t / 8, keys 2 (t % 8) + 0, 1;
+       their partial scores at sb + 16 KT q, q < 4 */
+    uint eh = t >> 3u, ej = (t & 7u) * 2u, sb = (eh >> 4u) * (4u * 16u * KT) + (eh & 15u) * KT + ej;
 
     /* pass 1: each head's maximum score over every key */
     float mloc = -1.0 / 0.0;
@@ -150,14 +175,14 @@ void main()
         [[unroll]] for (uint i = 0u; i < NF; i++) {
             if (i >= nf) break;
             coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> kb;
-            coopMatLoad(kb, Ks, (sg * nf + i) * 16u, LDK, gl_CooperativeMatrixLayoutColumnMajor);
+            coopMatLoad(kb, Ks, (qd * nf + i) * 16u, LDK, gl_CooperativeMatrixLayoutColumnMajor);
             s = coopMatMulAdd(qf[i], kb, s);
         }
-        coopMatStore(s, Sp, sg * (HG * KT), KT, gl_CooperativeMatrixLayoutRowMajor);
+        coopMatStore(s, Sp, sg * (16u * KT), KT, gl_CooperativeMatrixLayoutRowMajor);
         barrier();
         for (uint u = 0u; u < 2u; u++) {
-            uint e = eh * KT + ej + u;
-            float d = (Sp[e] + Sp[HG * KT + e]) + (Sp[2u * HG * KT + e] + Sp[3u * HG * KT + e]);
+            uint e = sb + u;
+            float d = (Sp[e] + Sp[e + 16u * KT]) + (Sp[e + 32u * KT] + Sp[e + 48u * KT]);
             if (srcs[ej + u] != NOKEY) mloc = max(mloc, d * p.scale);
         }
     }
@@ -184,25 +209,25 @@ void main()
         [[unroll]] for (uint i = 0u; i < NF; i++) {
             if (i >= nf) break;
             coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> kb;
-            coopMatLoad(kb, Ks, (sg * nf + i) * 16u, LDK, gl_CooperativeMatrixLayoutColumnMajor);
+            coopMatLoad(kb, Ks, (qd * nf + i) * 16u, LDK, gl_CooperativeMatrixLayoutColumnMajor);
             s = coopMatMulAdd(qf[i], kb, s);
         }
-        coopMatStore(s, Sp, sg * (HG * KT), KT, gl_CooperativeMatrixLayoutRowMajor);
+        coopMatStore(s, Sp, sg * (16u * KT), KT, gl_CooperativeMatrixLayoutRowMajor);
         barrier();
         for (uint u = 0u; u < 2u; u++) {
-            uint e = eh * KT + ej + u;
-            float d = (Sp[e] + Sp[HG * KT + e]) + (Sp[2u * HG * KT + e] + Sp[3u * HG * KT + e]);
+            uint e = sb + u;
+            float d = (Sp[e] + Sp[e + 16u * KT]) + (Sp[e + 32u * KT] + Sp[e + 48u * KT]);
             float x = srcs[ej + u] != NOKEY ? exp(d * p.scale - m) : 0.0;
             l += x;
-            Pp[e] = float16_t(bf16r(x));
+            Pp[eh * KT + ej + u] = float16_t(bf16r(x));
         }
         barrier();
         coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseA> pa;
-        coopMatLoad(pa, Pp, 0u, KT, gl_CooperativeMatrixLayoutRowMajor);
+        coopMatLoad(pa, Pp, hb * (16u * KT), KT, gl_CooperativeMatrixLayoutRowMajor);
         [[unroll]] for (uint i = 0u; i < NF; i++) {
             if (i >= nf) break;
             coopmat<float16_t, gl_ScopeSubgroup, 16, 16, gl_MatrixUseB> vb;
-            coopMatLoad(vb, Ks, (sg * nf + i) * 16u, LDK, gl_CooperativeMatrixLayoutRowMajor);
+            coopMatLoad(vb, Ks, (qd * nf + i) * 16u, LDK, gl_CooperativeMatrixLayoutRowMajor);
             oacc[i] = coopMatMulAdd(pa, vb, oacc[i]);
         }
     }
@@ -215,14 +240,14 @@ void main()
     }
     barrier(); /* also: every subgroup is done with Sp (its last scores) */
     /* each output fragment through this subgroup's part of Sp: divide, round, write */
-    uint lane = gl_SubgroupInvocationID, so = sg * (HG * KT);
+    uint lane = gl_SubgroupInvocationID, so = sg * (16u * KT);
     [[unroll]] for (uint i = 0u; i < NF; i++) {
         if (i >= nf) break;
         coopMatStore(oacc[i], Sp, so, KT, gl_CooperativeMatrixLayoutRowMajor);
         subgroupMemoryBarrierShared();
         subgroupBarrier();
-        for (uint e = lane; e < HG * KT; e += 32u) {
-            uint hh = e / KT, c = (sg * nf + i) * 16u + (e % KT);
+        for (uint e = lane; e < 16u * KT; e += 32u) {
+            uint hh = hb * 16u + e / KT, c = (qd * nf + i) * 16u + (e % KT);
             if (h0 + hh < p.H) O[(tok * p.H + h0 + hh) * p.D + c] = bf16r(Sp[so + e] / Dn[hh]);
         }
         subgroupMemoryBarrierShared();

@@ -633,7 +633,9 @@ _Static_assert(sizeof(pc_attnb) == 52, "attn push constants");
  * error. */
 static double attn_fast_case(vk_pipe_id pipe, int H, int D, int win, int n, int p0, int ratio, int mode, int topk)
 {
-    int ne = (p0 + n) / ratio + 1, ld_i = topk > 0 ? topk : 1, hg = pipe == P_ATTN_CM ? 16 : 8;
+    int ne = (p0 + n) / ratio + 1, ld_i = topk > 0 ? topk : 1;
+    int hg = pipe == P_ATTN_CM ? 16 : pipe == P_ATTN_CM32 ? 32 : pipe == P_ATTN_CM64 ? 64 : 8;
+    const char *name = pipe == P_ATTN_FAST ? "attn_fast" : pipe == P_ATTN_CM ? "attn_cm" : pipe == P_ATTN_CM32 ? "attn_cm32" : "attn_cm64";
     size_t qn = (size_t)n * H * D;
     float *q = malloc(qn * 4), *kv = malloc((size_t)n * D * 4), *ring = malloc((size_t)win * D * 4),
           *cmp = malloc((size_t)ne * D * 4), *r = malloc(qn * 4), *g = malloc(qn * 4), *g2 = malloc(qn * 4);
@@ -674,9 +676,8 @@ static double attn_fast_case(vk_pipe_id pipe, int H, int D, int win, int n, int 
     run1(pipe, b, 8, &pc, sizeof pc, (uint32_t)n, (uint32_t)(H + hg - 1) / hg);
     CHECK(readbuf(&bo, g, qn * 4) == 0);
     double e = nmse(g, r, qn);
-    printf("  %s H %d D %d win %d p0 %d n %d mode %d topk %d: nmse %.3g\n", pipe == P_ATTN_CM ? "attn_cm" : "attn_fast",
-           H, D, win, p0, n, mode, topk, e);
-    CHECKF(e < 1e-6, "%s nmse %g", pipe == P_ATTN_CM ? "attn_cm" : "attn_fast", e);
+    printf("  %s H %d D %d win %d p0 %d n %d mode %d topk %d: nmse %.3g\n", name, H, D, win, p0, n, mode, topk, e);
+    CHECKF(e < 1e-6, "%s nmse %g", name, e);
     /* the same rows in two buffers */
     char err[256];
     memset(g2, 0xff, qn * 4); /* NaNs: a run that writes nothing cannot match */
@@ -698,10 +699,11 @@ static double attn_fast_case(vk_pipe_id pipe, int H, int D, int win, int n, int 
 static void attention_fast(void)
 {
     if (!open_rt()) SKIP("no Vulkan device");
-    for (int v = 0; v < 2; v++) {
-        vk_pipe_id p = v ? P_ATTN_CM : P_ATTN_FAST;
+    static const vk_pipe_id pipes[4] = {P_ATTN_FAST, P_ATTN_CM, P_ATTN_CM32, P_ATTN_CM64};
+    for (int v = 0; v < 4; v++) {
+        vk_pipe_id p = pipes[v];
         if (!vkrt_has_pipe(&rt, p)) {
-            printf("  %s: not on this device\n", v ? "attn_cm (no cooperative matrices)" : "attn_fast (shared memory)");
+            printf("  %s: not on this device\n", v ? "attn_cm* (no cooperative matrices)" : "attn_fast (shared memory)");
             continue;
         }
         attn_fast_case(p, 19, 192, 16, 6, 3, 4, 2, 24);    /* window partly filled, CSA with holes */
