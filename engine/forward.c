@@ -713,9 +713,11 @@ static int attn_variant(const dsv4_engine *e, const gblock *g, const fseg *sg)
              : D <= 512 && vkrt_has_pipe(&e->rt, P_ATTN_TILE) ? P_ATTN_TILE : -1;
     if (!e->cpu_device) {
         if (!e->exact && e->attn_fast && sg->n >= e->attn_direct_n && D <= 512) {
+            /* the fewest heads per workgroup that cover H, else the largest the device has */
             uint32_t H = (uint32_t)c->num_attention_heads;
-            vk_pipe_id cm = H > 32 ? P_ATTN_CM64 : H > 16 ? P_ATTN_CM32 : P_ATTN_CM;
-            if (e->attn_fast > 1 && D % 64 == 0 && vkrt_has_pipe(&e->rt, cm)) return cm;
+            int cm = H > 32 ? P_ATTN_CM64 : H > 16 ? P_ATTN_CM32 : P_ATTN_CM;
+            while (cm > P_ATTN_CM && !vkrt_has_pipe(&e->rt, (vk_pipe_id)cm)) cm--;
+            if (e->attn_fast > 1 && D % 64 == 0 && vkrt_has_pipe(&e->rt, (vk_pipe_id)cm)) return cm;
             if (e->attn_fast == 1 && D % 8 == 0 && vkrt_has_pipe(&e->rt, P_ATTN_FAST)) return P_ATTN_FAST;
         }
         if (tile < 0) return P_ATTN;

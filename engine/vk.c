@@ -317,6 +317,10 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
             return DSV4_EINVAL;
         }
         if ((uint32_t)pipe_info[i].shmem > rt->props.limits.maxComputeSharedMemorySize) continue;
+        /* attn_cm32 / attn_cm64 run 256 / 512 invocations per workgroup (Vulkan guarantees 128) */
+        if ((i == P_ATTN_CM32 && rt->props.limits.maxComputeWorkGroupInvocations < 256) ||
+            (i == P_ATTN_CM64 && rt->props.limits.maxComputeWorkGroupInvocations < 512))
+            continue;
         VkDescriptorSetLayoutBinding b[8];
         for (int j = 0; j < pipe_info[i].nbind; j++)
             b[j] = (VkDescriptorSetLayoutBinding){.binding = (uint32_t)j,

@@ -46,7 +46,7 @@ typedef enum {
     P_INDEX_SCORE_TOK,  /* index_score, one token per workgroup, key rows in registers: decode */
     P_ATTN_FAST,        /* attn_tile's attention in partial sums, rows staged in batches: GPUs, not exact mode */
     P_ATTN_CM,          /* attn_fast on tensor cores, 16 heads per workgroup: only when rt->coopmat */
-    P_ATTN_CM32, P_ATTN_CM64, /* the same, 32 and 64 heads per workgroup */
+    P_ATTN_CM32, P_ATTN_CM64, /* the same, 32 and 64 heads per workgroup (consecutive: attn_variant steps down) */
     P_COUNT
 } vk_pipe_id;
 
