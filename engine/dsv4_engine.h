@@ -95,8 +95,19 @@ int dsv4_decode(dsv4_seq *const *seqs, int n_seqs, const int32_t *tokens, float 
                 char *err, size_t errlen);
 
 /* A new sequence with the same state as src (for several questions over one
- * shared prefix). */
+ * shared prefix). The compressed rows src completed are shared, not copied:
+ * the fork owns only small buffers (window and compressor rings, the rows
+ * it adds), src keeps going on its own, and either may be freed first.
+ * $DSV4_FORK_COPY=1 when the engine opens: forks copy src's whole state
+ * (the earlier behaviour, for comparison). */
 int dsv4_seq_fork(const dsv4_seq *src, dsv4_seq **out, char *err, size_t errlen);
+
+/* Device memory of a sequence's state, in bytes: *own_bytes, the buffers
+ * it holds (rings, compressed rows it wrote; a sequence whose rows forks
+ * read still counts them here), and *shared_bytes, the compressed rows of
+ * another sequence's buffer that it reads as a fork (counted once, with the
+ * sequence that wrote them). Either pointer may be NULL. */
+void dsv4_seq_state_bytes(const dsv4_seq *s, uint64_t *own_bytes, uint64_t *shared_bytes);
 
 /* ---- state export / import (for the prefix cache) ---- */
 

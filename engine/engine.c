@@ -154,6 +154,8 @@ int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const cha
            rather than for every segment of every pass */
         const char *at = getenv("DSV4_ATTN_TILE"), *dn = getenv("DSV4_ATTN_DIRECT_N");
         sh->attn_tile_forced = at && *at == '1';
+        const char *fc = getenv("DSV4_FORK_COPY");
+        sh->fork_copy = fc && *fc == '1';
         sh->attn_direct_n = dn ? (uint32_t)atoi(dn) : 64;
         const char *af = getenv("DSV4_ATTN_FAST");
         sh->attn_fast = af && *af ? atoi(af) : 2;
@@ -526,24 +528,29 @@ int dsv4_seq_fork(const dsv4_seq *src, dsv4_seq **out, char *err, size_t errlen)
     s->e = e;
     s->pos = src->pos;
     int rc = 0;
-    for (int b = 0; b < e->n_blocks && !rc; b++) {
-        vkrt *rt = &shard_of(e, b)->rt; /* the block's state stays on its device */
-        s->ls[b] = src->ls[b];
-        memset(&s->ls[b].buf, 0, sizeof s->ls[b].buf);
-        rc = vkbuf_create(rt, src->ls[b].buf.size, 1, &s->ls[b].buf, err, errlen);
-        if (!rc) rc = vkrt_begin(rt, err, errlen);
-        if (!rc) {
-            vkrt_copy(rt, vkbuf_view(&src->ls[b].buf, 0, src->ls[b].buf.size),
-                      vkbuf_view(&s->ls[b].buf, 0, s->ls[b].buf.size), src->ls[b].buf.size);
-            rc = vkrt_submit_wait(rt, err, errlen);
-        }
-    }
+    /* each block's state stays on its device; forward.c: lstate_fork */
+    for (int b = 0; b < e->n_blocks && !rc; b++)
+        rc = lstate_fork(shard_of(e, b), &s->ls[b], &src->ls[b], b, src->pos, err, errlen);
     if (rc) {
         dsv4_seq_free(s);
         return rc;
     }
     *out = s;
     return 0;
+}
+
+void dsv4_seq_state_bytes(const dsv4_seq *s, uint64_t *own_bytes, uint64_t *shared_bytes)
+{
+    const dsv4_config *c = &s->e->m->cfg;
+    uint64_t own = 0, shared = 0;
+    for (int b = 0; b < s->e->n_blocks; b++) {
+        const lstate *ls = &s->ls[b];
+        own += ls->buf.size;
+        uint64_t row = (uint64_t)c->head_dim + (s->e->blk[b].ratio == 4 ? (uint64_t)c->index_head_dim : 0);
+        shared += (uint64_t)ls->base_rows * row * 4;
+    }
+    if (own_bytes) *own_bytes = own;
+    if (shared_bytes) *shared_bytes = shared;
 }
 
 /* ---------------------------------------------------------------- export / import */
@@ -575,9 +582,11 @@ int dsv4_seq_export(const dsv4_seq *s, int64_t pos0, dsv4_state_chunk *chunk, ch
             size_t nf = (size_t)(r1 - r0) * d;
             float *tmp = malloc(nf ? nf * 4 : 4);
             if (!tmp) return DSV4_ENOMEM;
-            VkDeviceSize off = (j == 0 ? ls->kv_off : ls->ikv_off) + (VkDeviceSize)r0 * d * 4;
-            rc = nf ? vkrt_download(&shard_of(e, b)->rt, vkbuf_view(&ls->buf, off, nf * 4), tmp, nf * 4, err, errlen)
-                    : 0;
+            /* a fork's rows: the shared base's, then its own */
+            vkview pc[2];
+            int np = lstate_rows(e, ls, j, r0, r1, pc);
+            for (size_t q = 0, f0 = 0; q < (size_t)np && !rc; f0 += pc[q].size / 4, q++)
+                rc = vkrt_download(&shard_of(e, b)->rt, pc[q], tmp + f0, pc[q].size, err, errlen);
             uint16_t *dst = (uint16_t *)chunk->rows[k];
             for (size_t i = 0; i < nf && !rc; i++) dst[i] = f2bf(tmp[i]);
             free(tmp);
@@ -636,8 +645,11 @@ int dsv4_seq_import(dsv4_seq *s, const dsv4_state_chunk *chunk, char *err, size_
                 uint32_t u = (uint32_t)src[i] << 16;
                 memcpy(&tmp[i], &u, 4);
             }
-            VkDeviceSize off = (j == 0 ? ls->kv_off : ls->ikv_off) + (VkDeviceSize)r0 * d * 4;
-            rc = nf ? vkrt_upload(&sh->rt, vkbuf_view(&ls->buf, off, nf * 4), tmp, nf * 4, err, errlen) : 0;
+            vkview pc[2]; /* a fresh sequence (pos 0): no shared base, one piece */
+            int np = lstate_rows(e, ls, j, r0, r1, pc);
+            size_t f0 = 0;
+            for (int q = 0; q < np && !rc; f0 += pc[q].size / 4, q++)
+                rc = vkrt_upload(&sh->rt, pc[q], tmp + f0, pc[q].size, err, errlen);
             free(tmp);
             k++;
         }

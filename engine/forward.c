@@ -28,12 +28,10 @@ typedef struct { uint32_t D, hc, iters, x_ld; float norm_eps, hc_eps; uint32_t s
 typedef struct { uint32_t D, hc, x_ld, splits; } pc_hcmix;
 typedef struct { uint32_t D, hc; } pc_hcpost;
 typedef struct { uint32_t D, rd, ldx, x_off, flags, pos_base, pos_step; float eps; } pc_hp;
-typedef struct { uint32_t d, ratio, overlap, i0, p0, t0, ld_out; } pc_comp;
+typedef struct { uint32_t d, ratio, overlap, i0, p0, t0, ld_out, base_rows; } pc_comp;
 typedef struct { uint32_t width, lds, ldr, col_off, L, q0, p0, t0, use_ape, ratio; } pc_ring;
-typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint32_t n_tok; } pc_iscore;
+typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint32_t n_tok, base_rows; } pc_iscore;
 typedef struct { uint32_t topk, ratio, p0, ld_s, ld_i, i_row0; } pc_topk;
-/* base_rows: compressed rows below it are read from the base binding (attn_fast, attn_cm); the other
-   attention shaders ignore it */
 typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc, base_rows; } pc_attn;
 typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale; } pc_gate;
 typedef struct { uint32_t T, E, k, rowmap_off, slotpos_off, wsort_off, e_begin_off; } pc_group;
@@ -48,9 +46,9 @@ _Static_assert(sizeof(pc_hcpre) == 28, "hc_pre push constants");
 _Static_assert(sizeof(pc_hcmix) == 16, "hc_mix push constants");
 _Static_assert(sizeof(pc_hcpost) == 8, "hc_post push constants");
 _Static_assert(sizeof(pc_hp) == 32, "headprep push constants");
-_Static_assert(sizeof(pc_comp) == 28, "compress push constants");
+_Static_assert(sizeof(pc_comp) == 32, "compress push constants");
 _Static_assert(sizeof(pc_ring) == 40, "ring_write push constants");
-_Static_assert(sizeof(pc_iscore) == 36, "index_score push constants");
+_Static_assert(sizeof(pc_iscore) == 40, "index_score push constants");
 _Static_assert(sizeof(pc_topk) == 24, "topk push constants");
 _Static_assert(sizeof(pc_attn) == 52, "attn push constants");
 _Static_assert(sizeof(pc_gate) == 28, "moe_gate push constants");
@@ -498,39 +496,150 @@ int lstate_init(dsv4_engine *e, lstate *ls, int block, int64_t cap_tokens, char 
     return vkrt_submit_wait(&e->rt, err, errlen);
 }
 
-void lstate_free(dsv4_engine *e, lstate *ls)
+/* Lets go of a reference to a shared buffer; the last one frees it. */
+static void lshared_release(dsv4_engine *e, lshared *sh)
 {
-    if (ls) vkbuf_free(&e->rt, &ls->buf);
+    if (sh && --sh->refs == 0) {
+        vkbuf_free(&e->rt, &sh->buf);
+        free(sh);
+    }
 }
 
-/* Grows a block's state (by doubling) to hold the compressed rows of `tokens`. */
+/* Lets go of ls's own buffer: freed now, unless forks still read it. */
+static void lstate_release_own(dsv4_engine *e, lstate *ls)
+{
+    if (ls->held) lshared_release(e, ls->held);
+    else vkbuf_free(&e->rt, &ls->buf);
+    ls->held = NULL;
+    memset(&ls->buf, 0, sizeof ls->buf);
+}
+
+void lstate_free(dsv4_engine *e, lstate *ls)
+{
+    if (!ls) return;
+    lstate_release_own(e, ls);
+    lshared_release(e, ls->base);
+    ls->base = NULL;
+    ls->base_rows = 0;
+}
+
+int lstate_rows(const dsv4_engine *e, const lstate *ls, int which, int64_t r0, int64_t r1, vkview out[2])
+{
+    const dsv4_config *c = &e->m->cfg;
+    VkDeviceSize d4 = (VkDeviceSize)(which ? c->index_head_dim : c->head_dim) * 4;
+    int n = 0;
+    int64_t b1 = r1 < ls->base_rows ? r1 : ls->base_rows;
+    if (r0 < b1)
+        out[n++] = vkbuf_view(&ls->base->buf, (which ? ls->base_ikv_off : ls->base_kv_off) + (VkDeviceSize)r0 * d4,
+                              (VkDeviceSize)(b1 - r0) * d4);
+    int64_t o0 = r0 > ls->base_rows ? r0 : ls->base_rows;
+    if (o0 < r1)
+        out[n++] = vkbuf_view(&ls->buf, (which ? ls->ikv_off : ls->kv_off) + (VkDeviceSize)(o0 - ls->base_rows) * d4,
+                              (VkDeviceSize)(r1 - o0) * d4);
+    return n;
+}
+
+/* Copies the rings (everything before kv_off, laid out alike in every
+ * state of a block) and the first n own rows of each compressed cache from
+ * src into dst, recorded into the open command buffer. */
+static void lstate_copy_into(dsv4_engine *e, const gblock *g, const lstate *src, const lstate *dst, int64_t n)
+{
+    const dsv4_config *c = &e->m->cfg;
+    vkrt_copy(&e->rt, vkbuf_view(&src->buf, 0, src->kv_off), vkbuf_view(&dst->buf, 0, src->kv_off), src->kv_off);
+    if (!g->ratio || n <= 0) return;
+    VkDeviceSize kvb = (VkDeviceSize)n * c->head_dim * 4;
+    vkrt_copy(&e->rt, vkbuf_view(&src->buf, src->kv_off, kvb), vkbuf_view(&dst->buf, dst->kv_off, kvb), kvb);
+    if (g->ratio == 4) {
+        VkDeviceSize ib = (VkDeviceSize)n * c->index_head_dim * 4;
+        vkrt_copy(&e->rt, vkbuf_view(&src->buf, src->ikv_off, ib), vkbuf_view(&dst->buf, dst->ikv_off, ib), ib);
+    }
+}
+
+int lstate_fork(dsv4_engine *e, lstate *dst, lstate *src, int block, int64_t pos, char *err, size_t errlen)
+{
+    const gblock *g = &e->blk[block];
+    int64_t rows = g->ratio ? pos / g->ratio : 0; /* complete rows: written once, never again */
+    int rc;
+    memset(dst, 0, sizeof *dst);
+    if (e->fork_copy || rows == 0) { /* the whole buffer (nothing to share) */
+        *dst = *src;
+        dst->held = NULL;
+        memset(&dst->buf, 0, sizeof dst->buf);
+        if (dst->base) dst->base->refs++;
+        rc = vkbuf_create(&e->rt, src->buf.size, 1, &dst->buf, err, errlen);
+        if (rc) goto fail;
+        rc = vkrt_begin(&e->rt, err, errlen);
+        if (rc) goto fail;
+        vkrt_copy(&e->rt, vkbuf_view(&src->buf, 0, src->buf.size), vkbuf_view(&dst->buf, 0, dst->buf.size),
+                  src->buf.size);
+        rc = vkrt_submit_wait(&e->rt, err, errlen);
+        if (rc) goto fail;
+        return 0;
+    }
+    /* src's base if it reads one (and a copy of its few own rows: the
+       shaders read two buffers, not a chain), else src's own buffer */
+    int64_t ncopy = 0;
+    if (src->base_rows > 0) {
+        dst->base = src->base;
+        dst->base_rows = src->base_rows;
+        dst->base_kv_off = src->base_kv_off;
+        dst->base_ikv_off = src->base_ikv_off;
+        ncopy = rows - src->base_rows;
+    } else {
+        if (!src->held) {
+            src->held = calloc(1, sizeof *src->held);
+            if (!src->held) {
+                snprintf(err, errlen, "dsv4_seq_fork: out of memory");
+                return DSV4_ENOMEM;
+            }
+            src->held->buf = src->buf;
+            src->held->refs = 1;
+        }
+        dst->base = src->held;
+        dst->base_rows = rows;
+        dst->base_kv_off = src->kv_off;
+        dst->base_ikv_off = src->ikv_off;
+    }
+    dst->base->refs++;
+    lstate_layout(e, block, ncopy + 1 > 16 ? ncopy + 1 : 16, dst);
+    rc = vkbuf_create(&e->rt, dst->end, 1, &dst->buf, err, errlen);
+    if (rc) goto fail;
+    rc = vkrt_begin(&e->rt, err, errlen);
+    if (rc) goto fail;
+    vkrt_fill(&e->rt, vkbuf_view(&dst->buf, 0, dst->buf.size), dst->buf.size, 0);
+    lstate_copy_into(e, g, src, dst, ncopy);
+    rc = vkrt_submit_wait(&e->rt, err, errlen);
+    if (rc) goto fail;
+    return 0;
+fail:
+    lstate_free(e, dst);
+    return rc;
+}
+
+/* Grows a block's state (by doubling) to hold the compressed rows of
+ * `tokens` (its own rows: those past base_rows). The old buffer is let go
+ * of: freed, unless forks still read its rows. */
 int lstate_reserve(dsv4_engine *e, lstate *ls, int block, int64_t tokens, char *err, size_t errlen)
 {
     const gblock *g = &e->blk[block];
     if (!g->ratio) return 0;
-    int64_t need = tokens / g->ratio + 1;
+    int64_t need = tokens / g->ratio + 1 - ls->base_rows;
     if (need <= ls->cap_rows) return 0;
     int64_t cap = ls->cap_rows * 2;
     if (cap < need) cap = need;
-    lstate nl;
-    memset(&nl, 0, sizeof nl);
+    lstate nl = *ls;
+    nl.held = NULL;
+    memset(&nl.buf, 0, sizeof nl.buf);
     lstate_layout(e, block, cap, &nl);
     int rc = vkbuf_create(&e->rt, nl.end, 1, &nl.buf, err, errlen);
     if (rc) return rc;
-    const dsv4_config *c = &e->m->cfg;
     rc = vkrt_begin(&e->rt, err, errlen);
     if (rc) goto fail;
     vkrt_fill(&e->rt, vkbuf_view(&nl.buf, 0, nl.buf.size), nl.buf.size, 0);
-    vkrt_copy(&e->rt, vkbuf_view(&ls->buf, 0, ls->kv_off), vkbuf_view(&nl.buf, 0, ls->kv_off), ls->kv_off);
-    VkDeviceSize kvb = (VkDeviceSize)ls->cap_rows * c->head_dim * 4;
-    vkrt_copy(&e->rt, vkbuf_view(&ls->buf, ls->kv_off, kvb), vkbuf_view(&nl.buf, nl.kv_off, kvb), kvb);
-    if (g->ratio == 4) {
-        VkDeviceSize ib = (VkDeviceSize)ls->cap_rows * c->index_head_dim * 4;
-        vkrt_copy(&e->rt, vkbuf_view(&ls->buf, ls->ikv_off, ib), vkbuf_view(&nl.buf, nl.ikv_off, ib), ib);
-    }
+    lstate_copy_into(e, g, ls, &nl, ls->cap_rows);
     rc = vkrt_submit_wait(&e->rt, err, errlen);
     if (rc) goto fail;
-    vkbuf_free(&e->rt, &ls->buf);
+    lstate_release_own(e, ls);
     *ls = nl;
     return 0;
 fail:
@@ -672,16 +781,19 @@ static void compressor(dsv4_engine *e, const fseg *sg, lstate *ls, uint32_t rati
     int64_t p1 = sg->p0 + sg->n;
     uint32_t i0 = (uint32_t)(sg->p0 / ratio), i1 = (uint32_t)(p1 / ratio);
     vkview ring = vkbuf_view(b, ring_off, (VkDeviceSize)L * 2 * w * 4);
+    /* entries i >= i0 are past the fork's shared rows (i0 >= base_rows: the
+       base holds only rows complete at the fork): own row i - base_rows */
     vkview cache = vkbuf_view(b, cache_off, (VkDeviceSize)ls->cap_rows * d * 4);
+    uint32_t base = (uint32_t)ls->base_rows;
     if (i1 > i0 && part <= 0) {
-        pc_comp pc = {d, ratio, (uint32_t)overlap, i0, (uint32_t)sg->p0, sg->t0, d};
+        pc_comp pc = {d, ratio, (uint32_t)overlap, i0, (uint32_t)sg->p0, sg->t0, d, base};
         vkview v[5] = {KV, SC, ring, ape, cache};
         vkrt_dispatch(&e->rt, P_COMPRESS, v, 5, &pc, sizeof pc, i1 - i0, cdiv(d, 64), 1);
     }
     if (part == 0) return;
     if (i1 > i0) {
         uint32_t fl = F_RMS_W | F_ROPE | (rotate ? F_HADAMARD | F_FP4 : F_FP8_NOPE);
-        headprep(e, cache, norm, 1, d, d, i0 * d, fl, i1 - i0, 1, i0 * ratio, ratio);
+        headprep(e, cache, norm, 1, d, d, (i0 - base) * d, fl, i1 - i0, 1, i0 * ratio, ratio);
     }
     ring_write(e, KV, ring, ape, w, w, 2 * w, 0, L, sg, 0, ratio);
     ring_write(e, SC, ring, ape, w, w, 2 * w, w, L, sg, 1, ratio);
@@ -758,6 +870,16 @@ static vkview subview(vkview v, VkDeviceSize off, VkDeviceSize size)
     return v;
 }
 
+/* The base binding of the shaders that read compressed rows (which 0: the
+ * attention cache, 1: the indexer's): rows [0, base_rows) of the fork's
+ * shared buffer, or the dummy when the sequence has none (base_rows 0). */
+static vkview cache_base(const dsv4_engine *e, const lstate *ls, int which)
+{
+    vkview v[2];
+    if (ls->base_rows == 0 || lstate_rows(e, ls, which, 0, ls->base_rows, v) != 1) return e->dummy;
+    return v[0];
+}
+
 /* The attention of one segment of block g (its window, ring and compressed
  * entries; idx: the segment's top-k rows). */
 static void seg_attention(dsv4_engine *e, const gblock *g, const fseg *sg, lstate *ls, uint32_t topk, vkview idx)
@@ -767,26 +889,29 @@ static void seg_attention(dsv4_engine *e, const gblock *g, const fseg *sg, lstat
     uint32_t H = c->num_attention_heads, hd = c->head_dim, win = c->sliding_window;
     vkview ring = vkbuf_view(&ls->buf, ls->ring_off, (VkDeviceSize)win * hd * 4);
     vkview cache = g->ratio ? vkbuf_view(&ls->buf, ls->kv_off, (VkDeviceSize)ls->cap_rows * hd * 4) : e->dummy;
+    vkview base = g->ratio ? cache_base(e, ls, 0) : e->dummy;
     pc_attn pa = {hd, H, win, sg->t0, (uint32_t)sg->p0, (uint32_t)(g->ratio ? g->ratio : 1),
                   g->ratio == 0 ? 0u : g->ratio == 4 ? 2u : 1u, topk, topk, (float)(1.0 / sqrt((double)hd)),
-                  sg->n, s->ascore_ld, 0};
-    vkview va[8] = {s->q, s->kv, ring, cache, idx, g->attn_sink, s->o,
-                    s->ascore_ld ? vkbuf_view(&s->ascore_buf, 0, s->ascore_buf.size) : e->dummy};
+                  sg->n, s->ascore_ld, g->ratio ? (uint32_t)ls->base_rows : 0u};
+    /* attn/attn_serial: bindings 0-6 and the base rows last; the tiled
+       forms: 0-7 (7 their kept scores) and the base rows last */
+    vkview va[9] = {s->q, s->kv, ring, cache, idx, g->attn_sink, s->o,
+                    s->ascore_ld ? vkbuf_view(&s->ascore_buf, 0, s->ascore_buf.size) : e->dummy, base};
+    vkview vs[8] = {s->q, s->kv, ring, cache, idx, g->attn_sink, s->o, base};
     int av = attn_variant(e, g, sg);
     if (av == P_ATTN_SERIAL) /* barrier-free: what a CPU driver runs fastest */
-        vkrt_dispatch(&e->rt, P_ATTN_SERIAL, va, 7, &pa, sizeof pa, cdiv((uint64_t)sg->n * H, 16), 1, 1);
+        vkrt_dispatch(&e->rt, P_ATTN_SERIAL, vs, 8, &pa, sizeof pa, cdiv((uint64_t)sg->n * H, 16), 1, 1);
     else if (av == P_ATTN_TILE || av == P_ATTN_TILE_S)
-        vkrt_dispatch(&e->rt, (vk_pipe_id)av, va, 8, &pa, sizeof pa, sg->n, cdiv(H, 8), 1);
+        vkrt_dispatch(&e->rt, (vk_pipe_id)av, va, 9, &pa, sizeof pa, sg->n, cdiv(H, 8), 1);
     else if (av == P_ATTN_DIRECT)
-        vkrt_dispatch(&e->rt, P_ATTN_DIRECT, va, 8, &pa, sizeof pa, sg->n, H, 1);
+        vkrt_dispatch(&e->rt, P_ATTN_DIRECT, va, 9, &pa, sizeof pa, sg->n, H, 1);
     else if (av == P_ATTN_FAST || av == P_ATTN_CM || av == P_ATTN_CM32 || av == P_ATTN_CM64) {
-        /* binding 7: the compressed rows below base_rows (none here: a dummy) */
+        /* attn_fast, attn_cm: bindings 0-6 and the base rows last, as attn */
         uint32_t hg = av == P_ATTN_FAST ? 8 : av == P_ATTN_CM ? 16 : av == P_ATTN_CM32 ? 32 : 64;
-        va[7] = e->dummy;
-        vkrt_dispatch(&e->rt, (vk_pipe_id)av, va, 8, &pa, sizeof pa, sg->n, cdiv(H, hg), 1);
+        vkrt_dispatch(&e->rt, (vk_pipe_id)av, vs, 8, &pa, sizeof pa, sg->n, cdiv(H, hg), 1);
     }
     else
-        vkrt_dispatch(&e->rt, P_ATTN, va, 7, &pa, sizeof pa, sg->n, H, 1);
+        vkrt_dispatch(&e->rt, P_ATTN, vs, 8, &pa, sizeof pa, sg->n, H, 1);
 }
 
 /* Indexer scores of m tokens of a segment starting at its token a, into
@@ -800,17 +925,18 @@ static void seg_index_score(dsv4_engine *e, const gblock *g, const fseg *sg, lst
     (void)g;
     if (n_max == 0) return;
     pc_iscore pi = {inh, ihd, 4, sg->t0 + a, (uint32_t)sg->p0 + a, (uint32_t)s->iscore_cap, n_max,
-                    (float)(pow(ihd, -0.5) * pow(inh, -0.5)), m};
-    vkview v[4] = {s->iq, s->iw, vkbuf_view(&ls->buf, ls->ikv_off, (VkDeviceSize)ls->cap_rows * ihd * 4), S};
+                    (float)(pow(ihd, -0.5) * pow(inh, -0.5)), m, (uint32_t)ls->base_rows};
+    vkview v[5] = {s->iq, s->iw, vkbuf_view(&ls->buf, ls->ikv_off, (VkDeviceSize)ls->cap_rows * ihd * 4), S,
+                   cache_base(e, ls, 1)};
     /* the tiled product (same bits) where index_head_dim fits it and a
        segment has tokens to share the key tiles; decode: one token per
        workgroup, one entry per thread */
     if (ihd % 4 == 0 && ihd <= 128 && m >= 4 && vkrt_has_pipe(&e->rt, P_INDEX_SCORE_TILE))
-        vkrt_dispatch(&e->rt, P_INDEX_SCORE_TILE, v, 4, &pi, sizeof pi, cdiv(n_max, 32), cdiv(m, 8), 1);
+        vkrt_dispatch(&e->rt, P_INDEX_SCORE_TILE, v, 5, &pi, sizeof pi, cdiv(n_max, 32), cdiv(m, 8), 1);
     else if (ihd == 128 && inh <= 64 && vkrt_has_pipe(&e->rt, P_INDEX_SCORE_TOK))
-        vkrt_dispatch(&e->rt, P_INDEX_SCORE_TOK, v, 4, &pi, sizeof pi, cdiv(n_max, 64), m, 1);
+        vkrt_dispatch(&e->rt, P_INDEX_SCORE_TOK, v, 5, &pi, sizeof pi, cdiv(n_max, 64), m, 1);
     else
-        vkrt_dispatch(&e->rt, P_INDEX_SCORE, v, 4, &pi, sizeof pi, cdiv(n_max, 64), m, 1);
+        vkrt_dispatch(&e->rt, P_INDEX_SCORE, v, 5, &pi, sizeof pi, cdiv(n_max, 64), m, 1);
 }
 
 /* Top-k of m score rows (view S) of a segment's tokens a.., into rows

@@ -36,11 +36,28 @@ typedef struct gblock {
     gw e_proj, h_proj; vkview enorm, hnorm, norm; ghc hc_head; /* MTP */
 } gblock;
 
-/* Per-sequence state of one block on the GPU. */
+/* A state buffer whose complete compressed rows forks read (their base):
+ * reference-counted, freed when the last holder lets go (the sequence that
+ * wrote it, or that sequence's buffer before lstate_reserve grew it, and
+ * each fork that reads it). Only the host thread of the block's device
+ * touches it. */
+typedef struct lshared {
+    vkbuf buf;
+    int refs;
+} lshared;
+
+/* Per-sequence state of one block on the GPU. Compressed rows r <
+ * base_rows (a fork's prefix, complete and never written again) are read
+ * from base at row r (offsets base_kv_off, base_ikv_off); rows r >=
+ * base_rows are in buf at row r - base_rows. */
 typedef struct lstate {
     vkbuf buf;
-    int64_t cap_rows;            /* rows of the compressed caches */
+    lshared *held;               /* non-NULL once a fork reads buf: buf is released through it */
+    int64_t cap_rows;            /* own rows of the compressed caches */
     VkDeviceSize ring_off, cring_off, iring_off, kv_off, ikv_off, end;
+    lshared *base;               /* NULL when base_rows == 0 */
+    int64_t base_rows;
+    VkDeviceSize base_kv_off, base_ikv_off;
 } lstate;
 
 typedef struct fscratch {
@@ -85,6 +102,7 @@ struct dsv4_engine {
     int exact;                   /* $DSV4_EXACT: GEMM kernels that sum every product in index order
                                     whatever the row count (SERIAL, tiled), so results never depend
                                     on how tokens are split into passes; slower on GPUs */
+    int fork_copy;               /* $DSV4_FORK_COPY=1: forks copy the whole state (the old way, for comparison) */
     int attn_tile_forced;        /* $DSV4_ATTN_TILE=1 (tests): attn_tile wherever it fits, on CPU drivers too */
     uint32_t attn_direct_n;      /* $DSV4_ATTN_DIRECT_N, else 64: GPU segments of fewer tokens use attn_direct */
     int attn_fast;               /* $DSV4_ATTN_FAST (GPU prefill outside exact mode, attention without index-order
@@ -144,6 +162,16 @@ void fwd_free(dsv4_engine *e);
 int lstate_init(dsv4_engine *e, lstate *ls, int block, int64_t cap_tokens, char *err, size_t errlen);
 void lstate_free(dsv4_engine *e, lstate *ls);
 int lstate_reserve(dsv4_engine *e, lstate *ls, int block, int64_t tokens, char *err, size_t errlen);
+/* dst becomes a fork of src at position pos (dst uninitialised): its own
+ * buffer holds copies of the rings (and of src's own rows, when src reads a
+ * base itself), the complete compressed rows stay in src's buffer or base,
+ * shared. With e->fork_copy, src's buffer is copied whole (src's base, if
+ * any, is shared). */
+int lstate_fork(dsv4_engine *e, lstate *dst, lstate *src, int block, int64_t pos, char *err, size_t errlen);
+/* The views of rows [r0, r1) of a block's compressed cache (which 0: kv,
+ * 1: indexer kv) as at most two pieces, the base's then the own buffer's;
+ * returns the number of pieces. */
+int lstate_rows(const dsv4_engine *e, const lstate *ls, int which, int64_t r0, int64_t r1, vkview out[2]);
 
 /* Records and runs one pass over T tokens (tokens/positions already in the io
  * buffer) made of segments; blocks [b0, b1) starting from X (when x_in is not

@@ -69,12 +69,12 @@ static const struct {
     [P_RMSNORM_Q] = {"rmsnorm_q", 4},
     [P_HC_POST] = {"hc_post", 4},               [P_HEADPREP] = {"headprep", 4},
     [P_COMPRESS] = {"compress", 5},             [P_RING_WRITE] = {"ring_write", 3},
-    [P_INDEX_SCORE] = {"index_score", 4},       [P_TOPK] = {"topk", 2},
-    [P_ATTN] = {"attn", 7},                     [P_MOE_GATE] = {"moe_gate", 6},
+    [P_INDEX_SCORE] = {"index_score", 5},       [P_TOPK] = {"topk", 2},
+    [P_ATTN] = {"attn", 8},                     [P_MOE_GATE] = {"moe_gate", 6},
     [P_MOE_GROUP] = {"moe_group", 3},           [P_SWIGLU] = {"swiglu", 4},
     [P_MOE_COMBINE] = {"moe_combine", 5},       [P_EMBED] = {"embed", 3},
     [P_ADD_BCAST] = {"add_bcast", 3},
-    [P_ATTN_SERIAL] = {"attn_serial", 7},
+    [P_ATTN_SERIAL] = {"attn_serial", 8},
     [P_FILL_RANDOM] = {"fill_random", 1},
     [P_GEMM_CM_BF16] = {"gemm_cm_bf16", 5, 1},  [P_GEMM_CM_FP8] = {"gemm_cm_fp8", 5, 1},
     [P_GEMM_CM_FP4] = {"gemm_cm_fp4", 5, 1},
@@ -86,12 +86,12 @@ static const struct {
     [P_GEMM_SERIAL_FIRST + 4] = {"gemm_fp4_gather_serial", 5}, [P_GEMM_SERIAL_FIRST + 5] = {"gemm_fp4_grouped_serial", 5},
     [P_GEMM_SERIAL_FIRST + 6] = {"gemm_fp8_gather_serial", 5}, [P_GEMM_SERIAL_FIRST + 7] = {"gemm_fp8_grouped_serial", 5},
     [P_GEMM_SERIAL_FIRST + 8] = {"gemm_bf16_gather_serial", 5}, [P_GEMM_SERIAL_FIRST + 9] = {"gemm_bf16_grouped_serial", 5},
-    [P_ATTN_TILE] = {"attn_tile", 8, 0, 25696},
-    [P_ATTN_TILE_S] = {"attn_tile_s", 8, 0, 13408},
-    [P_INDEX_SCORE_TILE] = {"index_score_tile", 4, 0, 20480},
+    [P_ATTN_TILE] = {"attn_tile", 9, 0, 25696},
+    [P_ATTN_TILE_S] = {"attn_tile_s", 9, 0, 13408},
+    [P_INDEX_SCORE_TILE] = {"index_score_tile", 5, 0, 20480},
     [P_TOPK_RADIX] = {"topk_radix", 2},
-    [P_ATTN_DIRECT] = {"attn_direct", 8},
-    [P_INDEX_SCORE_TOK] = {"index_score_tok", 4, 0, 32768},
+    [P_ATTN_DIRECT] = {"attn_direct", 9},
+    [P_INDEX_SCORE_TOK] = {"index_score_tok", 5, 0, 32768},
     [P_ATTN_FAST] = {"attn_fast", 8, 0, 25184},
     [P_ATTN_CM] = {"attn_cm", 8, 1, 21952},
     [P_ATTN_CM32] = {"attn_cm32", 8, 1, 27200},
@@ -321,7 +321,7 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
         if ((i == P_ATTN_CM32 && rt->props.limits.maxComputeWorkGroupInvocations < 256) ||
             (i == P_ATTN_CM64 && rt->props.limits.maxComputeWorkGroupInvocations < 512))
             continue;
-        VkDescriptorSetLayoutBinding b[8];
+        VkDescriptorSetLayoutBinding b[16];
         for (int j = 0; j < pipe_info[i].nbind; j++)
             b[j] = (VkDescriptorSetLayoutBinding){.binding = (uint32_t)j,
                                                   .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
@@ -574,8 +574,8 @@ void vkrt_dispatch(vkrt *rt, vk_pipe_id p, const vkview *views, int nviews, cons
                    size_t push_size, uint32_t gx, uint32_t gy, uint32_t gz)
 {
     if (gx == 0 || gy == 0 || gz == 0) return;
-    VkDescriptorBufferInfo bi[8];
-    VkWriteDescriptorSet w[8];
+    VkDescriptorBufferInfo bi[16];
+    VkWriteDescriptorSet w[16];
     for (int i = 0; i < nviews; i++) {
         bi[i] = (VkDescriptorBufferInfo){views[i].buf, views[i].off, views[i].size};
         w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, .dstBinding = (uint32_t)i,

@@ -315,6 +315,10 @@ typedef struct result {
     double tps_meas, tps, ceil, head_s;
     int ok;
     char note[96];
+    /* decode: device memory of the batch's state (dsv4_seq_state_bytes, N
+       layers): the prefix sequence's own buffers, all forks' own buffers,
+       and the prefix rows each fork reads shared */
+    uint64_t st_prefix, st_forks, st_shared;
 } result;
 
 static uint64_t rng_next(uint64_t *s)
@@ -623,6 +627,15 @@ int dsv4_cmd_bench(int argc, char **argv)
                 int frc = fk ? 0 : -1;
                 for (int j = 0; j < B && !frc; j++) frc = dsv4_seq_fork(base[di], &fk[j], err, sizeof err);
                 if (!frc) {
+                    dsv4_seq_state_bytes(base[di], &r->st_prefix, NULL);
+                    for (int j = 0; j < B; j++) {
+                        uint64_t own, sh;
+                        dsv4_seq_state_bytes(fk[j], &own, &sh);
+                        r->st_forks += own;
+                        r->st_shared = sh;
+                    }
+                }
+                if (!frc) {
                     fill_tokens(tok, B, V, &rng);
                     frc = dsv4_decode(fk, B, tok, logits, err, sizeof err); /* warm-up step */
                 }
@@ -727,6 +740,9 @@ int dsv4_cmd_bench(int argc, char **argv)
             if (r->batch) {
                 json_object_set_new(x, "indexer_flops_per_token", json_real(cl.n_csa * 2.0 * z->inh * z->ihd * (r->ctx / 4.0)));
                 json_object_set_new(x, "state_bytes_read_per_token", json_real(state_read(z, &cl, (double)r->ctx)));
+                json_object_set_new(x, "state_bytes_prefix_own", json_integer((json_int_t)r->st_prefix));
+                json_object_set_new(x, "state_bytes_forks_own", json_integer((json_int_t)r->st_forks));
+                json_object_set_new(x, "state_bytes_shared_per_fork", json_integer((json_int_t)r->st_shared));
             }
             json_array_append_new(r->batch ? jd : jp, x);
         }
@@ -816,6 +832,19 @@ int dsv4_cmd_bench(int argc, char **argv)
                        1e3 * r->seconds / steps, r->tps_meas, r->tps, r->ceil, 100 * r->tps / r->ceil);
             else
                 printf("  %-8s %5d %s (ceiling %.0f)\n", ctx_str(r->ctx, cb, sizeof cb), r->batch, r->note, r->ceil);
+        }
+        printf("decode state on the GPU (measured, %d layers): the prefix's compressed rows, held once and read "
+               "by every fork (not copied), + the prefix sequence's own buffers + the forks' own buffers\n", N);
+        for (int i = 0; i < nres; i++) {
+            result *r = &res[i];
+            char cb[32], h1[32], h2[32], h3[32], h4[32];
+            if (!r->batch || !r->st_prefix) continue;
+            human(h1, sizeof h1, (double)r->st_prefix);
+            human(h2, sizeof h2, (double)r->st_forks);
+            human(h3, sizeof h3, (double)r->st_forks / r->batch);
+            human(h4, sizeof h4, (double)r->st_shared);
+            printf("  %-8s %5d  shared %s + prefix %s + forks %s (%s each)\n", ctx_str(r->ctx, cb, sizeof cb),
+                   r->batch, h4, h1, h2, h3);
         }
         if (nonfinite) printf("WARNING: %lld non-finite logits in the decode outputs\n", (long long)nonfinite);
         printf("(N) measured with %d layers; (all) extrapolated to %d layers: prefill time x %d/%d; decode (step - head) x "

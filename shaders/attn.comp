@@ -22,10 +22,13 @@ layout(std430, binding = 3) readonly buffer BC { float CMP[]; };
 layout(std430, binding = 4) readonly buffer BI { int IDX[]; };
 layout(std430, binding = 5) readonly buffer BSK { float SINK[]; };
 layout(std430, binding = 6) writeonly buffer BO { float O[]; };
+/* compressed rows r < base_rows: a fork's shared prefix (row r here); CMP
+   holds rows r >= base_rows at r - base_rows (docs/engine.md) */
+layout(std430, binding = 7) readonly buffer BB { float BASE[]; };
 layout(push_constant) uniform P {
     uint D, H, win, t0, p0, ratio, mode, topk, ld_i;
     float scale;
-    uint n_tok;
+    uint n_tok, ld_sc, base_rows; /* ld_sc: attn_tile's, unused here */
 } p;
 #ifndef SERIAL
 shared float q[1024];
@@ -54,7 +57,7 @@ float kv_at(uint s, uint c)
     uint kind = s >> 30, row = s & 0x3fffffffu;
     if (kind == 0u) return KV[row * p.D + c];
     if (kind == 1u) return RING[row * p.D + c];
-    return CMP[row * p.D + c];
+    return row < p.base_rows ? BASE[row * p.D + c] : CMP[(row - p.base_rows) * p.D + c];
 }
 
 #ifdef SERIAL

@@ -61,10 +61,13 @@ layout(std430, binding = 5) readonly buffer BSK { float SINK[]; };
 layout(std430, binding = 6) writeonly buffer BO { float O[]; };
 /* pass 1's scores, kept for pass 2 when ld_sc > 0: [token of the pass][head][ld_sc >= nk keys] */
 layout(std430, binding = 7) buffer BSC { float SC[]; };
+/* compressed rows r < base_rows: a fork's shared prefix (row r here); CMP
+   holds rows r >= base_rows at r - base_rows (docs/engine.md) */
+layout(std430, binding = 8) readonly buffer BB { vec4 BASE[]; };
 layout(push_constant) uniform P {
     uint D, H, win, t0, p0, ratio, mode, topk, ld_i;
     float scale;
-    uint n_tok, ld_sc;
+    uint n_tok, ld_sc, base_rows;
 } p;
 
 /* float4s as two words of bf16 pairs */
@@ -106,8 +109,16 @@ vec4 unpack4(uvec2 w)
     return uintBitsToFloat(uvec4(w.x << 16, w.x & 0xffff0000u, w.y << 16, w.y & 0xffff0000u));
 }
 
-/* row base (in float4s) of key s */
-uint kbase(uint s) { return ((s & 0x3fffffffu) * p.D) / 4u; }
+/* row base (in float4s) of key s in its buffer (compressed: BASE or CMP) */
+uint kbase(uint s)
+{
+    uint row = s & 0x3fffffffu;
+    if ((s >> 30) == 2u && row >= p.base_rows) row -= p.base_rows;
+    return (row * p.D) / 4u;
+}
+
+/* float4 c4 of compressed key s at row base b (kbase) */
+vec4 cmp4(uint s, uint b, uint c4) { return (s & 0x3fffffffu) < p.base_rows ? BASE[b + c4] : CMP[b + c4]; }
 
 /* Stages keys b0 .. b0 + KT - 1 (masked or past the list: zero rows, NOKEY):
  * their ids first, then each row by consecutive threads. */
@@ -125,7 +136,7 @@ void stage(uint b0, uint nk, uint pos, uint nw, uint tl, uint D4)
             if (key == NOKEY) v = vec4(0.0);
             else if (kind == 0u) v = KV[b + c4];
             else if (kind == 1u) v = RING[b + c4];
-            else v = CMP[b + c4];
+            else v = cmp4(key, b, c4);
             Ks[j * D4MAX + (c4 ^ (j & 7u))] = pack4(v);
         }
     }
@@ -170,6 +181,7 @@ float score1(uint h, uint j, uint D4)
     float d = 0.0;
     if (kind == 0u) { DOT_ROW(KV) }
     else if (kind == 1u) { DOT_ROW(RING) }
+    else if ((key & 0x3fffffffu) < p.base_rows) { DOT_ROW(BASE) }
     else { DOT_ROW(CMP) }
     return d;
 }
@@ -252,7 +264,7 @@ void main()
                 uint c4 = t + i * NT;
                 if (c4 < D4) {
 #ifdef DIRECT
-                    vec4 k = kind == 0u ? KV[b + c4] : kind == 1u ? RING[b + c4] : CMP[b + c4];
+                    vec4 k = kind == 0u ? KV[b + c4] : kind == 1u ? RING[b + c4] : cmp4(key, b, c4);
 #else
                     vec4 k = unpack4(Ks[j * D4MAX + (c4 ^ (j & 7u))]);
 #endif

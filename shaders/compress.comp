@@ -6,8 +6,8 @@
  * the last d columns (overlap_transform), else this window's tokens. A token
  * at position q comes from this call's projections (KV/SC rows, q >= p0; ape
  * added here) or from the sequence's ring of the last coff*ratio tokens
- * (q < p0; stored with ape added), so prefill can start anywhere. Entry i goes to row i of
- * OUT (the sequence's cache). The result is rounded to bf16 (kv.to(dtype)); norm, RoPE and quantization follow in
+ * (q < p0; stored with ape added), so prefill can start anywhere. Entry i goes to row i - base_rows of
+ * OUT (the sequence's own cache). The result is rounded to bf16 (kv.to(dtype)); norm, RoPE and quantization follow in
  * headprep. */
 #version 450
 #include "common.glsl"
@@ -17,7 +17,9 @@ layout(std430, binding = 1) readonly buffer BS { float SC[]; };
 layout(std430, binding = 2) readonly buffer BR { float RING[]; };
 layout(std430, binding = 3) readonly buffer BA { float APE[]; };
 layout(std430, binding = 4) writeonly buffer BO { float OUT[]; };
-layout(push_constant) uniform P { uint d, ratio, overlap, i0, p0, t0, ld_out; } p;
+/* base_rows: entries before it belong to a fork's shared prefix (complete,
+   never written here); entry i goes to row i - base_rows of OUT */
+layout(push_constant) uniform P { uint d, ratio, overlap, i0, p0, t0, ld_out, base_rows; } p;
 
 void main()
 {
@@ -49,5 +51,5 @@ void main()
     for (uint j = 0u; j < n; j++) { sv[j] = exp_acc(sv[j] - m); sum += sv[j]; }
     precise float acc = 0.0;
     for (uint j = 0u; j < n; j++) acc += kv[j] * div_acc(sv[j], sum);
-    OUT[i * p.ld_out + c] = bf16r(acc);
+    OUT[(i - p.base_rows) * p.ld_out + c] = bf16r(acc);
 }

@@ -10,7 +10,12 @@ layout(std430, binding = 0) readonly buffer BQ { float Q[]; };
 layout(std430, binding = 1) readonly buffer BW { float WT[]; };
 layout(std430, binding = 2) readonly buffer BK { float K[]; };
 layout(std430, binding = 3) writeonly buffer BO { float S[]; };
-layout(push_constant) uniform P { uint nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; } p;
+/* entries i < base_rows: a fork's shared prefix (row i here); K holds
+   entries i >= base_rows at i - base_rows (docs/engine.md) */
+layout(std430, binding = 4) readonly buffer BB { float BASE[]; };
+layout(push_constant) uniform P { uint nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint n_tok, base_rows; } p;
+
+float key(uint i, uint c) { return i < p.base_rows ? BASE[i * p.hd + c] : K[(i - p.base_rows) * p.hd + c]; }
 
 void main()
 {
@@ -24,8 +29,8 @@ void main()
         float sum = 0.0;
         for (uint h = 0u; h < p.nh; h++) {
             float dot = 0.0;
-            uint qb = (t * p.nh + h) * p.hd, kb = i * p.hd;
-            for (uint c = 0u; c < p.hd; c++) dot += Q[qb + c] * K[kb + c];
+            uint qb = (t * p.nh + h) * p.hd;
+            for (uint c = 0u; c < p.hd; c++) dot += Q[qb + c] * key(i, c);
             float w = bf16r(WT[t * p.nh + h] * p.wscale);
             sum += bf16r(max(bf16r(dot), 0.0) * w);
         }

@@ -20,7 +20,10 @@ layout(std430, binding = 0) readonly buffer BQ { float Q[]; };
 layout(std430, binding = 1) readonly buffer BW { float WT[]; };
 layout(std430, binding = 2) readonly buffer BK { float K[]; };
 layout(std430, binding = 3) writeonly buffer BO { float S[]; };
-layout(push_constant) uniform P { uint nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint n_tok; } p;
+/* entries i < base_rows: a fork's shared prefix (row i here); K holds
+   entries i >= base_rows at i - base_rows (docs/engine.md) */
+layout(std430, binding = 4) readonly buffer BB { float BASE[]; };
+layout(push_constant) uniform P { uint nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint n_tok, base_rows; } p;
 /* entry row e, float4 column c lives at e * H4 + (c ^ (e & 7)): a warp's
    threads read 8 different rows at once, the XOR puts them in distinct banks */
 shared vec4 Ks[EB * H4];
@@ -34,8 +37,13 @@ void main()
         uint e = x / h4, c = x - e * h4, i = i0 + e;
         vec4 v = vec4(0.0);
         if (i < p.n_max) {
-            uint b = i * p.hd + c * 4u;
-            v = vec4(K[b], K[b + 1u], K[b + 2u], K[b + 3u]);
+            if (i < p.base_rows) {
+                uint b = i * p.hd + c * 4u;
+                v = vec4(BASE[b], BASE[b + 1u], BASE[b + 2u], BASE[b + 3u]);
+            } else {
+                uint b = (i - p.base_rows) * p.hd + c * 4u;
+                v = vec4(K[b], K[b + 1u], K[b + 2u], K[b + 3u]);
+            }
         }
         Ks[e * H4 + (c ^ (e & 7u))] = v;
     }

@@ -17,7 +17,10 @@ layout(std430, binding = 0) readonly buffer BQ { vec4 Q[]; };
 layout(std430, binding = 1) readonly buffer BW { float WT[]; };
 layout(std430, binding = 2) readonly buffer BK { vec4 K[]; };
 layout(std430, binding = 3) writeonly buffer BO { float S[]; };
-layout(push_constant) uniform P { uint nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint n_tok; } p;
+/* entries i < base_rows: a fork's shared prefix (row i here); K holds
+   entries i >= base_rows at i - base_rows (docs/engine.md) */
+layout(std430, binding = 4) readonly buffer BB { vec4 BASE[]; };
+layout(push_constant) uniform P { uint nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint n_tok, base_rows; } p;
 shared vec4 Qs[NHMAX * HD4];
 
 void main()
@@ -31,7 +34,7 @@ void main()
     float r = -1.0 / 0.0;
     if (i < n) {
         vec4 k[HD4];
-        for (uint c = 0u; c < HD4; c++) k[c] = K[i * HD4 + c];
+        for (uint c = 0u; c < HD4; c++) k[c] = i < p.base_rows ? BASE[i * HD4 + c] : K[(i - p.base_rows) * HD4 + c];
         float sum = 0.0;
         for (uint h = 0u; h < p.nh; h++) {
             float d = 0.0;

@@ -103,6 +103,11 @@ static void bench_json_has_every_field(void)
         check_positive(x, dk + 2, 2, "decode");
         CHECK(num(x, "batch") == 1 || num(x, "batch") == 4);
         CHECK(num(x, "head_seconds") >= 0);
+        /* the forks' state: the prefix's rows shared (64 tokens: 16 CSA
+           rows per CSA layer), each fork's own buffers (rings, a few rows) */
+        static const char *const sk[] = {"state_bytes_prefix_own", "state_bytes_forks_own",
+                                         "state_bytes_shared_per_fork"};
+        check_positive(x, sk, 3, "decode");
     }
     /* --profile: every measured phase has per-operation GPU times */
     json_t *pr = json_object_get(o, "profile");

@@ -76,7 +76,7 @@ static double nmse(const float *g, const float *r, size_t n)
 static void run1(vk_pipe_id p, vkbuf **bufs, int n, const void *push, size_t ps, uint32_t gx, uint32_t gy)
 {
     char err[256];
-    vkview v[8];
+    vkview v[16];
     for (int i = 0; i < n; i++) v[i] = vkbuf_view(bufs[i], 0, bufs[i]->size);
     vkrt_begin(&rt, err, sizeof err);
     vkrt_dispatch(&rt, p, v, n, push, ps, gx, gy, 1);
@@ -84,6 +84,15 @@ static void run1(vk_pipe_id p, vkbuf **bufs, int n, const void *push, size_t ps,
 }
 
 static float bf(float x) { return dsv4_round_bf16(x); }
+
+/* A compressed cache of n rows of d floats split as a fork holds it
+ * (docs/engine.md, "Sequences and state"): rows < sb in *base (at row r),
+ * rows >= sb in *own (at row r - sb). */
+static void split_rows(const float *rows, int n, int d, int sb, vkbuf *base, vkbuf *own)
+{
+    *base = mkbuf(rows, (size_t)sb * d * 4);
+    *own = mkbuf(rows + (size_t)sb * d, (size_t)(n - sb) * d * 4);
+}
 
 /* ---- gemm: every weight format, tiled and SMALL ---- */
 typedef struct { uint32_t M, N, K, ldx, ldy, x_off, y_off, w_row0, flags, s_cols, w_estride, s_estride, e0, e1, tiles_off, rowmap_off; } pc_gemm;
@@ -413,7 +422,7 @@ static void headprep_paths(void)
 }
 
 /* ---- sparse attention: window from this call and the ring + HCA entries ---- */
-typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc; } pc_attn;
+typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc, base_rows; } pc_attn;
 
 static void attention_window_and_compressed(void)
 {
@@ -437,18 +446,31 @@ static void attention_window_and_compressed(void)
     int dummy_idx[4] = {-1, -1, -1, -1};
     vkbuf bq = mkbuf(q, (size_t)n * H * D * 4), bk = mkbuf(kv, (size_t)n * D * 4), br = mkbuf(ring, (size_t)win * D * 4),
           bc = mkbuf(cmp, (size_t)ne * D * 4), bi = mkbuf(dummy_idx, sizeof dummy_idx), bs = mkbuf(sink, sizeof sink),
-          bo = mkbuf(NULL, (size_t)n * H * D * 4);
-    vkbuf *b[7] = {&bq, &bk, &br, &bc, &bi, &bs, &bo};
-    pc_attn pc = {(uint32_t)D, (uint32_t)H, (uint32_t)win, 0, (uint32_t)p0, (uint32_t)ratio, 1, 0, 0, scale, (uint32_t)n, 0};
+          bo = mkbuf(NULL, (size_t)n * H * D * 4), bd = mkbuf(NULL, 16);
+    vkbuf *b[8] = {&bq, &bk, &br, &bc, &bi, &bs, &bo, &bd};
+    pc_attn pc = {(uint32_t)D, (uint32_t)H, (uint32_t)win, 0, (uint32_t)p0, (uint32_t)ratio, 1, 0, 0, scale, (uint32_t)n, 0, 0};
+    float *g2 = malloc((size_t)n * H * D * 4);
+    vkbuf bb, bown; /* the entries split at 2 as a fork's shared base and own rows: the same bits */
+    split_rows(cmp, ne, D, 2, &bb, &bown);
+    vkbuf *bsplit[8] = {&bq, &bk, &br, &bown, &bi, &bs, &bo, &bb};
     for (int serial = 0; serial < 2; serial++) {
-        if (serial) run1(P_ATTN_SERIAL, b, 7, &pc, sizeof pc, (n * H + 15) / 16, 1);
-        else run1(P_ATTN, b, 7, &pc, sizeof pc, n, H);
+        pc.base_rows = 0;
+        if (serial) run1(P_ATTN_SERIAL, b, 8, &pc, sizeof pc, (n * H + 15) / 16, 1);
+        else run1(P_ATTN, b, 8, &pc, sizeof pc, n, H);
         CHECK(readbuf(&bo, g, (size_t)n * H * D * 4) == 0);
         double e = nmse(g, r, (size_t)n * H * D);
         printf("  attention %s nmse %.3g\n", serial ? "serial" : "workgroup", e);
         CHECKF(e < 1e-6, "attention nmse %g", e);
+        pc.base_rows = 2;
+        if (serial) run1(P_ATTN_SERIAL, bsplit, 8, &pc, sizeof pc, (n * H + 15) / 16, 1);
+        else run1(P_ATTN, bsplit, 8, &pc, sizeof pc, n, H);
+        CHECK(readbuf(&bo, g2, (size_t)n * H * D * 4) == 0);
+        CHECKF(memcmp(g, g2, (size_t)n * H * D * 4) == 0, "attention %s with a split cache differs",
+               serial ? "serial" : "workgroup");
     }
-    for (int i = 0; i < 7; i++) vkbuf_free(&rt, b[i]);
+    for (int i = 0; i < 8; i++) vkbuf_free(&rt, b[i]);
+    vkbuf_free(&rt, &bb); vkbuf_free(&rt, &bown);
+    free(g2);
     free(q); free(kv); free(ring); free(cmp); free(r); free(g);
 }
 
@@ -562,11 +584,13 @@ static void attn_case(vk_pipe_id tile, int H, int D, int win, int n, int p0, int
           bo = mkbuf(NULL, qn * 4);
     /* the scores kept between the passes: [token][head][ld_sc] (ld_sc >= the longest key list) */
     uint32_t ld_sc = (uint32_t)(win + (mode == 1 ? ne : topk) + 3);
-    vkbuf bsc = mkbuf(NULL, (size_t)n * H * ld_sc * 4);
-    vkbuf *b[8] = {&bq, &bk, &br, &bc, &bi, &bs, &bo, &bsc};
+    vkbuf bsc = mkbuf(NULL, (size_t)n * H * ld_sc * 4), bd = mkbuf(NULL, 16);
+    /* tiled forms: the kept scores at 7 and the base rows last; attn and
+       attn_serial: the base rows at 7 */
+    vkbuf *b[9] = {&bq, &bk, &br, &bc, &bi, &bs, &bo, &bsc, &bd}, *b7[8] = {&bq, &bk, &br, &bc, &bi, &bs, &bo, &bd};
     pc_attn pc = {(uint32_t)D, (uint32_t)H, (uint32_t)win, 0, (uint32_t)p0, (uint32_t)ratio, (uint32_t)mode,
-                  (uint32_t)topk, (uint32_t)ld_i, scale, (uint32_t)n, 0};
-    run1(tile, b, 8, &pc, sizeof pc, (uint32_t)n, (uint32_t)(H + 7) / 8);
+                  (uint32_t)topk, (uint32_t)ld_i, scale, (uint32_t)n, 0, 0};
+    run1(tile, b, 9, &pc, sizeof pc, (uint32_t)n, (uint32_t)(H + 7) / 8);
     CHECK(readbuf(&bo, g, qn * 4) == 0);
     double e = nmse(g, r, qn);
     printf("  %s H %d D %d win %d p0 %d n %d mode %d topk %d: nmse %.3g\n", tile == P_ATTN_TILE ? "attn_tile" : "attn_tile_s",
@@ -574,16 +598,25 @@ static void attn_case(vk_pipe_id tile, int H, int D, int win, int n, int p0, int
     CHECKF(e < 1e-6, "attn_tile nmse %g", e);
     static const char *names[5] = {"attn_tile with kept scores", "attn_direct", "attn_direct with kept scores",
                                    "attn", "attn_serial"};
-    for (int v = 0; v < 5; v++) {
-        if (v > 2 && !same_bits) break;
+    /* the entries split as a fork holds them (shared base rows < sb, own
+       rows after): every variant must give the same bits as one buffer */
+    int sb = ne / 2;
+    vkbuf bb, bown;
+    split_rows(cmp, ne, D, sb, &bb, &bown);
+    for (int v = 0; v < 10; v++) {
+        int w = v % 5, split = v >= 5;
+        if (w > 2 && !same_bits) continue;
         char err[256];
         memset(g2, 0xff, qn * 4); /* NaNs: a variant that writes nothing cannot match */
         CHECK(vkrt_upload(&rt, vkbuf_view(&bo, 0, qn * 4), g2, qn * 4, err, sizeof err) == 0);
-        pc.ld_sc = v == 0 || v == 2 ? ld_sc : 0;
-        if (v == 4) run1(P_ATTN_SERIAL, b, 7, &pc, sizeof pc, (uint32_t)(n * H + 15) / 16, 1);
-        else if (v == 3) run1(P_ATTN, b, 7, &pc, sizeof pc, (uint32_t)n, (uint32_t)H);
-        else if (v == 0) run1(tile, b, 8, &pc, sizeof pc, (uint32_t)n, (uint32_t)(H + 7) / 8);
-        else run1(P_ATTN_DIRECT, b, 8, &pc, sizeof pc, (uint32_t)n, (uint32_t)H);
+        pc.ld_sc = w == 0 || w == 2 ? ld_sc : 0;
+        pc.base_rows = split ? (uint32_t)sb : 0;
+        b[3] = b7[3] = split ? &bown : &bc;
+        b[8] = b7[7] = split ? &bb : &bd;
+        if (w == 4) run1(P_ATTN_SERIAL, b7, 8, &pc, sizeof pc, (uint32_t)(n * H + 15) / 16, 1);
+        else if (w == 3) run1(P_ATTN, b7, 8, &pc, sizeof pc, (uint32_t)n, (uint32_t)H);
+        else if (w == 0) run1(tile, b, 9, &pc, sizeof pc, (uint32_t)n, (uint32_t)(H + 7) / 8);
+        else run1(P_ATTN_DIRECT, b, 9, &pc, sizeof pc, (uint32_t)n, (uint32_t)H);
         CHECK(readbuf(&bo, g2, qn * 4) == 0);
         size_t diff = 0;
         for (size_t i = 0; i < qn; i++) diff += memcmp(&g[i], &g2[i], 4) != 0;
@@ -592,12 +625,16 @@ static void attn_case(vk_pipe_id tile, int H, int D, int win, int n, int p0, int
            device. attn is a GPU's fallback for every segment size at once;
            a GPU compiler may fuse its multiply-adds differently (one value of
            21888 differed on an H200), so there it need only agree closely. */
-        if (v == 3 && rt.props.deviceType != VK_PHYSICAL_DEVICE_TYPE_CPU)
+        if (w == 3 && rt.props.deviceType != VK_PHYSICAL_DEVICE_TYPE_CPU)
             CHECKF(nmse(g2, g, qn) < 1e-10, "attn differs from attn_tile: nmse %g", nmse(g2, g, qn));
         else
-            CHECKF(diff == 0, "attn_tile differs from %s in %zu of %zu values", names[v], diff, qn);
+            CHECKF(diff == 0, "attn_tile differs from %s%s in %zu of %zu values", names[w],
+                   split ? " (cache split at a fork's base rows)" : "", diff, qn);
     }
-    for (int i = 0; i < 8; i++) vkbuf_free(&rt, b[i]);
+    b[3] = &bc;
+    b[8] = &bd;
+    for (int i = 0; i < 9; i++) vkbuf_free(&rt, b[i]);
+    vkbuf_free(&rt, &bb); vkbuf_free(&rt, &bown);
     free(q); free(kv); free(ring); free(cmp); free(r); free(g); free(g2); free(sink); free(idx); free(keys);
 }
 
@@ -620,9 +657,6 @@ static void attention_tiled_heads(void)
 }
 
 /* ---- attn_fast and attn_cm: GPU prefill attention in their own summation order ---- */
-/* pc_attn of engine/forward.c with base_rows (compressed rows below it come from the base binding) */
-typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc, base_rows; } pc_attnb;
-_Static_assert(sizeof(pc_attnb) == 52, "attn push constants");
 
 /* One case as attn_case (window partly filled or from ring and chunk, HCA or
  * CSA lists with holes) for pipe p (P_ATTN_FAST: 8 heads per workgroup,
@@ -671,7 +705,7 @@ static double attn_fast_case(vk_pipe_id pipe, int H, int D, int win, int n, int 
           bo = mkbuf(NULL, qn * 4), bd = mkbuf(NULL, 16), bbase = mkbuf(cmp, (size_t)br * D * 4),
           bown = mkbuf(cmp + (size_t)br * D, (size_t)(ne - br) * D * 4);
     vkbuf *b[8] = {&bq, &bk, &br_, &bc, &bi, &bs, &bo, &bd};
-    pc_attnb pc = {(uint32_t)D, (uint32_t)H, (uint32_t)win, 0, (uint32_t)p0, (uint32_t)ratio, (uint32_t)mode,
+    pc_attn pc = {(uint32_t)D, (uint32_t)H, (uint32_t)win, 0, (uint32_t)p0, (uint32_t)ratio, (uint32_t)mode,
                    (uint32_t)topk, (uint32_t)ld_i, scale, (uint32_t)n, 0, 0};
     run1(pipe, b, 8, &pc, sizeof pc, (uint32_t)n, (uint32_t)(H + hg - 1) / hg);
     CHECK(readbuf(&bo, g, qn * 4) == 0);
@@ -716,7 +750,7 @@ static void attention_fast(void)
 }
 
 /* ---- indexer scores: index_score_tile against the CPU formula, index_score_tok and index_score ---- */
-typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint32_t n_tok; } pc_iscore;
+typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint32_t n_tok, base_rows; } pc_iscore;
 
 static void indexer_scores_tiled(void)
 {
@@ -748,18 +782,18 @@ static void indexer_scores_tiled(void)
         }
     }
     vkbuf bq = mkbuf(q, (size_t)T * nh * hd * 4), bw = mkbuf(w, (size_t)T * nh * 4),
-          bk = mkbuf(k, (size_t)n_max * hd * 4), bo = mkbuf(NULL, (size_t)m * ld * 4);
-    vkbuf *b[4] = {&bq, &bw, &bk, &bo};
+          bk = mkbuf(k, (size_t)n_max * hd * 4), bo = mkbuf(NULL, (size_t)m * ld * 4), bd = mkbuf(NULL, 16);
+    vkbuf *b[5] = {&bq, &bw, &bk, &bo, &bd};
     pc_iscore pc = {(uint32_t)nh, (uint32_t)hd, 4, (uint32_t)t0, (uint32_t)p0, (uint32_t)ld, (uint32_t)n_max, ws,
-                    (uint32_t)m};
-    run1(P_INDEX_SCORE_TILE, b, 4, &pc, sizeof pc, (uint32_t)(n_max + 31) / 32, (uint32_t)(m + 7) / 8);
+                    (uint32_t)m, 0};
+    run1(P_INDEX_SCORE_TILE, b, 5, &pc, sizeof pc, (uint32_t)(n_max + 31) / 32, (uint32_t)(m + 7) / 8);
     CHECK(readbuf(&bo, g, (size_t)m * ld * 4) == 0);
     float *g3 = malloc((size_t)m * ld * 4);
     char verr[256];
     memset(g3, 0xff, (size_t)m * ld * 4); /* NaNs: a shader that writes nothing cannot match */
     if (vkrt_has_pipe(&rt, P_INDEX_SCORE_TOK)) { /* the decode form */
         CHECK(vkrt_upload(&rt, vkbuf_view(&bo, 0, (size_t)m * ld * 4), g3, (size_t)m * ld * 4, verr, sizeof verr) == 0);
-        run1(P_INDEX_SCORE_TOK, b, 4, &pc, sizeof pc, (uint32_t)(n_max + 63) / 64, (uint32_t)m);
+        run1(P_INDEX_SCORE_TOK, b, 5, &pc, sizeof pc, (uint32_t)(n_max + 63) / 64, (uint32_t)m);
         CHECK(readbuf(&bo, g3, (size_t)m * ld * 4) == 0);
         size_t d3 = 0;
         for (int a = 0; a < m; a++) /* entries >= n_max are not written: still the NaN pattern */
@@ -775,7 +809,7 @@ static void indexer_scores_tiled(void)
     memset(g3, 0, (size_t)m * ld * 4); /* as before index_score_tile */
     CHECK(vkrt_upload(&rt, vkbuf_view(&bo, 0, (size_t)m * ld * 4), g3, (size_t)m * ld * 4, verr, sizeof verr) == 0);
     free(g3);
-    run1(P_INDEX_SCORE, b, 4, &pc, sizeof pc, (uint32_t)(n_max + 63) / 64, (uint32_t)m);
+    run1(P_INDEX_SCORE, b, 5, &pc, sizeof pc, (uint32_t)(n_max + 63) / 64, (uint32_t)m);
     CHECK(readbuf(&bo, g2, (size_t)m * ld * 4) == 0);
     size_t bad = 0, diff = 0, fin = 0;
     double err = 0, ref2 = 0;
@@ -793,7 +827,27 @@ static void indexer_scores_tiled(void)
     CHECKF(bad == 0, "%zu masked/unwritten entries wrong", bad);
     CHECKF(fin > 100 && err <= 1e-6 * ref2, "nmse %g", ref2 > 0 ? err / ref2 : err);
     CHECKF(diff == 0, "index_score_tile differs from index_score in %zu values", diff);
-    for (int i = 0; i < 4; i++) vkbuf_free(&rt, b[i]);
+    /* the entries split as a fork holds them (shared base rows < 13, own
+       rows after): each form gives the bits of the one-buffer case */
+    vkbuf bb, bown;
+    split_rows(k, n_max, hd, 13, &bb, &bown);
+    b[2] = &bown;
+    b[4] = &bb;
+    pc.base_rows = 13;
+    static const vk_pipe_id forms[3] = {P_INDEX_SCORE_TILE, P_INDEX_SCORE_TOK, P_INDEX_SCORE};
+    for (int f = 0; f < 3; f++) {
+        if (!vkrt_has_pipe(&rt, forms[f])) continue;
+        memset(g2, 0, (size_t)m * ld * 4);
+        CHECK(vkrt_upload(&rt, vkbuf_view(&bo, 0, (size_t)m * ld * 4), g2, (size_t)m * ld * 4, verr, sizeof verr) == 0);
+        if (f == 0) run1(forms[f], b, 5, &pc, sizeof pc, (uint32_t)(n_max + 31) / 32, (uint32_t)(m + 7) / 8);
+        else run1(forms[f], b, 5, &pc, sizeof pc, (uint32_t)(n_max + 63) / 64, (uint32_t)m);
+        CHECK(readbuf(&bo, g2, (size_t)m * ld * 4) == 0);
+        CHECKF(memcmp(g, g2, (size_t)m * ld * 4) == 0, "index score form %d with a split cache differs", f);
+    }
+    b[2] = &bk;
+    b[4] = &bd;
+    vkbuf_free(&rt, &bb); vkbuf_free(&rt, &bown);
+    for (int i = 0; i < 5; i++) vkbuf_free(&rt, b[i]);
     free(q); free(w); free(k); free(r); free(g); free(g2);
 }
 
