@@ -164,6 +164,8 @@ int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const cha
         sh->index_split = is && atoi(is) > 0 ? (uint32_t)atoi(is) : 0;
         const char *ik = getenv("DSV4_ISCORE_KIB");
         sh->iscore_limit = ik && atoi(ik) > 0 ? (uint64_t)atoi(ik) << 10 : 0;
+        const char *af = getenv("DSV4_ATTN_FAST");
+        sh->attn_fast = af && *af ? atoi(af) : 2;
         const char *sr = getenv("DSV4_SMALL_ROWS");
         if (sr && *sr) sh->small_rows = atoi(sr);
         rc = fwd_upload_weights(sh, err, errlen);

@@ -880,12 +880,20 @@ static void compressor(dsv4_engine *e, const fseg *sg, lstate *ls, uint32_t rati
  * for segments of few tokens (decode) attn_dec (P_ATTN_DEC_SCORE: three
  * dispatches spread over (key, head) and (column, head) pairs; attn_direct
  * with DSV4_ATTN_DEC=0 or where allow_dec is 0: no scratch for it in this
- * pass), else attn. CPU drivers: attn_dec only when DSV4_ATTN_DEC=1 (tests),
- * else attn_serial (barrier-free: fastest there) while its
- * loops fit CPU_LOOP_BUDGET, else attn_tile_s (about 25 loop iterations per
+ * pass), else attn. Outside exact mode, prefill segments on devices with
+ * cooperative matrices run attn_cm (tensor cores; the variant of 16, 32 or
+ * 64 heads per workgroup that covers the heads with the fewest workgroups),
+ * or attn_fast where DSV4_ATTN_FAST=1 asks for it; both sum in their own
+ * order, so results then depend on the segment sizes (docs/engine.md).
+ * attn_fast is not the default without cooperative matrices: on the H200 it
+ * failed one golden check (case b's decode top-1 0.50 < 0.60 over 6 tokens)
+ * that attn_tile and attn_cm pass. CPU drivers: attn_dec only when
+ * DSV4_ATTN_DEC=1 (tests), else attn_serial (barrier-free: fastest there)
+ * while its loops fit CPU_LOOP_BUDGET, else attn_tile_s (about 25 loop iterations per
  * key at head_dim 192 instead of ~600), else attn, else -1: the segment needs
- * more than the driver runs, which fwd_run reports. All variants sum in the
- * same order, so the choice never changes a result (tests/test_vk_ops.c
+ * more than the driver runs, which fwd_run reports. All variants but attn_cm
+ * and attn_fast sum in the same order, so the choice among them never
+ * changes a result (tests/test_vk_ops.c
  * checks the bits). Counts are for the segment's last token, which sees the
  * most keys. */
 static int attn_variant_x(const dsv4_engine *e, const gblock *g, const fseg *sg, int allow_dec)
@@ -896,6 +904,14 @@ static int attn_variant_x(const dsv4_engine *e, const gblock *g, const fseg *sg,
              : D <= 512 && vkrt_has_pipe(&e->rt, P_ATTN_TILE) ? P_ATTN_TILE : -1;
     int dec_ok = allow_dec && D % 16 == 0 && D <= 512 && vkrt_has_pipe(&e->rt, P_ATTN_DEC_SCORE);
     if (!e->cpu_device) {
+        if (!e->exact && e->attn_fast && sg->n >= e->attn_direct_n && D <= 512) {
+            /* the fewest heads per workgroup that cover H, else the largest the device has */
+            uint32_t H = (uint32_t)c->num_attention_heads;
+            int cm = H > 32 ? P_ATTN_CM64 : H > 16 ? P_ATTN_CM32 : P_ATTN_CM;
+            while (cm > P_ATTN_CM && !vkrt_has_pipe(&e->rt, (vk_pipe_id)cm)) cm--;
+            if (e->attn_fast > 1 && D % 64 == 0 && vkrt_has_pipe(&e->rt, (vk_pipe_id)cm)) return cm;
+            if (e->attn_fast == 1 && D % 8 == 0 && vkrt_has_pipe(&e->rt, P_ATTN_FAST)) return P_ATTN_FAST;
+        }
         if (tile < 0) return P_ATTN;
         /* few tokens (decode): attn_tile would run n x H/8 workgroups;
            attn_dec runs n x (keys / 32) x H/8 for the scores and n x
@@ -998,6 +1014,11 @@ static void seg_attention(dsv4_engine *e, const gblock *g, const fseg *sg, lstat
         vkrt_dispatch(&e->rt, (vk_pipe_id)av, va, 9, &pa, sizeof pa, sg->n, cdiv(H, 8), 1);
     else if (av == P_ATTN_DIRECT)
         vkrt_dispatch(&e->rt, P_ATTN_DIRECT, va, 9, &pa, sizeof pa, sg->n, H, 1);
+    else if (av == P_ATTN_FAST || av == P_ATTN_CM || av == P_ATTN_CM32 || av == P_ATTN_CM64) {
+        /* attn_fast, attn_cm: bindings 0-6 and the base rows last, as attn */
+        uint32_t hg = av == P_ATTN_FAST ? 8 : av == P_ATTN_CM ? 16 : av == P_ATTN_CM32 ? 32 : 64;
+        vkrt_dispatch(&e->rt, (vk_pipe_id)av, vs, 8, &pa, sizeof pa, sg->n, cdiv(H, hg), 1);
+    }
     else
         vkrt_dispatch(&e->rt, P_ATTN, vs, 8, &pa, sizeof pa, sg->n, H, 1);
 }

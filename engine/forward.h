@@ -119,6 +119,8 @@ struct dsv4_engine {
                                     the score matrix and run topk_radix, as decode does */
     uint32_t index_split;        /* $DSV4_INDEX_SPLIT (tests): entries per range of index_topk, else planned */
     uint64_t iscore_limit;       /* $DSV4_ISCORE_KIB x 1024 (tests): bytes of indexer scores per dispatch, 0: no limit */
+    int attn_fast;               /* $DSV4_ATTN_FAST (GPU prefill outside exact mode, attention without index-order
+                                    sums): 0 off, 1 attn_fast, else (default) attn_cm where the device has it */
     int head_rows;               /* rows per head pass (vocab slice fits a binding) */
     fscratch s;
     char name[256];

@@ -101,6 +101,10 @@ static const struct {
     [P_INDEX_TOPK_MERGE] = {"index_topk_merge", 3},
     [P_SWIGLU_Q] = {"swiglu_q", 4},
     [P_MOE_GATE_GROUP] = {"moe_gate_group", 7},
+    [P_ATTN_FAST] = {"attn_fast", 8, 0, 25184},
+    [P_ATTN_CM] = {"attn_cm", 8, 1, 21952},
+    [P_ATTN_CM32] = {"attn_cm32", 8, 1, 27200},
+    [P_ATTN_CM64] = {"attn_cm64", 8, 1, 37696},
 };
 
 int vkrt_pipe_bindings(vk_pipe_id p) { return pipe_info[p].nbind; }
@@ -322,6 +326,10 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
             return DSV4_EINVAL;
         }
         if ((uint32_t)pipe_info[i].shmem > rt->props.limits.maxComputeSharedMemorySize) continue;
+        /* attn_cm32 / attn_cm64 run 256 / 512 invocations per workgroup (Vulkan guarantees 128) */
+        if ((i == P_ATTN_CM32 && rt->props.limits.maxComputeWorkGroupInvocations < 256) ||
+            (i == P_ATTN_CM64 && rt->props.limits.maxComputeWorkGroupInvocations < 512))
+            continue;
         VkDescriptorSetLayoutBinding b[VK_MAX_BINDINGS];
         for (int j = 0; j < pipe_info[i].nbind; j++)
             b[j] = (VkDescriptorSetLayoutBinding){.binding = (uint32_t)j,

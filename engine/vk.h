@@ -53,6 +53,9 @@ typedef enum {
     P_INDEX_TOPK_MERGE, /* index_topk's lists of a token -> its top-k row (topk_radix's output) */
     P_SWIGLU_Q,         /* swiglu with act_quant's FP8 quant-dequant of its result (w2's input) */
     P_MOE_GATE_GROUP,   /* moe_gate and moe_group's grouping in one workgroup: one token */
+    P_ATTN_FAST,        /* attn_tile's attention in partial sums, rows staged in batches: GPUs, not exact mode */
+    P_ATTN_CM,          /* attn_fast on tensor cores, 16 heads per workgroup: only when rt->coopmat */
+    P_ATTN_CM32, P_ATTN_CM64, /* the same, 32 and 64 heads per workgroup (consecutive: attn_variant steps down) */
     P_COUNT
 } vk_pipe_id;
 

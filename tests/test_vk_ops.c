@@ -1124,6 +1124,99 @@ static void attention_tiled_heads(void)
     }
 }
 
+/* ---- attn_fast and attn_cm: GPU prefill attention in their own summation order ---- */
+
+/* One case as attn_case (window partly filled or from ring and chunk, HCA or
+ * CSA lists with holes) for pipe p (P_ATTN_FAST: 8 heads per workgroup,
+ * P_ATTN_CM: 16): against ref_sparse_attn within a normalised-error bound
+ * (their sums run in another order than the reference's), guard bytes after
+ * the output, and the compressed rows split at base_rows = ne / 2 + 1 into a
+ * base and an own buffer must give the same bits as one buffer. Returns the
+ * error. */
+static double attn_fast_case(vk_pipe_id pipe, int H, int D, int win, int n, int p0, int ratio, int mode, int topk)
+{
+    int ne = (p0 + n) / ratio + 1, ld_i = topk > 0 ? topk : 1;
+    int hg = pipe == P_ATTN_CM ? 16 : pipe == P_ATTN_CM32 ? 32 : pipe == P_ATTN_CM64 ? 64 : 8;
+    const char *name = pipe == P_ATTN_FAST ? "attn_fast" : pipe == P_ATTN_CM ? "attn_cm" : pipe == P_ATTN_CM32 ? "attn_cm32" : "attn_cm64";
+    size_t qn = (size_t)n * H * D;
+    float *q = malloc(qn * 4), *kv = malloc((size_t)n * D * 4), *ring = malloc((size_t)win * D * 4),
+          *cmp = malloc((size_t)ne * D * 4), *r = malloc(qn * 4), *g = malloc(qn * 4), *g2 = malloc(qn * 4);
+    float *sink = malloc((size_t)H * 4);
+    int32_t *idx = malloc((size_t)n * ld_i * 4);
+    const float **keys = malloc((size_t)(win + ne + topk) * sizeof *keys);
+    for (size_t i = 0; i < qn; i++) q[i] = bf(frand());
+    for (int i = 0; i < n * D; i++) kv[i] = bf(frand());
+    for (int i = 0; i < win * D; i++) ring[i] = bf(frand());
+    for (int i = 0; i < ne * D; i++) cmp[i] = bf(frand() * 2.0f);
+    for (int h = 0; h < H; h++) sink[h] = frand() * 3.0f;
+    for (int t = 0; t < n; t++) {
+        int vis = (p0 + t + 1) / ratio;
+        for (int j = 0; j < topk; j++)
+            idx[t * ld_i + j] = j < vis && (rng >> 9) % 5 != 0 ? (int)((rng = rng * 1664525u + 1013904223u) >> 8) % vis : -1;
+    }
+    float scale = 1.0f / sqrtf((float)D);
+    for (int t = 0; t < n; t++) {
+        int p = p0 + t, nk = 0, nw = p + 1 < win ? p + 1 : win;
+        for (int j = 0; j < win; j++) {
+            int kp = p + 1 - nw + j;
+            keys[nk++] = j >= nw ? NULL : kp >= p0 ? kv + (size_t)(kp - p0) * D : ring + (size_t)(kp % win) * D;
+        }
+        if (mode == 1)
+            for (int e = 0; e < (p + 1) / ratio; e++) keys[nk++] = cmp + (size_t)e * D;
+        else
+            for (int j = 0; j < topk; j++) keys[nk++] = idx[t * ld_i + j] < 0 ? NULL : cmp + (size_t)idx[t * ld_i + j] * D;
+        ref_sparse_attn(q + (size_t)t * H * D, H, D, keys, nk, sink, scale, r + (size_t)t * H * D);
+    }
+    int br = ne / 2 + 1; /* the split: rows 0..br-1 in the base buffer */
+    vkbuf bq = mkbuf(q, qn * 4), bk = mkbuf(kv, (size_t)n * D * 4), br_ = mkbuf(ring, (size_t)win * D * 4),
+          bc = mkbuf(cmp, (size_t)ne * D * 4), bi = mkbuf(idx, (size_t)n * ld_i * 4), bs = mkbuf(sink, (size_t)H * 4),
+          bo = mkbuf(NULL, qn * 4), bd = mkbuf(NULL, 16), bbase = mkbuf(cmp, (size_t)br * D * 4),
+          bown = mkbuf(cmp + (size_t)br * D, (size_t)(ne - br) * D * 4);
+    vkbuf *b[8] = {&bq, &bk, &br_, &bc, &bi, &bs, &bo, &bd};
+    pc_attn pc = {(uint32_t)D, (uint32_t)H, (uint32_t)win, 0, (uint32_t)p0, (uint32_t)ratio, (uint32_t)mode,
+                   (uint32_t)topk, (uint32_t)ld_i, scale, (uint32_t)n, 0, 0};
+    run1(pipe, b, 8, &pc, sizeof pc, (uint32_t)n, (uint32_t)(H + hg - 1) / hg);
+    CHECK(readbuf(&bo, g, qn * 4) == 0);
+    double e = nmse(g, r, qn);
+    printf("  %s H %d D %d win %d p0 %d n %d mode %d topk %d: nmse %.3g\n", name, H, D, win, p0, n, mode, topk, e);
+    CHECKF(e < 1e-6, "%s nmse %g", name, e);
+    /* the same rows in two buffers */
+    char err[256];
+    memset(g2, 0xff, qn * 4); /* NaNs: a run that writes nothing cannot match */
+    CHECK(vkrt_upload(&rt, vkbuf_view(&bo, 0, qn * 4), g2, qn * 4, err, sizeof err) == 0);
+    b[3] = &bown;
+    b[7] = &bbase;
+    pc.base_rows = (uint32_t)br;
+    run1(pipe, b, 8, &pc, sizeof pc, (uint32_t)n, (uint32_t)(H + hg - 1) / hg);
+    CHECK(readbuf(&bo, g2, qn * 4) == 0);
+    size_t diff = 0;
+    for (size_t i = 0; i < qn; i++) diff += memcmp(&g[i], &g2[i], 4) != 0;
+    CHECKF(diff == 0, "rows split at base_rows %d: %zu of %zu values differ", br, diff, qn);
+    vkbuf *all[10] = {&bq, &bk, &br_, &bc, &bi, &bs, &bo, &bd, &bbase, &bown};
+    for (int i = 0; i < 10; i++) vkbuf_free(&rt, all[i]);
+    free(q); free(kv); free(ring); free(cmp); free(r); free(g); free(g2); free(sink); free(idx); free(keys);
+    return e;
+}
+
+static void attention_fast(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    static const vk_pipe_id pipes[4] = {P_ATTN_FAST, P_ATTN_CM, P_ATTN_CM32, P_ATTN_CM64};
+    for (int v = 0; v < 4; v++) {
+        vk_pipe_id p = pipes[v];
+        if (!vkrt_has_pipe(&rt, p)) {
+            printf("  %s: not on this device\n", v ? "attn_cm* (no cooperative matrices)" : "attn_fast (shared memory)");
+            continue;
+        }
+        attn_fast_case(p, 19, 192, 16, 6, 3, 4, 2, 24);    /* window partly filled, CSA with holes */
+        attn_fast_case(p, 8, 256, 8, 5, 40, 4, 2, 13);     /* ring + chunk window, odd top-k */
+        attn_fast_case(p, 16, 128, 32, 3, 2400, 8, 1, 0);  /* HCA, 332 keys */
+        attn_fast_case(p, 64, 64, 16, 2, 100, 4, 2, 40);   /* all 64 heads of V4 */
+        attn_fast_case(p, 4, 192, 64, 5, 70, 4, 2, 16);    /* the tiny golden model's sizes */
+        attn_fast_case(p, 64, 512, 128, 2, 2100, 4, 2, 512); /* V4-Flash: 128 window + 512 top-k keys */
+    }
+}
+
 /* ---- indexer scores: index_score_tile against the CPU formula, index_score_tok and index_score ---- */
 typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint32_t n_tok, base_rows; } pc_iscore;
 
@@ -1504,6 +1597,7 @@ int main(void)
     RUN(attention_window_and_compressed);
     RUN(topk_ties_and_visibility);
     RUN(attention_tiled_heads);
+    RUN(attention_fast);
     RUN(indexer_scores_tiled);
     RUN(topk_radix_ties_large);
     RUN(index_topk_fused);
