@@ -162,6 +162,8 @@ int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const cha
         const char *iu = getenv("DSV4_INDEX_UNFUSED"), *is = getenv("DSV4_INDEX_SPLIT");
         sh->index_unfused = iu && *iu == '1';
         sh->index_split = is && atoi(is) > 0 ? (uint32_t)atoi(is) : 0;
+        const char *ifb = getenv("DSV4_INDEX_FUSED_MIB");
+        sh->index_fused_bytes = (ifb && *ifb ? (uint64_t)atoll(ifb) : 64) << 20;
         const char *ik = getenv("DSV4_ISCORE_KIB");
         sh->iscore_limit = ik && atoi(ik) > 0 ? (uint64_t)atoi(ik) << 10 : 0;
         const char *af = getenv("DSV4_ATTN_FAST");

@@ -117,6 +117,8 @@ struct dsv4_engine {
                                     1 (tests) attn_dec for them on CPU drivers too; unset: GPUs only */
     int index_unfused;           /* $DSV4_INDEX_UNFUSED=1 (tests, comparison): prefill segments score into
                                     the score matrix and run topk_radix, as decode does */
+    uint64_t index_fused_bytes;  /* $DSV4_INDEX_FUSED_MIB x 2^20, else 64 MiB: on GPUs prefill segments use the
+                                    fused indexer only where a pass's score matrix would be larger */
     uint32_t index_split;        /* $DSV4_INDEX_SPLIT (tests): entries per range of index_topk, else planned */
     uint64_t iscore_limit;       /* $DSV4_ISCORE_KIB x 1024 (tests): bytes of indexer scores per dispatch, 0: no limit */
     int attn_fast;               /* $DSV4_ATTN_FAST (GPU prefill outside exact mode, attention without index-order
