@@ -978,22 +978,14 @@ static void run_attn_dec(vkbuf **b, const pc_attnd *pc, uint32_t nk)
 }
 
 /* ---- attn_tile: many heads, CSA lists with -1, HCA, a partly filled window ---- */
-/* One attention case: tokens p0..p0+n-1 of a sequence, mode 1 (HCA: all
- * (pos+1)/ratio entries) or 2 (CSA: a top-k list per token with -1 holes).
- * attn_tile (whichever variant the device has) against ref_sparse_attn, and
- * bit for bit against attn_direct, and against attn and attn_serial when
- * `same_bits` (the engine picks among them per segment; they must agree
- * exactly). */
-static void attn_case(vk_pipe_id tile, int H, int D, int win, int n, int p0, int ratio, int mode, int topk,
-                      int same_bits)
+/* The inputs of one attention case (random bf16 queries, window keys, ring,
+ * compressed rows and sinks; mode 2's top-k lists with -1 holes) and the
+ * CPU reference r. Returns the softmax scale. */
+static float attn_case_inputs(int H, int D, int win, int n, int p0, int ratio, int mode, int topk, int ld_i,
+                              int ne, float *q, float *kv, float *ring, float *cmp, float *sink, int32_t *idx,
+                              const float **keys, float *r)
 {
-    int ne = (p0 + n) / ratio + 1, ld_i = topk > 0 ? topk : 1;
     size_t qn = (size_t)n * H * D;
-    float *q = malloc(qn * 4), *kv = malloc((size_t)n * D * 4), *ring = malloc((size_t)win * D * 4),
-          *cmp = malloc((size_t)ne * D * 4), *r = malloc(qn * 4), *g = malloc(qn * 4), *g2 = malloc(qn * 4);
-    float *sink = malloc((size_t)H * 4);
-    int32_t *idx = malloc((size_t)n * ld_i * 4);
-    const float **keys = malloc((size_t)(win + ne + topk) * sizeof *keys);
     for (size_t i = 0; i < qn; i++) q[i] = bf(frand());
     for (int i = 0; i < n * D; i++) kv[i] = bf(frand());
     for (int i = 0; i < win * D; i++) ring[i] = bf(frand());
@@ -1017,6 +1009,26 @@ static void attn_case(vk_pipe_id tile, int H, int D, int win, int n, int p0, int
             for (int j = 0; j < topk; j++) keys[nk++] = idx[t * ld_i + j] < 0 ? NULL : cmp + (size_t)idx[t * ld_i + j] * D;
         ref_sparse_attn(q + (size_t)t * H * D, H, D, keys, nk, sink, scale, r + (size_t)t * H * D);
     }
+    return scale;
+}
+
+/* One attention case: tokens p0..p0+n-1 of a sequence, mode 1 (HCA: all
+ * (pos+1)/ratio entries) or 2 (CSA: a top-k list per token with -1 holes).
+ * attn_tile (whichever variant the device has) against ref_sparse_attn, and
+ * bit for bit against attn_direct, and against attn and attn_serial when
+ * `same_bits` (the engine picks among them per segment; they must agree
+ * exactly). */
+static void attn_case(vk_pipe_id tile, int H, int D, int win, int n, int p0, int ratio, int mode, int topk,
+                      int same_bits)
+{
+    int ne = (p0 + n) / ratio + 1, ld_i = topk > 0 ? topk : 1;
+    size_t qn = (size_t)n * H * D;
+    float *q = malloc(qn * 4), *kv = malloc((size_t)n * D * 4), *ring = malloc((size_t)win * D * 4),
+          *cmp = malloc((size_t)ne * D * 4), *r = malloc(qn * 4), *g = malloc(qn * 4), *g2 = malloc(qn * 4);
+    float *sink = malloc((size_t)H * 4);
+    int32_t *idx = malloc((size_t)n * ld_i * 4);
+    const float **keys = malloc((size_t)(win + ne + topk) * sizeof *keys);
+    float scale = attn_case_inputs(H, D, win, n, p0, ratio, mode, topk, ld_i, ne, q, kv, ring, cmp, sink, idx, keys, r);
     vkbuf bq = mkbuf(q, qn * 4), bk = mkbuf(kv, (size_t)n * D * 4), br = mkbuf(ring, (size_t)win * D * 4),
           bc = mkbuf(cmp, (size_t)ne * D * 4), bi = mkbuf(idx, (size_t)n * ld_i * 4), bs = mkbuf(sink, (size_t)H * 4),
           bo = mkbuf(NULL, qn * 4);
@@ -1144,29 +1156,7 @@ static double attn_fast_case(vk_pipe_id pipe, int H, int D, int win, int n, int 
     float *sink = malloc((size_t)H * 4);
     int32_t *idx = malloc((size_t)n * ld_i * 4);
     const float **keys = malloc((size_t)(win + ne + topk) * sizeof *keys);
-    for (size_t i = 0; i < qn; i++) q[i] = bf(frand());
-    for (int i = 0; i < n * D; i++) kv[i] = bf(frand());
-    for (int i = 0; i < win * D; i++) ring[i] = bf(frand());
-    for (int i = 0; i < ne * D; i++) cmp[i] = bf(frand() * 2.0f);
-    for (int h = 0; h < H; h++) sink[h] = frand() * 3.0f;
-    for (int t = 0; t < n; t++) {
-        int vis = (p0 + t + 1) / ratio;
-        for (int j = 0; j < topk; j++)
-            idx[t * ld_i + j] = j < vis && (rng >> 9) % 5 != 0 ? (int)((rng = rng * 1664525u + 1013904223u) >> 8) % vis : -1;
-    }
-    float scale = 1.0f / sqrtf((float)D);
-    for (int t = 0; t < n; t++) {
-        int p = p0 + t, nk = 0, nw = p + 1 < win ? p + 1 : win;
-        for (int j = 0; j < win; j++) {
-            int kp = p + 1 - nw + j;
-            keys[nk++] = j >= nw ? NULL : kp >= p0 ? kv + (size_t)(kp - p0) * D : ring + (size_t)(kp % win) * D;
-        }
-        if (mode == 1)
-            for (int e = 0; e < (p + 1) / ratio; e++) keys[nk++] = cmp + (size_t)e * D;
-        else
-            for (int j = 0; j < topk; j++) keys[nk++] = idx[t * ld_i + j] < 0 ? NULL : cmp + (size_t)idx[t * ld_i + j] * D;
-        ref_sparse_attn(q + (size_t)t * H * D, H, D, keys, nk, sink, scale, r + (size_t)t * H * D);
-    }
+    float scale = attn_case_inputs(H, D, win, n, p0, ratio, mode, topk, ld_i, ne, q, kv, ring, cmp, sink, idx, keys, r);
     int br = ne / 2 + 1; /* the split: rows 0..br-1 in the base buffer */
     vkbuf bq = mkbuf(q, qn * 4), bk = mkbuf(kv, (size_t)n * D * 4), br_ = mkbuf(ring, (size_t)win * D * 4),
           bc = mkbuf(cmp, (size_t)ne * D * 4), bi = mkbuf(idx, (size_t)n * ld_i * 4), bs = mkbuf(sink, (size_t)H * 4),
