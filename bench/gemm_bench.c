@@ -5,10 +5,13 @@
  * (`dsv4-batch bench --profile`) says where a pass spends its time; this says
  * how far each kernel is from the hardware, in isolation.
  *
- *   gemm_bench [quick]
+ *   gemm_bench [quick] [sweep]
  *
  * `quick` uses tiny sizes (for lavapipe: a smoke run, the numbers mean
- * nothing). Weights come from shaders/fill_random.comp (valid e4m3 / e2m1 /
+ * nothing). `sweep` times only the few-row cases, SMALL against the tensor
+ * cores: the dense shapes at M = 1, 2, 4, 8, 16 and the experts at T = 1, 2,
+ * 4, 8, the numbers that place forward.c's CM_MIN_ROWS and small_rows.
+ * Weights come from shaders/fill_random.comp (valid e4m3 / e2m1 /
  * bf16 / ue8m0 values), activations from the same shader (bf16 values), the
  * MoE route buffer is written here as shaders/moe_group.comp lays it out
  * (T tokens x k routes spread evenly over the experts). Built by
@@ -77,7 +80,12 @@ typedef struct { const char *name; dsv4_wq q; uint32_t N, K; } dense_case;
 
 int main(int argc, char **argv)
 {
-    int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
+    int quick = 0, sweep = 0;
+    for (int a = 1; a < argc; a++) {
+        if (strcmp(argv[a], "quick") == 0) quick = 1;
+        else if (strcmp(argv[a], "sweep") == 0) sweep = 1;
+        else DIE("unknown argument '%s' (usage: gemm_bench [quick] [sweep])", argv[a]);
+    }
     if (vkrt_open(&rt, NULL, 1, 1, err, sizeof err)) DIE("%s", err);
     printf("gemm_bench: %s, cooperative matrices: %s; each figure is the mean of %d back-to-back dispatches\n",
            rt.props.deviceName, rt.coopmat ? "yes" : "no", REPS + 1);
@@ -89,8 +97,10 @@ int main(int argc, char **argv)
         {"compressor wkv (bf16)", DSV4_WQ_BF16, quick ? 384 : 1024, D},
         {"dense fp4", DSV4_WQ_FP4, inter, D},
     };
-    uint32_t rows[] = {1, 16, quick ? 64 : 256, quick ? 128 : 1024};
-    uint32_t maxM = rows[3] > (quick ? 64u : 256u) * k ? rows[3] : (quick ? 64u : 256u) * k;
+    uint32_t all_rows[] = {1, 16, quick ? 64 : 256, quick ? 128 : 1024}, sweep_rows[] = {1, 2, 4, 8, 16};
+    uint32_t *rows = sweep ? sweep_rows : all_rows;
+    size_t n_rows = sweep ? sizeof sweep_rows / sizeof sweep_rows[0] : sizeof all_rows / sizeof all_rows[0];
+    uint32_t maxM = all_rows[3] > (quick ? 64u : 256u) * k ? all_rows[3] : (quick ? 64u : 256u) * k;
     vkbuf bx, by, bd, br;
     mk(&bx, (VkDeviceSize)maxM * 32768 * 4);
     mk(&by, (VkDeviceSize)maxM * 32768 * 4);
@@ -111,18 +121,31 @@ int main(int argc, char **argv)
         vk_pipe_id p = d->q == DSV4_WQ_FP8 ? P_GEMM_FP8 : d->q == DSV4_WQ_FP4 ? P_GEMM_FP4 : P_GEMM_BF16;
         vkview v[5] = {vkbuf_view(&bx, 0, bx.size), vkbuf_view(&bw, 0, bw.size), vkbuf_view(&bs, 0, bs.size),
                        vkbuf_view(&by, 0, by.size), vkbuf_view(&bd, 0, bd.size)};
-        for (size_t r = 0; r < sizeof rows / sizeof rows[0]; r++) {
+        for (size_t r = 0; r < n_rows; r++) {
             uint32_t M = rows[r];
             pc_gemm pc = {M, d->N, d->K, d->K, d->N, 0, 0, 0, 1, scols, 0, 0, 0, 0, 0, 0};
             if (M <= 16) {
                 report(d->name, "small", M, d->N, d->K, wb,
-                       timed("small", p + P_GEMM_SMALL_FIRST, v, &pc, cdiv(d->N, 8), cdiv(M, 16)));
+                       timed("small", p + P_GEMM_SMALL_FIRST, v, &pc, cdiv(d->N, GEMM_SMALL_COLS), cdiv(M, GEMM_SMALL_ROWS)));
+                if (rt.pipe[P_GEMM_SMALL2_FIRST])
+                    report(d->name, "small2", M, d->N, d->K, wb,
+                           timed("small2", p + P_GEMM_SMALL2_FIRST, v, &pc, cdiv(d->N, GEMM_SMALL2_COLS),
+                                 cdiv(M, GEMM_SMALL_ROWS)));
+                if (sweep && rt.coopmat && d->q != DSV4_WQ_F32) {
+                    report(d->name, "coopmat", M, d->N, d->K, wb,
+                           timed("coopmat", (vk_pipe_id)vkrt_cm_twin(p), v, &pc, cdiv(d->N, 128), cdiv(M, 64)));
+                    report(d->name, "coopmat2", M, d->N, d->K, wb,
+                           timed("coopmat2", (vk_pipe_id)vkrt_cm2_twin(p), v, &pc, cdiv(d->N, 128), cdiv(M, 64)));
+                }
                 continue;
             }
             report(d->name, "tiled", M, d->N, d->K, wb, timed("tiled", p, v, &pc, cdiv(d->N, 64), cdiv(M, 64)));
-            if (rt.coopmat)
+            if (rt.coopmat) {
                 report(d->name, "coopmat", M, d->N, d->K, wb,
                        timed("coopmat", (vk_pipe_id)vkrt_cm_twin(p), v, &pc, cdiv(d->N, 128), cdiv(M, 64)));
+                report(d->name, "coopmat2", M, d->N, d->K, wb,
+                       timed("coopmat2", (vk_pipe_id)vkrt_cm2_twin(p), v, &pc, cdiv(d->N, 128), cdiv(M, 64)));
+            }
         }
         vkbuf_free(&rt, &bw);
         vkbuf_free(&rt, &bs);
@@ -136,11 +159,13 @@ int main(int argc, char **argv)
     mk(&w1, ew1 * E); mk(&s1, es1 * E); mk(&w2, ew2 * E); mk(&s2, es2 * E);
     fill(&w1, ew1 * E, 4, 21, 0, 0, 0); fill(&w2, ew2 * E, 4, 22, 0, 0, 0);
     fill(&s1, es1 * E, 3, 23, 118, 0, 0); fill(&s2, es2 * E, 3, 24, 118, 0, 0);
-    uint32_t tok[] = {1, 16, quick ? 64 : 256, quick ? 64 : 1024};
-    uint32_t maxS = tok[3] * k, rcap = 4 + 4 * (maxS / 32 + E) + 2 * maxS + 64;
+    uint32_t all_tok[] = {1, 16, quick ? 64 : 256, quick ? 64 : 1024}, sweep_tok[] = {1, 2, 4, 8};
+    uint32_t *tok = sweep ? sweep_tok : all_tok;
+    size_t n_tok = sweep ? sizeof sweep_tok / sizeof sweep_tok[0] : sizeof all_tok / sizeof all_tok[0];
+    uint32_t maxS = all_tok[3] * k, rcap = 4 + 4 * (maxS / 32 + E) + 2 * maxS + 64;
     uint32_t *R = calloc(rcap, 4);
     mk(&br, (VkDeviceSize)rcap * 4);
-    for (size_t t = 0; t < sizeof tok / sizeof tok[0]; t++) {
+    for (size_t t = 0; t < n_tok; t++) {
         uint32_t T = tok[t], S = T * k, tiles = 0, off = 0, rowmap_off = 4 + 4 * (S / 32 + E), used = 0;
         memset(R, 0, (size_t)rcap * 4);
         for (uint32_t ex = 0; ex < E; ex++) { /* slot s goes to expert s % E */
@@ -167,11 +192,17 @@ int main(int argc, char **argv)
             uint32_t gy = tiles + 1;
             char what[64];
             snprintf(what, sizeof what, "%s T=%u", j ? "experts w2" : "experts w1", T);
-            report(what, "small", S, N, K, wb, timed("esmall", p + P_GEMM_SMALL_FIRST, v, &pc, cdiv(N, 8), gy));
-            report(what, "tiled", S, N, K, wb, timed("etiled", p, v, &pc, cdiv(N, 64), gy));
-            if (rt.coopmat)
+            report(what, "small", S, N, K, wb, timed("esmall", p + P_GEMM_SMALL_FIRST, v, &pc, cdiv(N, GEMM_SMALL_COLS), gy));
+            if (rt.pipe[P_GEMM_SMALL2_FIRST])
+                report(what, "small2", S, N, K, wb,
+                       timed("esmall2", p + P_GEMM_SMALL2_FIRST, v, &pc, cdiv(N, GEMM_SMALL2_COLS), gy));
+            if (!sweep) report(what, "tiled", S, N, K, wb, timed("etiled", p, v, &pc, cdiv(N, 64), gy));
+            if (rt.coopmat) {
                 report(what, "coopmat", S, N, K, wb,
                        timed("ecoopmat", (vk_pipe_id)vkrt_cm_twin(p), v, &pc, cdiv(N, 128), gy));
+                report(what, "coopmat2", S, N, K, wb,
+                       timed("ecoopmat2", (vk_pipe_id)vkrt_cm2_twin(p), v, &pc, cdiv(N, 128), gy));
+            }
         }
     }
     free(R);

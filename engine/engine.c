@@ -168,6 +168,9 @@ int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const cha
         sh->iscore_limit = ik && atoi(ik) > 0 ? (uint64_t)atoi(ik) << 10 : 0;
         const char *af = getenv("DSV4_ATTN_FAST");
         sh->attn_fast = af && *af ? atoi(af) : 2;
+        const char *gc = getenv("DSV4_GEMM_CM"), *gs = getenv("DSV4_GEMM_SMALL");
+        sh->gemm_cm2 = gc && *gc == '2';
+        sh->gemm_small2 = gs && *gs == '2';
         const char *sr = getenv("DSV4_SMALL_ROWS");
         if (sr && *sr) sh->small_rows = atoi(sr);
         rc = fwd_upload_weights(sh, err, errlen);

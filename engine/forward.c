@@ -706,18 +706,31 @@ fail:
 
 /* ------------------------------------------------------------ recording */
 
-/* The tensor-core twin (shaders/gemm_cm.comp) of tiled GEMM pipe p when the
- * device has it and the operands meet its alignment (K a multiple of its K
- * slices, X rows in whole vec4s), else -1. */
+/* The tensor-core twin (shaders/gemm_cm.comp, or gemm_cm2.comp with
+ * e->gemm_cm2) of tiled GEMM pipe p when the device has it and the operands
+ * meet its alignment (K a multiple of its K slices, X rows in whole vec4s),
+ * else -1. */
 static int cm_pipe(dsv4_engine *e, vk_pipe_id p, uint32_t K, uint32_t ldx, uint32_t x_off)
 {
-    int cm = vkrt_cm_twin(p);
+    int cm = e->gemm_cm2 ? vkrt_cm2_twin(p) : vkrt_cm_twin(p);
     if (cm < 0 || !e->rt.coopmat || !e->rt.pipe[cm]) return -1;
     return K % 64 == 0 && ldx % 4 == 0 && x_off % 4 == 0 ? cm : -1;
 }
 
 /* The SMALL variants read 16 weight bytes and X in vec4s at a time. */
 static int small_ok(uint32_t K, uint32_t ldx, uint32_t x_off) { return K % 32 == 0 && ldx % 4 == 0 && x_off % 4 == 0; }
+
+/* The first SMALL pipe (SMALL, or SMALL2 with e->gemm_small2 where the device
+ * has it) and its workgroups across N, for dense and expert GEMMs alike. */
+static int small_first(const dsv4_engine *e)
+{
+    return e->gemm_small2 && e->rt.pipe[P_GEMM_SMALL2_FIRST] ? P_GEMM_SMALL2_FIRST : P_GEMM_SMALL_FIRST;
+}
+
+static uint32_t small_gx(const dsv4_engine *e, uint32_t N)
+{
+    return cdiv(N, small_first(e) == P_GEMM_SMALL2_FIRST ? GEMM_SMALL2_COLS : GEMM_SMALL_COLS);
+}
 
 static void gemm(dsv4_engine *e, const gw *w, vkview X, uint32_t ldx, uint32_t x_off, vkview Y, uint32_t ldy,
                  uint32_t y_off, uint32_t M, uint32_t flags, uint32_t w_row0, uint32_t N)
@@ -736,7 +749,8 @@ static void gemm(dsv4_engine *e, const gw *w, vkview X, uint32_t ldx, uint32_t x
     if ((e->cpu_device || e->exact) && M <= (uint32_t)e->small_rows)
         vkrt_dispatch(&e->rt, p + P_GEMM_SERIAL_FIRST, v, 5, &pc, sizeof pc, cdiv(pc.N, 64), cdiv(M, 8), 1);
     else if (!e->exact && M <= (uint32_t)e->small_rows && small_ok(pc.K, ldx, x_off) && !(cm >= 0 && M > CM_MIN_ROWS))
-        vkrt_dispatch(&e->rt, p + P_GEMM_SMALL_FIRST, v, 5, &pc, sizeof pc, cdiv(pc.N, 8), cdiv(M, 16), 1);
+        vkrt_dispatch(&e->rt, (vk_pipe_id)(p + small_first(e)), v, 5, &pc, sizeof pc, small_gx(e, pc.N),
+                      cdiv(M, GEMM_SMALL_ROWS), 1);
     else if (!e->exact && cm >= 0)
         vkrt_dispatch(&e->rt, (vk_pipe_id)cm, v, 5, &pc, sizeof pc, cdiv(pc.N, 128), cdiv(M, 64), 1);
     else
@@ -1366,13 +1380,13 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     int small = serial || (!e->exact && (uint64_t)T * k <= 4 * (uint64_t)e->small_rows && ex_al &&
                            small_ok(D, D, 0) && small_ok(inter, inter, 0));
     if (small) {
-        pgath += serial ? P_GEMM_SERIAL_FIRST : P_GEMM_SMALL_FIRST;
-        pgrp += serial ? P_GEMM_SERIAL_FIRST : P_GEMM_SMALL_FIRST;
+        pgath += serial ? P_GEMM_SERIAL_FIRST : small_first(e);
+        pgrp += serial ? P_GEMM_SERIAL_FIRST : small_first(e);
     }
     int cm_in = small || !ex_al || e->exact ? -1 : cm_pipe(e, pgath, D, D, 0);
     int cm_out = small || !ex_al || e->exact ? -1 : cm_pipe(e, pgrp, inter, inter, 0);
-    uint32_t gx_in = serial ? cdiv(inter, 64) : small ? cdiv(inter, 8) : cm_in >= 0 ? cdiv(inter, 128) : cdiv(inter, 64);
-    uint32_t gx_out = serial ? cdiv(D, 64) : small ? cdiv(D, 8) : cm_out >= 0 ? cdiv(D, 128) : cdiv(D, 64);
+    uint32_t gx_in = serial ? cdiv(inter, 64) : small ? small_gx(e, inter) : cm_in >= 0 ? cdiv(inter, 128) : cdiv(inter, 64);
+    uint32_t gx_out = serial ? cdiv(D, 64) : small ? small_gx(e, D) : cm_out >= 0 ? cdiv(D, 128) : cdiv(D, 64);
     /* every tile holds at least one of the T x k slots: a decode step's 6
        routes need 6 rows of workgroups, not one per possible tile (448 at
        1024 tokens per pass, nearly all exiting at once) */

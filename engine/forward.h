@@ -123,6 +123,10 @@ struct dsv4_engine {
     uint64_t iscore_limit;       /* $DSV4_ISCORE_KIB x 1024 (tests): bytes of indexer scores per dispatch, 0: no limit */
     int attn_fast;               /* $DSV4_ATTN_FAST (GPU prefill outside exact mode, attention without index-order
                                     sums): 0 off, 1 attn_fast, else (default) attn_cm where the device has it */
+    int gemm_cm2;                /* $DSV4_GEMM_CM=2: the tensor-core GEMMs of shaders/gemm_cm2.comp (second
+                                    version, not yet timed on a GPU) instead of gemm_cm.comp */
+    int gemm_small2;             /* $DSV4_GEMM_SMALL=2: the SMALL2 GEMMs (second version, not yet timed on a
+                                    GPU) instead of SMALL */
     int head_rows;               /* rows per head pass (vocab slice fits a binding) */
     fscratch s;
     char name[256];

@@ -81,6 +81,16 @@ static const struct {
     [P_GEMM_CM_FP4_GATHER] = {"gemm_cm_fp4_gather", 5, 1}, [P_GEMM_CM_FP4_GROUPED] = {"gemm_cm_fp4_grouped", 5, 1},
     [P_GEMM_CM_FP8_GATHER] = {"gemm_cm_fp8_gather", 5, 1}, [P_GEMM_CM_FP8_GROUPED] = {"gemm_cm_fp8_grouped", 5, 1},
     [P_GEMM_CM_BF16_GATHER] = {"gemm_cm_bf16_gather", 5, 1}, [P_GEMM_CM_BF16_GROUPED] = {"gemm_cm_bf16_grouped", 5, 1},
+    [P_GEMM_CM2_FIRST + 0] = {"gemm_cm2_bf16", 5, 1}, [P_GEMM_CM2_FIRST + 1] = {"gemm_cm2_fp8", 5, 1},
+    [P_GEMM_CM2_FIRST + 2] = {"gemm_cm2_fp4", 5, 1},
+    [P_GEMM_CM2_FIRST + 3] = {"gemm_cm2_fp4_gather", 5, 1}, [P_GEMM_CM2_FIRST + 4] = {"gemm_cm2_fp4_grouped", 5, 1},
+    [P_GEMM_CM2_FIRST + 5] = {"gemm_cm2_fp8_gather", 5, 1}, [P_GEMM_CM2_FIRST + 6] = {"gemm_cm2_fp8_grouped", 5, 1},
+    [P_GEMM_CM2_FIRST + 7] = {"gemm_cm2_bf16_gather", 5, 1}, [P_GEMM_CM2_FIRST + 8] = {"gemm_cm2_bf16_grouped", 5, 1},
+    [P_GEMM_SMALL2_FIRST + 0] = {"gemm_bf16_small2", 5}, [P_GEMM_SMALL2_FIRST + 1] = {"gemm_f32_small2", 5},
+    [P_GEMM_SMALL2_FIRST + 2] = {"gemm_fp8_small2", 5},  [P_GEMM_SMALL2_FIRST + 3] = {"gemm_fp4_small2", 5},
+    [P_GEMM_SMALL2_FIRST + 4] = {"gemm_fp4_gather_small2", 5}, [P_GEMM_SMALL2_FIRST + 5] = {"gemm_fp4_grouped_small2", 5},
+    [P_GEMM_SMALL2_FIRST + 6] = {"gemm_fp8_gather_small2", 5}, [P_GEMM_SMALL2_FIRST + 7] = {"gemm_fp8_grouped_small2", 5},
+    [P_GEMM_SMALL2_FIRST + 8] = {"gemm_bf16_gather_small2", 5}, [P_GEMM_SMALL2_FIRST + 9] = {"gemm_bf16_grouped_small2", 5},
     [P_GEMM_SERIAL_FIRST + 0] = {"gemm_bf16_serial", 5}, [P_GEMM_SERIAL_FIRST + 1] = {"gemm_f32_serial", 5},
     [P_GEMM_SERIAL_FIRST + 2] = {"gemm_fp8_serial", 5},  [P_GEMM_SERIAL_FIRST + 3] = {"gemm_fp4_serial", 5},
     [P_GEMM_SERIAL_FIRST + 4] = {"gemm_fp4_gather_serial", 5}, [P_GEMM_SERIAL_FIRST + 5] = {"gemm_fp4_grouped_serial", 5},
@@ -318,7 +328,8 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
            products are exact; bf16 operands outside fp16's range are not) */
         const char *cmenv = getenv("DSV4_COOPMAT");
         if (pipe_info[i].coopmat && cmenv && strcmp(cmenv, "nobf16") == 0 &&
-            (i == P_GEMM_CM_BF16 || i == P_GEMM_CM_BF16_GATHER || i == P_GEMM_CM_BF16_GROUPED))
+            (i == P_GEMM_CM_BF16 || i == P_GEMM_CM_BF16_GATHER || i == P_GEMM_CM_BF16_GROUPED ||
+             i == P_GEMM_CM2_FIRST + 0 || i == P_GEMM_CM2_FIRST + 7 || i == P_GEMM_CM2_FIRST + 8))
             continue;
         const dsv4_spirv *sp = dsv4_spirv_find(pipe_info[i].shader);
         if (!sp) {
@@ -326,6 +337,8 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
             return DSV4_EINVAL;
         }
         if ((uint32_t)pipe_info[i].shmem > rt->props.limits.maxComputeSharedMemorySize) continue;
+        /* SMALL2 keeps 32 / subgroup size partial sums of each output, at most 4 */
+        if (i >= P_GEMM_SMALL2_FIRST && i <= P_GEMM_SMALL2_LAST && sgp.subgroupSize < 8) continue;
         /* attn_cm32 / attn_cm64 run 256 / 512 invocations per workgroup (Vulkan guarantees 128) */
         if ((i == P_ATTN_CM32 && rt->props.limits.maxComputeWorkGroupInvocations < 256) ||
             (i == P_ATTN_CM64 && rt->props.limits.maxComputeWorkGroupInvocations < 512))

@@ -56,8 +56,24 @@ typedef enum {
     P_ATTN_FAST,        /* attn_tile's attention in partial sums, rows staged in batches: GPUs, not exact mode */
     P_ATTN_CM,          /* attn_fast on tensor cores, 16 heads per workgroup: only when rt->coopmat */
     P_ATTN_CM32, P_ATTN_CM64, /* the same, 32 and 64 heads per workgroup (consecutive: attn_variant steps down) */
+    /* the nine P_GEMM_CM_* again from shaders/gemm_cm2.comp (second version, in
+       the same order): created only when rt->coopmat; forward.c uses them
+       only with $DSV4_GEMM_CM=2 until they are timed on a GPU */
+    P_GEMM_CM2_FIRST, P_GEMM_CM2_LAST = P_GEMM_CM2_FIRST + 8,
+    /* the SMALL ten again from their second version (SMALL2 in shaders/gemm.comp,
+       GEMM_SMALL2_COLS columns per workgroup), in the same order: created where
+       subgroups have 8 invocations or more; forward.c uses them only with
+       $DSV4_GEMM_SMALL=2 until they are timed on a GPU */
+    P_GEMM_SMALL2_FIRST, P_GEMM_SMALL2_LAST = P_GEMM_SMALL2_FIRST + 9,
     P_COUNT
 } vk_pipe_id;
+
+/* Output columns and rows per workgroup of the SMALL GEMMs and of their
+   second version (SMALL2: 8 groups of 32 invocations, SMALL_NC columns each,
+   SMALL_MR rows; shaders/gemm.comp). */
+#define GEMM_SMALL_COLS 8u
+#define GEMM_SMALL2_COLS 32u
+#define GEMM_SMALL_ROWS 16u
 
 typedef struct vkbuf {
     VkBuffer buf;
@@ -167,6 +183,13 @@ static inline int vkrt_cm_twin(vk_pipe_id p)
     case P_GEMM_BF16_GROUPED: return P_GEMM_CM_BF16_GROUPED;
     default: return -1;
     }
+}
+
+/* The same twin from shaders/gemm_cm2.comp (P_GEMM_CM2_FIRST ..), or -1. */
+static inline int vkrt_cm2_twin(vk_pipe_id p)
+{
+    int cm = vkrt_cm_twin(p);
+    return cm < 0 ? -1 : P_GEMM_CM2_FIRST + (cm - P_GEMM_CM_BF16);
 }
 
 /* 1 when physical device pd offers device extension name. */

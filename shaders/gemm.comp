@@ -15,24 +15,24 @@
  * tensor-core twin of the tiled variant. */
 #version 450
 #extension GL_EXT_control_flow_attributes : require
-#ifdef SMALL
+#if defined(SMALL) || defined(SMALL2)
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #endif
 #include "common.glsl"
 #if defined(SERIAL)
 layout(local_size_x = 64) in;
-#elif defined(SMALL)
+#elif defined(SMALL) || defined(SMALL2)
 layout(local_size_x = 256) in;
 #else
 layout(local_size_x = 16, local_size_y = 16) in;
 #endif
-#ifdef SMALL
+#if defined(SMALL) || defined(SMALL2)
 layout(std430, binding = 0) readonly buffer BX { vec4 X4[]; };
 #else
 layout(std430, binding = 0) readonly buffer BX { float X[]; };
 #endif
 layout(std430, binding = 1) readonly buffer BW { uint W[]; };
-#ifdef SMALL
+#if defined(SMALL) || defined(SMALL2)
 layout(std430, binding = 1) readonly buffer BW4 { uvec4 W4[]; };  /* the same bytes, 16 at a time */
 #endif
 layout(std430, binding = 2) readonly buffer BS { uint S[]; };
@@ -48,7 +48,7 @@ layout(push_constant) uniform P {
     uint tiles_off, rowmap_off;
 } p;
 
-#if !defined(SMALL) && !defined(SERIAL)
+#if !defined(SMALL) && !defined(SMALL2) && !defined(SERIAL)
 #ifdef GROUPED
 #define TBM 32u
 #else
@@ -254,6 +254,189 @@ void main()
                 if ((p.flags & 1u) != 0u) v = bf16r(v);
                 Y[o] = v;
             }
+        }
+        barrier();
+    }
+}
+#elif defined(SMALL2)
+/* SMALL2: the second version of SMALL (the engine uses it only with
+ * DSV4_GEMM_SMALL=2 until it is timed on a GPU; forward.c). Bandwidth-bound,
+ * for few rows (decode). The 256 invocations form 8
+ * groups of 32; a group computes SMALL_NC adjacent output columns (a
+ * workgroup 8 x SMALL_NC: GEMM_SMALL2_COLS in engine/vk.h), its 32 invocations
+ * splitting K. Each invocation reads 16-byte pieces of its columns' packed
+ * rows (consecutive invocations consecutive pieces: a group reads 512
+ * contiguous bytes of a row at a time), SMALL_UN pieces of each column issued
+ * before any is used (SMALL_NC x SMALL_UN loads in flight hide the memory
+ * latency), decodes each weight once, a word at a time, and applies it to up
+ * to SMALL_MR rows of X, each X vec4 read serving SMALL_NC columns. The 32 partial
+ * sums of each (row, column) are added with subgroupAdd and, across subgroups
+ * narrower than 32, in shared memory. Each invocation loops
+ * K / (32 * VEC * SMALL_UN) times per SMALL_MR rows, far below llvmpipe's
+ * 65535-iteration cap. Requires K % VEC == 0, 16-byte aligned weight rows
+ * (GROUPED: expert strides), ldx % 4 == 0 and x_off % 4 == 0 (forward.c:
+ * small_ok) and subgroups of at least 8 invocations (vk.c). */
+#ifndef SMALL_NC
+#define SMALL_NC 4u
+#endif
+#ifndef SMALL_UN
+#define SMALL_UN 2u
+#endif
+#define NC SMALL_NC
+#define UN SMALL_UN
+/* VEC inputs per 16-byte piece, decoded in CH chunks of XV X vec4s each */
+#if defined(WT_FP4)
+#define VEC 32u
+#define CH 4u
+#define XV 2u
+#elif defined(WT_FP8)
+#define VEC 16u
+#define CH 4u
+#define XV 1u
+#elif defined(WT_BF16)
+#define VEC 8u
+#define CH 2u
+#define XV 1u
+#else
+#define VEC 4u
+#define CH 1u
+#define XV 1u
+#endif
+#ifndef SMALL_MR
+#define SMALL_MR 16u
+#endif
+#define MR SMALL_MR
+#define PMAX 4u /* partial sums per (row, column): 32 / subgroup size */
+shared float red[MR * 8u * NC * PMAX];
+
+/* Chunk ch of piece q, times scale sc (FP8: times 2^8, FP4: 2^14, which the
+ * fp16 patterns lack), as XV vec4s in input order. */
+void decode_chunk(uvec4 q, uint ch, float sc, out vec4 w[XV])
+{
+#if defined(WT_FP4)
+    /* nibble j of the word is input j: nibbles j and j + 4 make one fp16 pair */
+    uint x = q[ch];
+    vec2 a0 = unpackHalf2x16(e2m1_nib04_to_half2(x)), a1 = unpackHalf2x16(e2m1_nib04_to_half2(x >> 4));
+    vec2 a2 = unpackHalf2x16(e2m1_nib04_to_half2(x >> 8)), a3 = unpackHalf2x16(e2m1_nib04_to_half2(x >> 12));
+    w[0] = vec4(a0.x, a1.x, a2.x, a3.x) * sc;
+    w[1] = vec4(a0.y, a1.y, a2.y, a3.y) * sc;
+#elif defined(WT_FP8)
+    /* bytes 0 and 2, 1 and 3 of the word make the fp16 pairs */
+    uint x = q[ch];
+    vec2 a = unpackHalf2x16(e4m3_b02_to_half2(x)), b = unpackHalf2x16(e4m3_b02_to_half2(x >> 8));
+    w[0] = vec4(a.x, b.x, a.y, b.y) * sc;
+#elif defined(WT_BF16)
+    uint x = q[2u * ch], y = q[2u * ch + 1u];
+    w[0] = vec4(uintBitsToFloat(x << 16), uintBitsToFloat(x & 0xffff0000u), uintBitsToFloat(y << 16),
+                uintBitsToFloat(y & 0xffff0000u));
+#else
+    w[0] = uintBitsToFloat(q);
+#endif
+}
+
+void main()
+{
+    uint tid = gl_LocalInvocationID.x, lane = tid & 31u, grp = tid >> 5;
+    uint n0 = gl_WorkGroupID.x * (8u * NC) + grp * NC; /* this group's first column */
+    uint m0, m1, wbase = 0u, sbase = 0u;
+#ifdef GROUPED
+    uint slot = gl_WorkGroupID.y;
+    if (slot >= R[p.tiles_off]) return;
+    uint tb = p.tiles_off + 4u + slot * 4u;
+    uint ex = R[tb];
+    if (ex < p.e0 || ex >= p.e1) return;
+    m0 = R[tb + 1u]; m1 = R[tb + 2u];
+    wbase = (ex - p.e0) * p.w_estride;
+    sbase = (ex - p.e0) * p.s_estride;
+#else
+    m0 = gl_WorkGroupID.y * MR;
+    m1 = min(m0 + MR, p.M);
+#endif
+    uint P = p.K / VEC; /* pieces per weight row */
+    /* each column's first piece and scale byte; columns past N read row N - 1
+       (their sums are dropped) */
+    uint wrow[NC], srow[NC];
+    [[unroll]] for (uint c = 0u; c < NC; c++) {
+        uint wn = p.w_row0 + min(n0 + c, p.N - 1u);
+        wrow[c] = (wbase >> 4) + wn * P;
+#if defined(WT_FP4)
+        srow[c] = sbase + wn * p.s_cols;
+#else
+        srow[c] = sbase + (wn >> 7) * p.s_cols;
+#endif
+    }
+    for (uint r0 = m0; r0 < m1; r0 += MR) {
+        uint nr = min(MR, m1 - r0);
+        uint xr[MR];
+        float acc[MR][NC];
+        [[unroll]] for (uint i = 0u; i < MR; i++) {
+            uint m = min(r0 + i, m1 - 1u);
+#ifdef GATHER
+            xr[i] = (R[p.rowmap_off + m] * p.ldx + p.x_off) >> 2;
+#else
+            xr[i] = (m * p.ldx + p.x_off) >> 2;
+#endif
+            [[unroll]] for (uint c = 0u; c < NC; c++) acc[i][c] = 0.0;
+        }
+        for (uint pb = 0u; pb < P; pb += 32u * UN) {
+            /* every load first, then the math */
+            uvec4 q[UN][NC];
+            float sc[UN][NC];
+            [[unroll]] for (uint u = 0u; u < UN; u++) {
+                uint pc = pb + u * 32u + lane;
+                bool ok = pc < P;
+                [[unroll]] for (uint c = 0u; c < NC; c++) {
+                    q[u][c] = ok ? W4[wrow[c] + pc] : uvec4(0u);
+#if defined(WT_FP4)
+                    sc[u][c] = ok ? e8m0_decode(sbyte_at(srow[c] + pc)) * 16384.0 : 0.0;
+#elif defined(WT_FP8)
+                    sc[u][c] = ok ? e8m0_decode(sbyte_at(srow[c] + (pc >> 3))) * 256.0 : 0.0;
+#else
+                    sc[u][c] = 1.0;
+#endif
+                }
+            }
+            [[unroll]] for (uint u = 0u; u < UN; u++) {
+                uint pc = pb + u * 32u + lane;
+                if (pc >= P) break;
+                uint xk = pc * (VEC / 4u); /* the piece's first X vec4 in a row */
+                [[unroll]] for (uint ch = 0u; ch < CH; ch++) {
+                    vec4 w[NC][XV];
+                    [[unroll]] for (uint c = 0u; c < NC; c++) decode_chunk(q[u][c], ch, sc[u][c], w[c]);
+                    [[unroll]] for (uint i = 0u; i < MR; i++) {
+                        if (i >= nr) break;
+                        [[unroll]] for (uint v = 0u; v < XV; v++) {
+                            vec4 xv = X4[xr[i] + xk + ch * XV + v];
+                            [[unroll]] for (uint c = 0u; c < NC; c++) acc[i][c] += dot(xv, w[c][v]);
+                        }
+                    }
+                }
+            }
+        }
+        /* the 32 partial sums of each (row, column): added within subgroups
+           (a subgroup wider than 32 adds each group's part in turn), then the
+           subgroups of a group in shared memory */
+        uint sg = gl_SubgroupSize, parts = sg < 32u ? 32u / sg : 1u, nh = sg > 32u ? sg / 32u : 1u;
+        uint part = lane / min(sg, 32u);
+        [[unroll]] for (uint i = 0u; i < MR; i++) {
+            if (i >= nr) break;
+            [[unroll]] for (uint c = 0u; c < NC; c++) {
+                for (uint h = 0u; h < nh; h++) {
+                    float v = subgroupAdd(nh == 1u || (gl_SubgroupInvocationID >> 5) == h ? acc[i][c] : 0.0);
+                    if (gl_SubgroupInvocationID == h * 32u) red[((i * 8u + grp) * NC + c) * PMAX + part] = v;
+                }
+            }
+        }
+        barrier();
+        for (uint o = tid; o < nr * 8u * NC; o += 256u) {
+            uint i = o / (8u * NC), cc = o % (8u * NC), n = gl_WorkGroupID.x * (8u * NC) + cc;
+            if (n >= p.N) continue;
+            float v = 0.0;
+            for (uint l = 0u; l < parts; l++) v += red[o * PMAX + l];
+            uint y = (r0 + i) * p.ldy + p.y_off + n;
+            if ((p.flags & 2u) != 0u) v += Y[y];
+            if ((p.flags & 1u) != 0u) v = bf16r(v);
+            Y[y] = v;
         }
         barrier();
     }

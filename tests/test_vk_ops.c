@@ -107,7 +107,8 @@ static void tw_make(tw *t, dsv4_wq q, int N, int K)
     w.q = q;
     w.out = N;
     w.in = K;
-    size_t wb = q == DSV4_WQ_FP4 ? (size_t)N * K / 2 : q == DSV4_WQ_FP8 ? (size_t)N * K : (size_t)N * K * 2;
+    size_t wb = q == DSV4_WQ_FP4 ? (size_t)N * K / 2 : q == DSV4_WQ_FP8 ? (size_t)N * K
+              : q == DSV4_WQ_F32 ? (size_t)N * K * 4 : (size_t)N * K * 2;
     size_t sb = q == DSV4_WQ_FP4 ? (size_t)N * (K / 32) : q == DSV4_WQ_FP8 ? (size_t)((N + 127) / 128) * ((K + 127) / 128) : 4;
     uint8_t *wd = malloc(wb), *sd = malloc(sb);
     for (size_t i = 0; i < wb; i++) {
@@ -120,10 +121,15 @@ static void tw_make(tw *t, dsv4_wq q, int N, int K)
             uint16_t h = dsv4_f32_to_bf16(frand() * 0.1f);
             memcpy(wd + 2 * i, &h, 2);
         }
+    if (q == DSV4_WQ_F32)
+        for (size_t i = 0; i < wb / 4; i++) {
+            float f = frand() * 0.1f;
+            memcpy(wd + 4 * i, &f, 4);
+        }
     for (size_t i = 0; i < sb; i++) sd[i] = (uint8_t)(120 + (int)((frand() + 1) * 3));
     w.w.data = wd;
     w.w.nbytes = wb;
-    w.scale.data = q == DSV4_WQ_BF16 ? NULL : sd;
+    w.scale.data = q == DSV4_WQ_BF16 || q == DSV4_WQ_F32 ? NULL : sd;
     ref_weight_load(&w, &t->rw);
     t->wd = wd; t->sd = sd; t->wb = wb; t->sb = sb;
 }
@@ -134,8 +140,8 @@ static void tw_free(tw *t)
     free(t->wd); free(t->sd);
 }
 
-/* small: 1 the SMALL variant, 2 the SERIAL one; cm: the tensor-core twin
- * (P_GEMM_CM_*) instead of the portable shader */
+/* small: 1 the SMALL variant, 2 the SERIAL one, 3 SMALL2; cm: the tensor-core twin
+ * instead of the portable shader, 1 from gemm_cm.comp, 2 from gemm_cm2.comp */
 static void gemm_case(dsv4_wq q, int M, int N, int K, int small, int cm)
 {
     tw t;
@@ -144,22 +150,29 @@ static void gemm_case(dsv4_wq q, int M, int N, int K, int small, int cm)
     for (int i = 0; i < M * K; i++) x[i] = bf(frand());
     float *xq = malloc((size_t)M * K * 4);
     memcpy(xq, x, (size_t)M * K * 4);
-    if (q != DSV4_WQ_BF16) ref_act_quant(xq, M, K, K, 128); /* the engine quantizes in act_quant */
+    if (q == DSV4_WQ_FP8 || q == DSV4_WQ_FP4) ref_act_quant(xq, M, K, K, 128); /* the engine quantizes in act_quant */
     ref_linear(&t.rw, x, M, yr);
     vkbuf bx = mkbuf(xq, (size_t)M * K * 4), bw = mkbuf(t.wd, t.wb), bs = mkbuf(t.sd, t.sb),
           by = mkbuf(NULL, (size_t)M * N * 4), bd = mkbuf(NULL, 16);
     vkbuf *bufs[5] = {&bx, &bw, &bs, &by, &bd};
     pc_gemm pc = {(uint32_t)M, (uint32_t)N, (uint32_t)K, (uint32_t)K, (uint32_t)N, 0, 0, 0, 1,
                   q == DSV4_WQ_FP4 ? (uint32_t)K / 32 : (uint32_t)(K + 127) / 128, 0, 0, 0, 0, 0, 0};
-    vk_pipe_id p = q == DSV4_WQ_FP8 ? P_GEMM_FP8 : q == DSV4_WQ_FP4 ? P_GEMM_FP4 : P_GEMM_BF16;
-    if (cm) run1((vk_pipe_id)vkrt_cm_twin(p), bufs, 5, &pc, sizeof pc, (N + 127) / 128, (M + 63) / 64);
+    vk_pipe_id p = q == DSV4_WQ_FP8 ? P_GEMM_FP8 : q == DSV4_WQ_FP4 ? P_GEMM_FP4
+                 : q == DSV4_WQ_F32 ? P_GEMM_F32 : P_GEMM_BF16;
+    if (cm) run1((vk_pipe_id)(cm == 2 ? vkrt_cm2_twin(p) : vkrt_cm_twin(p)), bufs, 5, &pc, sizeof pc, (N + 127) / 128,
+                 (M + 63) / 64);
     else if (small == 2) run1(p + P_GEMM_SERIAL_FIRST, bufs, 5, &pc, sizeof pc, (N + 63) / 64, (M + 7) / 8);
-    else if (small) run1(p + P_GEMM_SMALL_FIRST, bufs, 5, &pc, sizeof pc, (N + 7) / 8, (M + 15) / 16);
+    else if (small == 3)
+        run1(p + P_GEMM_SMALL2_FIRST, bufs, 5, &pc, sizeof pc, (N + GEMM_SMALL2_COLS - 1) / GEMM_SMALL2_COLS,
+             (M + GEMM_SMALL_ROWS - 1) / GEMM_SMALL_ROWS);
+    else if (small)
+        run1(p + P_GEMM_SMALL_FIRST, bufs, 5, &pc, sizeof pc, (N + GEMM_SMALL_COLS - 1) / GEMM_SMALL_COLS,
+             (M + GEMM_SMALL_ROWS - 1) / GEMM_SMALL_ROWS);
     else run1(p, bufs, 5, &pc, sizeof pc, (N + 63) / 64, (M + 63) / 64);
     int guard = readbuf(&by, yg, (size_t)M * N * 4);
     double e = nmse(yg, yr, (size_t)M * N);
     printf("  gemm q%d %dx%dx%d %s: nmse %.3g\n", q, M, N, K,
-           cm ? "coopmat" : small == 2 ? "serial" : small ? "small" : "tiled", e);
+           cm ? (cm == 2 ? "coopmat2" : "coopmat") : (const char *[]){"tiled", "small", "serial", "small2"}[small], e);
     CHECKF(e < 1e-5, "gemm nmse %g", e);
     CHECK(guard == 0);
     vkbuf *all[5] = {&bx, &bw, &bs, &by, &bd};
@@ -178,9 +191,24 @@ static void gemm_formats(void)
         gemm_case(qs[i], 5, 130, 384, 1, 0);
         gemm_case(qs[i], 16, 67, 1024, 1, 0);  /* 16 rows, a K loop of 2+ pieces per invocation */
         gemm_case(qs[i], 37, 200, 256, 1, 0);  /* more than 16 rows */
+        gemm_case(qs[i], 37, 200, 256, 3, 0);  /* SMALL2, more than 16 rows */
         gemm_case(qs[i], 5, 130, 384, 2, 0);
         gemm_case(qs[i], 37, 200, 256, 2, 0);  /* what lavapipe runs */
     }
+}
+
+/* SMALL and SMALL2 at every row count they serve, every weight format: N =
+ * 67 leaves a workgroup's columns partly past N, K = 1152 the last K loop
+ * partly past K (and FP8 two scale columns, FP4 36). */
+static void gemm_small_rows(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    const dsv4_wq qs[4] = {DSV4_WQ_BF16, DSV4_WQ_F32, DSV4_WQ_FP8, DSV4_WQ_FP4};
+    for (int i = 0; i < 4; i++)
+        for (int M = 1; M <= 16; M++) {
+            gemm_case(qs[i], M, 67, 1152, 1, 0);
+            gemm_case(qs[i], M, 67, 1152, 3, 0);
+        }
 }
 
 /* The MoE expert GEMMs: 3 experts' weights back to back; the route buffer as
@@ -188,10 +216,13 @@ static void gemm_formats(void)
  * token of each slot); GATHER reads X row rowmap[m], GROUPED row m. Sorted
  * slot m's output row is m. Dispatched with more tile slots than tiles, as
  * forward.c does. */
-static void grouped_case(dsv4_wq q, int gather, int variant /* 0 tiled, 1 small, 2 coopmat, 3 serial */)
+static const int ex_slots_default[3] = {37, 0, 20}; /* slots per expert: 2 tiles, none, 1 tile */
+
+/* cnt: slots per expert (at most 128 in all) */
+/* variant: 0 tiled, 1 small, 2 coopmat, 3 serial, 4 coopmat2, 5 small2 */
+static void grouped_case(dsv4_wq q, int gather, int variant, const int *cnt)
 {
-    enum { E = 3, T = 29, N = 160, K = 256 };
-    static const int cnt[E] = {37, 0, 20}; /* slots per expert: 2 tiles, none, 1 tile */
+    enum { E = 3, T = 29, N = 200, K = 256, MAX_TILES = 16, MAX_SLOTS = 128 }; /* N: SMALL workgroups partly past N */
     int S = cnt[0] + cnt[1] + cnt[2];
     tw t[E];
     for (int i = 0; i < E; i++) tw_make(&t[i], q, N, K);
@@ -205,9 +236,9 @@ static void grouped_case(dsv4_wq q, int gather, int variant /* 0 tiled, 1 small,
     float *x = malloc((size_t)xrows * K * 4), *xs = malloc((size_t)K * 4);
     for (int i = 0; i < xrows * K; i++) x[i] = bf(frand());
     if (q != DSV4_WQ_BF16) ref_act_quant(x, xrows, K, K, 128);
-    uint32_t R[4 + 4 * 8 + 64];
+    uint32_t R[4 + 4 * MAX_TILES + MAX_SLOTS];
     memset(R, 0, sizeof R);
-    uint32_t tiles = 0, off = 0, rowmap_off = 4 + 4 * 8;
+    uint32_t tiles = 0, off = 0, rowmap_off = 4 + 4 * MAX_TILES;
     for (int ex = 0; ex < E; ex++) {
         for (int m = 0; m < cnt[ex]; m += 32) {
             uint32_t *tb = R + 4 + 4 * tiles++;
@@ -235,14 +266,19 @@ static void grouped_case(dsv4_wq q, int gather, int variant /* 0 tiled, 1 small,
                  : q == DSV4_WQ_FP4 ? (gather ? P_GEMM_FP4_GATHER : P_GEMM_FP4_GROUPED)
                                     : (gather ? P_GEMM_BF16_GATHER : P_GEMM_BF16_GROUPED);
     uint32_t gy = tiles + 2;
-    if (variant == 2) run1((vk_pipe_id)vkrt_cm_twin(p), bufs, 5, &pc, sizeof pc, (N + 127) / 128, gy);
-    else if (variant == 1) run1(p + P_GEMM_SMALL_FIRST, bufs, 5, &pc, sizeof pc, (N + 7) / 8, gy);
+    if (variant == 2 || variant == 4)
+        run1((vk_pipe_id)(variant == 4 ? vkrt_cm2_twin(p) : vkrt_cm_twin(p)), bufs, 5, &pc, sizeof pc, (N + 127) / 128, gy);
+    else if (variant == 1)
+        run1(p + P_GEMM_SMALL_FIRST, bufs, 5, &pc, sizeof pc, (N + GEMM_SMALL_COLS - 1) / GEMM_SMALL_COLS, gy);
+    else if (variant == 5)
+        run1(p + P_GEMM_SMALL2_FIRST, bufs, 5, &pc, sizeof pc, (N + GEMM_SMALL2_COLS - 1) / GEMM_SMALL2_COLS, gy);
     else if (variant == 3) run1(p + P_GEMM_SERIAL_FIRST, bufs, 5, &pc, sizeof pc, (N + 63) / 64, gy);
     else run1(p, bufs, 5, &pc, sizeof pc, (N + 63) / 64, gy);
     int guard = readbuf(&by, yg, (size_t)S * N * 4);
     double e = nmse(yg, yr, (size_t)S * N);
-    printf("  gemm q%d %s %d slots x %dx%d %s: nmse %.3g\n", q, gather ? "gather" : "grouped", S, N, K,
-           variant == 3 ? "serial" : variant == 2 ? "coopmat" : variant == 1 ? "small" : "tiled", e);
+    printf("  gemm q%d %s %d+%d+%d slots x %dx%d %s: nmse %.3g\n", q, gather ? "gather" : "grouped", cnt[0], cnt[1],
+           cnt[2], N, K,
+           (const char *[]){"tiled", "small", "coopmat", "serial", "coopmat2", "small2"}[variant], e);
     CHECKF(e < 1e-5, "grouped gemm nmse %g", e);
     CHECK(guard == 0);
     vkbuf *all[5] = {&bx, &bw, &bs, &by, &br};
@@ -257,13 +293,15 @@ static void gemm_grouped(void)
     const dsv4_wq qs[3] = {DSV4_WQ_BF16, DSV4_WQ_FP8, DSV4_WQ_FP4};
     for (int i = 0; i < 3; i++)
         for (int g = 0; g < 2; g++) {
-            grouped_case(qs[i], g, 0);
-            grouped_case(qs[i], g, 1);
-            grouped_case(qs[i], g, 3);
+            grouped_case(qs[i], g, 0, ex_slots_default);
+            grouped_case(qs[i], g, 1, ex_slots_default);
+            grouped_case(qs[i], g, 5, ex_slots_default);
+            grouped_case(qs[i], g, 3, ex_slots_default);
         }
 }
 
-/* The tensor-core twins (GPU only: lavapipe has no cooperative matrices). */
+/* The tensor-core twins, gemm_cm.comp's and gemm_cm2.comp's (GPU only:
+ * lavapipe has no cooperative matrices). */
 static void gemm_coopmat(void)
 {
     if (!open_rt()) SKIP("no Vulkan device");
@@ -271,13 +309,28 @@ static void gemm_coopmat(void)
                           rt.props.deviceName);
     for (int p = P_GEMM_CM_BF16; p <= P_GEMM_CM_BF16_GROUPED; p++)
         CHECKF(rt.pipe[p] != VK_NULL_HANDLE, "tensor-core pipeline %d was not created", p);
+    for (int p = P_GEMM_CM2_FIRST; p <= P_GEMM_CM2_LAST; p++)
+        CHECKF(rt.pipe[p] != VK_NULL_HANDLE, "tensor-core pipeline %d (gemm_cm2) was not created", p);
     if (check_case_failed) return;
     const dsv4_wq qs[3] = {DSV4_WQ_BF16, DSV4_WQ_FP8, DSV4_WQ_FP4};
-    for (int i = 0; i < 3; i++) {
-        gemm_case(qs[i], 37, 200, 256, 0, 1);
-        gemm_case(qs[i], 150, 300, 512, 0, 1);
-        for (int g = 0; g < 2; g++) grouped_case(qs[i], g, 2);
-    }
+    /* expert tiles of 1..32 rows: 32+5 / 20 (default); 1 / 32+32+1 / 31;
+       16 / 17 / 32+24 */
+    static const int ex_slots[2][3] = {{1, 65, 31}, {16, 17, 56}};
+    for (int v = 1; v <= 2; v++)
+        for (int i = 0; i < 3; i++) {
+            gemm_case(qs[i], 37, 200, 256, 0, v);
+            gemm_case(qs[i], 150, 300, 512, 0, v);
+            /* bf16: K of 5 (or 10) slices, an odd count; FP8/FP4 activations
+               come in 128-blocks (act_quant) */
+            int k_odd = qs[i] == DSV4_WQ_BF16 ? 320 : 384;
+            gemm_case(qs[i], 5, 130, k_odd, 0, v);
+            gemm_case(qs[i], 70, 130, k_odd, 0, v);
+            for (int g = 0; g < 2; g++) {
+                grouped_case(qs[i], g, v == 2 ? 4 : 2, ex_slots_default);
+                grouped_case(qs[i], g, v == 2 ? 4 : 2, ex_slots[0]);
+                grouped_case(qs[i], g, v == 2 ? 4 : 2, ex_slots[1]);
+            }
+        }
 }
 
 /* ---- act_quant (FP8, 128 blocks) ---- */
@@ -1574,6 +1627,7 @@ static void index_topk_fused(void)
 int main(void)
 {
     RUN(gemm_formats);
+    RUN(gemm_small_rows);
     RUN(gemm_grouped);
     RUN(gemm_coopmat);
     RUN(act_quant_fp8);
