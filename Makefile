@@ -69,6 +69,12 @@ $(BUILD_DIR)/tools/gemm_bench: bench/gemm_bench.c $(BUILD_DIR)/libdsv4.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
+# bench and conformance alone, linked --as-needed: on a GPU machine it needs
+# only the Vulkan loader, jansson and libcrypto (bench/dsv4_bench_main.c).
+$(BIN_DIR)/dsv4-bench: bench/dsv4_bench_main.c $(BUILD_DIR)/libdsv4.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) -Wl,--as-needed $(LDLIBS)
+
 $(BUILD_DIR)/tests/runner: tests/runner.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS)
@@ -83,7 +89,7 @@ $(BUILD_DIR)/tests/%: $(BUILD_DIR)/tests/%.o $(TEST_SUPPORT_OBJS) $(BUILD_DIR)/l
 # CPU reference code must round the same way everywhere.
 $(BUILD_DIR)/tests/ref_%.o: override CFLAGS += -ffp-contract=off
 
-tests: $(TEST_BINS) $(BUILD_DIR)/tests/runner $(BIN_DIR)/dsv4-batch $(BUILD_DIR)/tools/gemm_bench
+tests: $(TEST_BINS) $(BUILD_DIR)/tests/runner $(BIN_DIR)/dsv4-batch $(BUILD_DIR)/tools/gemm_bench $(BIN_DIR)/dsv4-bench
 
 deps:
 	scripts/install-deps.sh

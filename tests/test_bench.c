@@ -2,7 +2,8 @@
  * the golden tiny config and short contexts: the JSON report must carry
  * every figure, positive, the synthetic weights must keep the logits finite,
  * a layer subset must be the documented stratified sample, and --devices
- * splits the layers over several devices. No timing is
+ * splits the layers over several devices; bin/dsv4-bench gives the same
+ * report without the ingest libraries. No timing is
  * asserted (benchmarks measure; tests check). Needs a Vulkan device: exit
  * status 3 from the command is a skip. */
 #include <jansson.h>
@@ -206,11 +207,41 @@ static void bench_rejects_bad_input(void)
     free(out);
 }
 
+/* bin/dsv4-bench (bench and conformance alone, for GPU machines without the
+   ingest libraries): the same report, and none of those libraries linked. */
+static void bench_tool_alone(void)
+{
+    int st;
+    char *out = run("bin/dsv4-bench bench --config " TINY " --contexts 64 --decode-contexts 64 --batches 1 --steps 1 "
+                    "--json 2>/dev/null", &st);
+    if (st == 3) {
+        free(out);
+        SKIP("no Vulkan device");
+    }
+    CHECKF(st == 0, "exit status %d", st);
+    json_error_t je;
+    json_t *o = out ? json_loads(out, 0, &je) : NULL;
+    free(out);
+    CHECK(o != NULL);
+    if (o) CHECK(num(o, "layers_loaded") == 5);
+    json_decref(o);
+    out = run("bin/dsv4-bench 2>&1", &st);
+    CHECKF(st == 2 && out && strstr(out, "usage: dsv4-bench"), "%d %s", st, out ? out : "");
+    free(out);
+    out = run("ldd bin/dsv4-bench", &st);
+    CHECKF(st == 0 && out && strstr(out, "libvulkan"), "%s", out ? out : "");
+    const char *absent[] = {"libpoppler", "libarchive", "libsqlite3", "libxml2", "libyaml", "libzstd"};
+    for (size_t i = 0; out && i < sizeof absent / sizeof absent[0]; i++)
+        CHECKF(!strstr(out, absent[i]), "bin/dsv4-bench links %s", absent[i]);
+    free(out);
+}
+
 int main(void)
 {
     RUN(bench_rejects_bad_input);
     RUN(bench_json_has_every_field);
     RUN(bench_keeps_a_stratified_subset);
     RUN(bench_splits_over_devices);
+    RUN(bench_tool_alone);
     CHECK_EXIT();
 }
