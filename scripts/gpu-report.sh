@@ -7,8 +7,9 @@
 #
 #   scripts/gpu-report.sh OUTDIR [tests] [conformance] [gemm] [profile] [bench]
 #
-# With no step named, all of them, in that order (about 10 minutes on an
-# H100). Each step's whole output goes to OUTDIR/<name>.log; one line per
+# With no step named, all of them, in that order; `gemm`, `profile` and
+# `bench` run V4-Flash sizes (GPUs only), `bench` alone for up to 10
+# minutes. Each step's whole output goes to OUTDIR/<name>.log; one line per
 # run (exit status, seconds) to stdout and OUTDIR/summary.txt. Exit status 1
 # when any run failed, 2 on a usage error.
 set -u
