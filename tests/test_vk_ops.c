@@ -218,8 +218,8 @@ static void gemm_small_rows(void)
  * forward.c does. */
 static const int ex_slots_default[3] = {37, 0, 20}; /* slots per expert: 2 tiles, none, 1 tile */
 
-/* cnt: slots per expert (at most 128 in all) */
-/* variant: 0 tiled, 1 small, 2 coopmat, 3 serial, 4 coopmat2, 5 small2 */
+/* variant: 0 tiled, 1 small, 2 coopmat, 3 serial, 4 coopmat2, 5 small2;
+ * cnt: slots per expert (at most 128 in all) */
 static void grouped_case(dsv4_wq q, int gather, int variant, const int *cnt)
 {
     enum { E = 3, T = 29, N = 200, K = 256, MAX_TILES = 16, MAX_SLOTS = 128 }; /* N: SMALL workgroups partly past N */
