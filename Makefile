@@ -123,10 +123,24 @@ install: $(BIN_DIR)/dsv4-batch
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 755 $(BIN_DIR)/dsv4-batch $(DESTDIR)$(PREFIX)/bin/dsv4-batch
 
-clean:
-	rm -rf build bin build-asan bin-asan
+# What scripts/gpu-report.sh runs, for a GPU machine that has a Vulkan driver
+# and little else: built --as-needed into build-gpu/ (each then needs only the
+# Vulkan loader, jansson and libcrypto), stripped, in gpu-bundle/; there:
+# BUILD=gpu-bundle BIN=gpu-bundle/bin scripts/gpu-report.sh OUTDIR.
+GPU_TESTS := test_vk_ops test_engine_state test_engine_golden test_engine_fork test_engine_chunks test_engine_split
+gpu-bundle: deps
+	$(MAKE) -j$$(nproc) BUILD_DIR=build-gpu BIN_DIR=build-gpu/bin LDFLAGS="$(LDFLAGS) -Wl,--as-needed" \
+	    $(GPU_TESTS:%=build-gpu/tests/%) build-gpu/tools/gemm_bench build-gpu/bin/dsv4-bench
+	rm -rf gpu-bundle && mkdir -p gpu-bundle/tests gpu-bundle/tools gpu-bundle/bin
+	cp $(GPU_TESTS:%=build-gpu/tests/%) gpu-bundle/tests/
+	cp build-gpu/tools/gemm_bench gpu-bundle/tools/
+	cp build-gpu/bin/dsv4-bench gpu-bundle/bin/
+	strip gpu-bundle/tests/* gpu-bundle/tools/* gpu-bundle/bin/*
 
-.PHONY: all tests test deps asan demo install clean
+clean:
+	rm -rf build bin build-asan bin-asan build-gpu gpu-bundle
+
+.PHONY: all tests test deps asan demo install clean gpu-bundle
 -include $(shell find $(BUILD_DIR) -name '*.d' -type f -not -path '*/tools/*' 2>/dev/null)
 
 # ---- fuzzing (ingest/) ----------------------------------------------------

@@ -2,8 +2,10 @@
 # Runs on a machine with a GPU what docs/benchmarks.md reports for it: the
 # GPU tests (test_vk_ops and the engine tests), the golden conformance
 # cases, the GEMM kernel timings, a profiled 4-layer bench (with the first
-# and the second versions of the GEMM kernels) and the whole bench. Nothing is built here: run `make tests` first
-# (or point BUILD / BIN at another build, e.g. BUILD=build-gpu BIN=bin-gpu).
+# and the second versions of the GEMM kernels) and the whole bench. Nothing
+# is built here: run `make tests` first, or `make gpu-bundle` (the same
+# binaries linked --as-needed, for a machine with little more than a Vulkan
+# driver) and set BUILD=gpu-bundle BIN=gpu-bundle/bin.
 #
 #   scripts/gpu-report.sh OUTDIR [tests] [conformance] [gemm] [profile] [bench]
 #
