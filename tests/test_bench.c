@@ -50,20 +50,33 @@ static void check_positive(json_t *o, const char *const *keys, size_t n, const c
     for (size_t i = 0; i < n; i++) CHECKF(num(o, keys[i]) > 0, "%s: '%s' = %g", where, keys[i], num(o, keys[i]));
 }
 
-static void bench_json_has_every_field(void)
+/* Runs a bench command that prints --json: the parsed report, or NULL after
+ * a failed check; *no_device is set (and NULL returned) when the command
+ * exits 3, no Vulkan device, which the caller turns into a skip. */
+static json_t *run_report(const char *cmd, int *no_device)
 {
     int st;
-    char *out = run("bin/dsv4-batch bench --config " TINY " --contexts 64,192 --decode-contexts 64,192 "
-                    "--batches 1,4 --steps 1 --profile --json 2>/dev/null", &st);
-    if (st == 3) {
+    char *out = run(cmd, &st);
+    *no_device = st == 3;
+    if (*no_device) {
         free(out);
-        SKIP("no Vulkan device");
+        return NULL;
     }
     CHECKF(st == 0, "exit status %d", st);
     json_error_t je;
     json_t *o = out ? json_loads(out, 0, &je) : NULL;
     CHECKF(o != NULL, "output is not JSON: %.200s", out ? out : "(none)");
     free(out);
+    return o;
+}
+
+static void bench_json_has_every_field(void)
+{
+    int no_device;
+    json_t *o = run_report("bin/dsv4-batch bench --config " TINY " --contexts 64,192 --decode-contexts 64,192 "
+                           "--batches 1,4 --steps 1 --profile --json 2>/dev/null",
+                           &no_device);
+    if (no_device) SKIP("no Vulkan device");
     if (!o) return;
     static const char *const top[] = {"layers_total", "layers_loaded", "chunk_tokens", "prefill_piece_tokens",
                                       "open_seconds", "device_budget_bytes", "weight_bytes_loaded",
@@ -131,20 +144,13 @@ static void bench_json_has_every_field(void)
 
 static void bench_keeps_a_stratified_subset(void)
 {
-    int st;
     /* tiny ratios [0, 4, 128, 4, 128]: 2 layers -> one CSA (the 2nd of its
        kind: layer 3) and one HCA (layer 4); the rest is extrapolated */
-    char *out = run("bin/dsv4-batch bench --config " TINY " --layers 2 --contexts 64 --decode-contexts 64 "
-                    "--batches 1 --steps 1 --json 2>/dev/null", &st);
-    if (st == 3) {
-        free(out);
-        SKIP("no Vulkan device");
-    }
-    CHECKF(st == 0, "exit status %d", st);
-    json_error_t je;
-    json_t *o = out ? json_loads(out, 0, &je) : NULL;
-    free(out);
-    CHECK(o != NULL);
+    int no_device;
+    json_t *o = run_report("bin/dsv4-batch bench --config " TINY " --layers 2 --contexts 64 --decode-contexts 64 "
+                           "--batches 1 --steps 1 --json 2>/dev/null",
+                           &no_device);
+    if (no_device) SKIP("no Vulkan device");
     if (!o) return;
     CHECK(num(o, "layers_loaded") == 2 && num(o, "layers_total") == 5);
     CHECK(json_is_true(json_object_get(o, "extrapolated")));
@@ -164,18 +170,11 @@ static void bench_keeps_a_stratified_subset(void)
    the split in the report, a bad split named. */
 static void bench_splits_over_devices(void)
 {
-    int st;
-    char *out = run("bin/dsv4-batch bench --config " TINY " --devices 0,0 --contexts 64 --decode-contexts 64 "
-                    "--batches 1 --steps 1 --json 2>/dev/null", &st);
-    if (st == 3) {
-        free(out);
-        SKIP("no Vulkan device");
-    }
-    CHECKF(st == 0, "exit status %d", st);
-    json_error_t je;
-    json_t *o = out ? json_loads(out, 0, &je) : NULL;
-    free(out);
-    CHECK(o != NULL);
+    int no_device;
+    json_t *o = run_report("bin/dsv4-batch bench --config " TINY " --devices 0,0 --contexts 64 --decode-contexts 64 "
+                           "--batches 1 --steps 1 --json 2>/dev/null",
+                           &no_device);
+    if (no_device) SKIP("no Vulkan device");
     if (!o) return;
     CHECK(num(o, "layers_loaded") == 5 && json_is_false(json_object_get(o, "extrapolated")));
     const char *split = json_string_value(json_object_get(o, "layers_per_device"));
@@ -186,8 +185,9 @@ static void bench_splits_over_devices(void)
     json_t *p0 = json_array_get(json_object_get(o, "prefill"), 0);
     CHECK(num(p0, "tokens_per_s_measured") > 0);
     json_decref(o);
-    out = run("bin/dsv4-batch bench --config " TINY " --devices 0,0 --split 4,2 --contexts 64 --decode-contexts 64 "
-              "2>&1", &st);
+    int st;
+    char *out = run("bin/dsv4-batch bench --config " TINY " --devices 0,0 --split 4,2 --contexts 64 --decode-contexts 64 "
+                    "2>&1", &st);
     CHECKF(st == 1 && out && strstr(out, "split gives 6 layers in all"), "%d %s", st, out ? out : "");
     free(out);
 }
@@ -211,21 +211,15 @@ static void bench_rejects_bad_input(void)
    ingest libraries): the same report, and none of those libraries linked. */
 static void bench_tool_alone(void)
 {
-    int st;
-    char *out = run("bin/dsv4-bench bench --config " TINY " --contexts 64 --decode-contexts 64 --batches 1 --steps 1 "
-                    "--json 2>/dev/null", &st);
-    if (st == 3) {
-        free(out);
-        SKIP("no Vulkan device");
-    }
-    CHECKF(st == 0, "exit status %d", st);
-    json_error_t je;
-    json_t *o = out ? json_loads(out, 0, &je) : NULL;
-    free(out);
-    CHECK(o != NULL);
+    int no_device;
+    json_t *o = run_report("bin/dsv4-bench bench --config " TINY " --contexts 64 --decode-contexts 64 --batches 1 "
+                           "--steps 1 --json 2>/dev/null",
+                           &no_device);
+    if (no_device) SKIP("no Vulkan device");
     if (o) CHECK(num(o, "layers_loaded") == 5);
     json_decref(o);
-    out = run("bin/dsv4-bench 2>&1", &st);
+    int st;
+    char *out = run("bin/dsv4-bench 2>&1", &st);
     CHECKF(st == 2 && out && strstr(out, "usage: dsv4-bench"), "%d %s", st, out ? out : "");
     free(out);
     out = run("ldd bin/dsv4-bench", &st);
