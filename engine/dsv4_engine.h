@@ -165,6 +165,15 @@ typedef struct dsv4_profile_entry {
 } dsv4_profile_entry;
 int dsv4_engine_profile(dsv4_engine *e, dsv4_profile_entry *out, int cap);
 
+/* What was submitted to the devices since the last call (summed over them):
+ * command buffers, compute dispatches, and the barriers among them. Each
+ * barrier waits for everything before it, so at decode's few rows a step
+ * takes about as long as its barriers times a dispatch's latency. */
+typedef struct dsv4_engine_counts {
+    uint64_t submits, dispatches, barriers;
+} dsv4_engine_counts;
+void dsv4_engine_take_counts(dsv4_engine *e, dsv4_engine_counts *out);
+
 /* ---- synthetic weights (benchmarks) ---- */
 
 /* Opens an engine from config_path (a config.json) alone, with deterministic

@@ -751,6 +751,18 @@ int dsv4_engine_run_mtp(dsv4_engine *e, const int32_t *tokens, int64_t n, const 
     return rc;
 }
 
+void dsv4_engine_take_counts(dsv4_engine *e, dsv4_engine_counts *out)
+{
+    memset(out, 0, sizeof *out);
+    for (int k = 0; k < e->n_shards; k++) {
+        vkrt *rt = &e->shard[k]->rt;
+        out->submits += rt->n_submits;
+        out->dispatches += rt->n_dispatches;
+        out->barriers += rt->n_barriers;
+        rt->n_submits = rt->n_dispatches = rt->n_barriers = 0;
+    }
+}
+
 /* With several devices an operation's time is the sum over the devices. */
 int dsv4_engine_profile(dsv4_engine *e, dsv4_profile_entry *out, int cap)
 {

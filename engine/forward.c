@@ -45,7 +45,7 @@ typedef struct { uint32_t T, E, k, rowmap_off, slotpos_off, wsort_off, e_begin_o
 typedef struct { uint32_t rows, inter, use_w, wsort_off; float limit; } pc_swiglu;
 typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale;
                  uint32_t rowmap_off, slotpos_off, wsort_off, e_begin_off; } pc_gategroup;
-typedef struct { uint32_t D, k, slotpos_off; } pc_combine;
+typedef struct { uint32_t D, k, slotpos_off, hc; } pc_combine_post;
 typedef struct { uint32_t D, hc, row0, rows; } pc_embed;
 typedef struct { uint32_t D, hc; } pc_add;
 _Static_assert(sizeof(pc_gemm) == 64, "gemm push constants");
@@ -68,7 +68,7 @@ _Static_assert(sizeof(pc_gate) == 28, "moe_gate push constants");
 _Static_assert(sizeof(pc_group) == 28, "moe_group push constants");
 _Static_assert(sizeof(pc_swiglu) == 20, "swiglu push constants");
 _Static_assert(sizeof(pc_gategroup) == 44, "moe_gate_group push constants");
-_Static_assert(sizeof(pc_combine) == 12, "moe_combine push constants");
+_Static_assert(sizeof(pc_combine_post) == 16, "moe_combine_post push constants");
 _Static_assert(sizeof(pc_embed) == 16, "embed push constants");
 _Static_assert(sizeof(pc_add) == 8, "add_bcast push constants");
 
@@ -461,7 +461,7 @@ int fwd_alloc_scratch(dsv4_engine *e, char *err, size_t errlen)
     S_(o, C * H * hd); S_(oa, C * GR); S_(oaq, C * GR); S_(ao, C * D); S_(gl, C * E); S_(sel, C * k);
     S_(wgt, C * k); S_(route, route_words); S_(h1, C * k * inter); S_(h3, C * k * inter);
     S_(hs, C * k * inter); S_(hsq, C * k * inter); S_(ys, C * k * D); S_(s1, C * inter); S_(s3, C * inter);
-    S_(ss, C * inter); S_(ssq, C * inter); S_(sy, C * D); S_(fo, C * D); S_(hy, C * D); S_(hn, C * D);
+    S_(ss, C * inter); S_(ssq, C * inter); S_(sy, C * D); S_(hy, C * D); S_(hn, C * D);
     S_(logits, (uint64_t)(e->own_head ? e->head_rows : 1) * V); S_(e1, C * D); S_(e2, C * hc * D);
     S_(hcpart, C * HC_SPLITS_MAX * (HC_MAXMIX + 1) * 2); /* doubles */
 #undef S_
@@ -838,6 +838,32 @@ static void hc_pre(dsv4_engine *e, const ghc *h, vkview X, vkview Y, vkview MIX,
                    hc_splits(e)};
     vkview v[7] = {X, h->fn, h->base, h->scale, Y, MIX, e->s.hcpart};
     vkrt_dispatch(&e->rt, head ? P_HC_HEAD : P_HC_PRE, v, 7, &pc, sizeof pc, T, 1, 1);
+}
+
+/* hc_pre, then the RMSNorm of its result with weight NW into Y (and with
+   quant the FP8 quant-dequant into YQ, as rmsnorm_quant): one dispatch after
+   hc_mix where the row fits hc_pre_norm_q / hc_head_norm, else hc_pre into
+   HX and the norm apart. */
+static void hc_pre_norm(dsv4_engine *e, const ghc *h, vkview X, vkview HX, vkview NW, vkview Y, vkview YQ,
+                        vkview MIX, uint32_t T, int head)
+{
+    const dsv4_config *c = &e->m->cfg;
+    uint32_t D = (uint32_t)c->hidden_size, hc = (uint32_t)c->hc_mult;
+    vk_pipe_id pf = head ? P_HC_HEAD_NORM : P_HC_PRE_NORM_Q;
+    if (D > HC_NORM_MAXD || (!head && (D % 128 || D > 64 * 128)) || !vkrt_has_pipe(&e->rt, pf)) {
+        hc_pre(e, h, X, HX, MIX, T, head);
+        vkrt_op(&e->rt, "norm");
+        if (head) rmsnorm(e, HX, NW, Y, T, D);
+        else rmsnorm_quant(e, HX, NW, Y, YQ, T, D);
+        return;
+    }
+    pc_hcmix pm = {D, hc, hc * D, hc_splits(e)};
+    vkview vm[3] = {X, h->fn, e->s.hcpart};
+    vkrt_dispatch(&e->rt, head ? P_HC_MIX_HEAD : P_HC_MIX, vm, 3, &pm, sizeof pm, T, hc_splits(e), 1);
+    pc_hcpre pc = {D, hc, (uint32_t)c->hc_sinkhorn_iters, hc * D, (float)c->rms_norm_eps, (float)c->hc_eps,
+                   hc_splits(e)};
+    vkview v[9] = {X, h->fn, h->base, h->scale, Y, MIX, e->s.hcpart, NW, YQ};
+    vkrt_dispatch(&e->rt, pf, v, head ? 8 : 9, &pc, sizeof pc, T, 1, 1);
 }
 
 static void hc_post(dsv4_engine *e, vkview X, vkview RES, vkview MIX, vkview O, uint32_t T)
@@ -1298,9 +1324,7 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
 
     /* ---- attention half (Block.forward) ---- */
     vkrt_op(&e->rt, "hc_pre");
-    hc_pre(e, &g->hc_attn, X, s->hx, s->mix, T, 0);
-    vkrt_op(&e->rt, "norm");
-    rmsnorm_quant(e, s->hx, g->attn_norm, s->xn, s->xq, T, D);
+    hc_pre_norm(e, &g->hc_attn, X, s->hx, g->attn_norm, s->xn, s->xq, s->mix, T, 0);
     vkrt_op(&e->rt, "attn_proj");
     gemm(e, &g->wq_a, s->xq, D, 0, s->qrq, g->wq_a.out, 0, T, 1, 0, 0);
     rmsnorm_quant(e, s->qrq, g->q_norm, s->qr, s->qrq, T, g->wq_a.out);
@@ -1343,9 +1367,7 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
 
     /* ---- MoE half ---- */
     vkrt_op(&e->rt, "hc_pre");
-    hc_pre(e, &g->hc_ffn, s->x2, s->hx, s->mix, T, 0);
-    vkrt_op(&e->rt, "norm");
-    rmsnorm_quant(e, s->hx, g->ffn_norm, s->xn, s->xq, T, D); /* xq: the experts' input */
+    hc_pre_norm(e, &g->hc_ffn, s->x2, s->hx, g->ffn_norm, s->xn, s->xq, s->mix, T, 0); /* xq: the experts' input */
     vkrt_op(&e->rt, "moe_gate");
     gemm(e, &g->gate, s->xn, D, 0, s->gl, c->n_routed_experts, 0, T, 0, 0, 0);
     uint32_t E = c->n_routed_experts, k = c->num_experts_per_tok, inter = c->moe_intermediate_size;
@@ -1422,12 +1444,12 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
         swiglu(e, s->s1, s->s3, s->ss, s->ssq, T, 0, 0);
         gemm(e, &g->sh[1], s->ss, inter, 0, s->sy, D, 0, T, 1, 0, 0);
     }
+    /* the experts' sum, then hc_post on it, in one dispatch (the same
+       workgroups over the columns) */
     vkrt_op(&e->rt, "moe_combine");
-    pc_combine pcb = {D, k, s->slotpos_off};
-    vkview vc[5] = {s->ys, s->sy, s->sel, s->route, s->fo};
-    vkrt_dispatch(&e->rt, P_MOE_COMBINE, vc, 5, &pcb, sizeof pcb, T, cdiv(D, 256), 1);
-    vkrt_op(&e->rt, "hc_post");
-    hc_post(e, s->fo, s->x2, s->mix, Y, T);
+    pc_combine_post pcb = {D, k, s->slotpos_off, (uint32_t)c->hc_mult};
+    vkview vc[7] = {s->ys, s->sy, s->sel, s->route, Y, s->x2, s->mix};
+    vkrt_dispatch(&e->rt, P_MOE_COMBINE_POST, vc, 7, &pcb, sizeof pcb, T, cdiv(D, 256), 1);
     return 0;
 }
 
@@ -1443,8 +1465,7 @@ static void record_head(dsv4_engine *e, const ghc *hch, vkview normw, vkview X, 
         vkview xr = X;
         xr.off += (VkDeviceSize)(r0 + a) * rowb;
         xr.size = (VkDeviceSize)m * rowb;
-        hc_pre(e, hch, xr, s->hy, s->mix, (uint32_t)m, 1);
-        rmsnorm(e, s->hy, normw, s->hn, (uint32_t)m, D);
+        hc_pre_norm(e, hch, xr, s->hy, normw, s->hn, e->dummy, s->mix, (uint32_t)m, 1);
         for (int i = 0; i < e->n_vslices; i++) { /* vocab slices of the head */
             uint32_t r0 = (uint32_t)i * e->vslice_rows, nr = V - r0 < e->vslice_rows ? V - r0 : e->vslice_rows;
             gw hw = {DSV4_WQ_BF16, nr, D, 0, e->head[i], e->dummy};

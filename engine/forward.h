@@ -64,7 +64,7 @@ typedef struct fscratch {
     vkbuf bufs[64];
     int nbufs;
     vkview xa, xb, x2, hx, xn, mix, xq, qr, qrq, q, kv, ckv, csc, ikv, isc, iq, iw, idx, o, oa, oaq, ao,
-        gl, sel, wgt, route, h1, h3, hs, hsq, ys, s1, s3, ss, ssq, sy, fo, hy, hn, logits, tok, pos, e1, e2,
+        gl, sel, wgt, route, h1, h3, hs, hsq, ys, s1, s3, ss, ssq, sy, hy, hn, logits, tok, pos, e1, e2,
         hcpart;
     vkview iscore; vkbuf iscore_buf; int64_t iscore_cap; /* [iscore_rows][iscore_cap entries], grows */
     int64_t iscore_rows;        /* tokens scored per dispatch (all of a chunk unless the

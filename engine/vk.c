@@ -47,6 +47,11 @@ typedef VkResult(VKAPI_PTR *PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesKH
     VkPhysicalDevice, uint32_t *, VkCooperativeMatrixPropertiesKHR *);
 #endif
 
+struct vksched;
+static struct vksched *sched_new(void);
+static void sched_free(struct vksched *q);
+static void sched_reset(struct vksched *q);
+
 static const struct {
     const char *shader;
     int nbind;
@@ -72,7 +77,7 @@ static const struct {
     [P_INDEX_SCORE] = {"index_score", 5},       [P_TOPK] = {"topk", 2},
     [P_ATTN] = {"attn", 8},                     [P_MOE_GATE] = {"moe_gate", 6},
     [P_MOE_GROUP] = {"moe_group", 3},           [P_SWIGLU] = {"swiglu", 4},
-    [P_MOE_COMBINE] = {"moe_combine", 5},       [P_EMBED] = {"embed", 3},
+    [P_EMBED] = {"embed", 3},
     [P_ADD_BCAST] = {"add_bcast", 3},
     [P_ATTN_SERIAL] = {"attn_serial", 8},
     [P_FILL_RANDOM] = {"fill_random", 1},
@@ -115,6 +120,9 @@ static const struct {
     [P_ATTN_CM] = {"attn_cm", 8, 1, 21952},
     [P_ATTN_CM32] = {"attn_cm32", 8, 1, 27200},
     [P_ATTN_CM64] = {"attn_cm64", 8, 1, 37696},
+    [P_HC_PRE_NORM_Q] = {"hc_pre_norm_q", 9, 0, 29752},
+    [P_HC_HEAD_NORM] = {"hc_head_norm", 8, 0, 29496},
+    [P_MOE_COMBINE_POST] = {"moe_combine_post", 7},
 };
 
 int vkrt_pipe_bindings(vk_pipe_id p) { return pipe_info[p].nbind; }
@@ -386,6 +394,13 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
     /* profiling times each dispatch alone; DSV4_FULL_BARRIERS=1 for debugging */
     const char *fb = getenv("DSV4_FULL_BARRIERS");
     rt->full_barriers = profile || (fb && atoi(fb) > 0);
+    /* DSV4_SCHEDULE=0: record in order, a barrier before each dependent
+       dispatch (for comparison) */
+    const char *sc = getenv("DSV4_SCHEDULE");
+    if (!(sc && strcmp(sc, "0") == 0) && !(rt->sched = sched_new())) {
+        snprintf(err, errlen, "vulkan: out of host memory");
+        return DSV4_ENOMEM;
+    }
     if (profile) {
         VkQueryPoolCreateInfo qpi = {.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO,
                                      .queryType = VK_QUERY_TYPE_TIMESTAMP, .queryCount = VK_MAX_QUERIES};
@@ -420,6 +435,7 @@ void vkrt_close(vkrt *rt)
         if (rt->pool) vkDestroyCommandPool(rt->dev, rt->pool, NULL);
         vkDestroyDevice(rt->dev, NULL);
     }
+    sched_free(rt->sched);
     if (rt->inst) vkDestroyInstance(rt->inst, NULL);
     memset(rt, 0, sizeof *rt);
 }
@@ -489,6 +505,7 @@ int vkrt_begin(vkrt *rt, char *err, size_t errlen)
     rt->nq = 0;
     rt->defer = rt->g_w = rt->g_r = rt->n_hz_w = rt->n_hz_r = 0; /* nothing pending in a new pass */
     if (rt->profile) vkCmdResetQueryPool(rt->cmd, rt->qpool, 0, VK_MAX_QUERIES);
+    if (rt->sched) sched_reset(rt->sched);
     return 0;
 }
 
@@ -523,12 +540,11 @@ static int overlaps(const struct vkrange *set, int n, vkview v)
     return 0;
 }
 
-/* A barrier only where a dispatch depends on one recorded since the last
- * barrier: it reads or writes what one of them wrote (read/write after
- * write) or writes what one of them read (write after read). The decode of
- * one token is a chain of ~50 small dispatches per layer; a barrier after
- * each serialises them all, while independent neighbours (projections of
- * the same input, per-sequence work on separate buffers) can overlap. */
+/* Recording in order (DSV4_SCHEDULE=0): a barrier only where a dispatch
+ * depends on one recorded since the last barrier: it reads or writes what
+ * one of them wrote (read/write after write) or writes what one of them read
+ * (write after read). The pass scheduler below does better: it moves
+ * independent work up to the level where its inputs are ready. */
 static void hazard(vkrt *rt, const vkview *views, int nviews, uint32_t writes)
 {
     /* (with full_barriers the barrier after every dispatch leaves nothing
@@ -592,10 +608,199 @@ done:
     return mask;
 }
 
-void vkrt_dispatch(vkrt *rt, vk_pipe_id p, const vkview *views, int nviews, const void *push,
-                   size_t push_size, uint32_t gx, uint32_t gy, uint32_t gz)
+/* ---- the pass scheduler ----
+ * In the default mode a pass's dispatches, copies and fills are queued, not
+ * recorded. Each gets a level: one more than the highest level of the
+ * earlier operations it depends on (it reads what one wrote, or writes what
+ * one read or wrote; views compared by buffer and byte range). At submit
+ * they are recorded level by level with one barrier between levels, so a
+ * pass waits as often as its longest dependency chain is long, whatever
+ * order forward.c records independent work in (recorded in order, a
+ * decode layer waited at each of ~30 of its ~50 dispatches).
+ * Per buffer the scheduler keeps the ranges written and read so far in the
+ * pass with their levels; a write drops the earlier entries it covers at or
+ * below its level (later operations that touch them touch the write too). */
+enum { OP_DISPATCH, OP_COPY, OP_FILL };
+typedef struct qop {
+    int kind, nviews, level;
+    vk_pipe_id p;
+    uint32_t writes, view0, push0, push_size, g[3];
+    VkDeviceSize n; /* copy, fill: bytes */
+    uint32_t value; /* fill */
+    const char *name; /* vkrt_op's name (DSV4_SCHED_TRACE) */
+} qop;
+typedef struct qacc { VkDeviceSize off, end; int level, next; } qacc;
+typedef struct qslot { VkBuffer buf; int w, r; } qslot; /* heads of its write and read lists (-1: none) */
+typedef struct qpend { int slot, write; VkDeviceSize off, end; int level; } qpend;
+
+struct vksched {
+    qop *ops;
+    vkview *views;
+    uint8_t *push;
+    qacc *acc;
+    qslot *slots;  /* open addressing by buffer handle, cap_slots a power of two */
+    qpend *pend;   /* accesses of a vkrt_defer_barriers group, entered at its end */
+    int *order;
+    int n_ops, cap_ops, n_views, cap_views, n_push, cap_push, n_acc, cap_acc, n_slots, cap_slots, n_pend,
+        cap_pend, cap_order, levels, failed;
+    int reverse; /* DSV4_SCHED_REVERSE=1: each level's operations in reverse queue order */
+};
+
+/* Queued (rt->sched) unless every dispatch gets its own barrier (profiling,
+   DSV4_FULL_BARRIERS): then recorded at once. */
+static int scheduled(const vkrt *rt) { return rt->sched && !rt->full_barriers; }
+
+static int grow(void *pp, int *cap, int need, size_t elem)
 {
-    if (gx == 0 || gy == 0 || gz == 0) return;
+    if (need <= *cap) return 0;
+    int nc = *cap ? *cap : 256;
+    while (nc < need) nc *= 2;
+    void *q = realloc(*(void **)pp, (size_t)nc * elem);
+    if (!q) return -1;
+    *(void **)pp = q;
+    *cap = nc;
+    return 0;
+}
+
+static struct vksched *sched_new(void)
+{
+    struct vksched *q = calloc(1, sizeof *q);
+    const char *r = getenv("DSV4_SCHED_REVERSE");
+    if (q) q->reverse = r && strcmp(r, "1") == 0;
+    return q;
+}
+
+static void sched_free(struct vksched *q)
+{
+    if (!q) return;
+    free(q->ops); free(q->views); free(q->push); free(q->acc); free(q->slots); free(q->pend); free(q->order);
+    free(q);
+}
+
+static void sched_reset(struct vksched *q)
+{
+    q->n_ops = q->n_views = q->n_push = q->n_acc = q->n_slots = q->n_pend = q->levels = q->failed = 0;
+    if (q->slots) memset(q->slots, 0, (size_t)q->cap_slots * sizeof *q->slots);
+}
+
+static uint32_t slot_hash(VkBuffer b)
+{
+    uint64_t h = (uint64_t)(uintptr_t)b * 0x9E3779B97F4A7C15ull;
+    return (uint32_t)(h >> 32);
+}
+
+/* The slot of buffer b, entered if new; -1 when out of memory. */
+static int sched_slot(struct vksched *q, VkBuffer b)
+{
+    if (2 * (q->n_slots + 1) > q->cap_slots) {
+        int oc = q->cap_slots, nc = oc ? 2 * oc : 1024;
+        qslot *old = q->slots, *ns = calloc((size_t)nc, sizeof *ns);
+        if (!ns) return -1;
+        for (int i = 0; i < oc; i++) {
+            if (!old[i].buf) continue;
+            uint32_t h = slot_hash(old[i].buf) & (uint32_t)(nc - 1);
+            while (ns[h].buf) h = (h + 1) & (uint32_t)(nc - 1);
+            ns[h] = old[i];
+        }
+        free(old);
+        q->slots = ns;
+        q->cap_slots = nc;
+    }
+    uint32_t h = slot_hash(b) & (uint32_t)(q->cap_slots - 1);
+    while (q->slots[h].buf && q->slots[h].buf != b) h = (h + 1) & (uint32_t)(q->cap_slots - 1);
+    if (!q->slots[h].buf) {
+        q->slots[h] = (qslot){b, -1, -1};
+        q->n_slots++;
+    }
+    return (int)h;
+}
+
+/* The highest level + 1 among the list's entries overlapping [off, end). */
+static int list_after(const struct vksched *q, int head, VkDeviceSize off, VkDeviceSize end)
+{
+    int l = 0;
+    for (int i = head; i >= 0; i = q->acc[i].next)
+        if (q->acc[i].off < end && off < q->acc[i].end && q->acc[i].level + 1 > l) l = q->acc[i].level + 1;
+    return l;
+}
+
+/* Drops the list's entries inside [off, end) at or below level: a write
+ * there covers them. (Outside a vkrt_defer_barriers group every overlapping
+ * entry is below the write's level; a group's writes can overlap at any
+ * levels.) */
+static void list_drop_inside(struct vksched *q, int *head, VkDeviceSize off, VkDeviceSize end, int level)
+{
+    int *link = head;
+    while (*link >= 0) {
+        qacc *a = &q->acc[*link];
+        if (a->off >= off && a->end <= end && a->level <= level) *link = a->next;
+        else link = &a->next;
+    }
+}
+
+static int sched_enter(struct vksched *q, int slot, int write, VkDeviceSize off, VkDeviceSize end, int level)
+{
+    qslot *s = &q->slots[slot];
+    if (write) {
+        list_drop_inside(q, &s->w, off, end, level);
+        list_drop_inside(q, &s->r, off, end, level);
+    }
+    if (grow(&q->acc, &q->cap_acc, q->n_acc + 1, sizeof *q->acc)) return -1;
+    int *head = write ? &s->w : &s->r;
+    q->acc[q->n_acc] = (qacc){off, end, level, *head};
+    *head = q->n_acc++;
+    return 0;
+}
+
+/* Queues one operation: its level from the views it reads and writes. */
+static void sched_add(vkrt *rt, qop op, const vkview *views, const void *push)
+{
+    struct vksched *q = rt->sched;
+    if (q->failed) return;
+    int slot[VK_MAX_BINDINGS], level = 0;
+    for (int i = 0; i < op.nviews; i++) {
+        slot[i] = sched_slot(q, views[i].buf);
+        if (slot[i] < 0) goto oom;
+        const qslot *s = &q->slots[slot[i]];
+        VkDeviceSize off = views[i].off, end = views[i].off + views[i].size;
+        int l = list_after(q, s->w, off, end);
+        if (op.writes >> i & 1u) {
+            int lr = list_after(q, s->r, off, end);
+            if (lr > l) l = lr;
+        }
+        if (l > level) level = l;
+    }
+    if (grow(&q->ops, &q->cap_ops, q->n_ops + 1, sizeof *q->ops) ||
+        grow(&q->views, &q->cap_views, q->n_views + op.nviews, sizeof *q->views) ||
+        grow(&q->push, &q->cap_push, q->n_push + (int)op.push_size, 1))
+        goto oom;
+    op.level = level;
+    op.name = rt->cur_op;
+    op.view0 = (uint32_t)q->n_views;
+    op.push0 = (uint32_t)q->n_push;
+    memcpy(q->views + q->n_views, views, (size_t)op.nviews * sizeof *views);
+    if (op.push_size) memcpy(q->push + q->n_push, push, op.push_size);
+    q->n_views += op.nviews;
+    q->n_push += (int)op.push_size;
+    q->ops[q->n_ops++] = op;
+    if (level + 1 > q->levels) q->levels = level + 1;
+    for (int i = 0; i < op.nviews; i++) {
+        qpend pe = {slot[i], (int)(op.writes >> i & 1u), views[i].off, views[i].off + views[i].size, level};
+        if (rt->defer) {
+            if (grow(&q->pend, &q->cap_pend, q->n_pend + 1, sizeof *q->pend)) goto oom;
+            q->pend[q->n_pend++] = pe;
+        } else if (sched_enter(q, pe.slot, pe.write, pe.off, pe.end, pe.level)) {
+            goto oom;
+        }
+    }
+    return;
+oom:
+    q->failed = 1;
+}
+
+static void record_dispatch(vkrt *rt, vk_pipe_id p, const vkview *views, int nviews, const void *push,
+                            size_t push_size, uint32_t gx, uint32_t gy, uint32_t gz)
+{
     VkDescriptorBufferInfo bi[VK_MAX_BINDINGS];
     VkWriteDescriptorSet w[VK_MAX_BINDINGS];
     for (int i = 0; i < nviews; i++) {
@@ -604,7 +809,6 @@ void vkrt_dispatch(vkrt *rt, vk_pipe_id p, const vkview *views, int nviews, cons
                                       .descriptorCount = 1, .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
                                       .pBufferInfo = &bi[i]};
     }
-    hazard(rt, views, nviews, rt->writes[p]);
     vkCmdBindPipeline(rt->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, rt->pipe[p]);
     rt->push_desc(rt->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, rt->pl[p], 0, (uint32_t)nviews, w);
     if (push_size) vkCmdPushConstants(rt->cmd, rt->pl[p], VK_SHADER_STAGE_COMPUTE_BIT, 0, (uint32_t)push_size, push);
@@ -618,15 +822,85 @@ void vkrt_dispatch(vkrt *rt, vk_pipe_id p, const vkview *views, int nviews, cons
         vkCmdWriteTimestamp(rt->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, rt->qpool, rt->nq + 1);
         rt->nq += 2;
     }
+    rt->n_dispatches++;
+}
+
+/* Records the queue level by level (in queue order within a level). */
+static int sched_flush(vkrt *rt, char *err, size_t errlen)
+{
+    struct vksched *q = rt->sched;
+    if (q->failed) {
+        snprintf(err, errlen, "vulkan: out of host memory queueing a pass of %d operations", q->n_ops);
+        return DSV4_ENOMEM;
+    }
+    if (grow(&q->order, &q->cap_order, q->n_ops + q->levels + 1, sizeof *q->order)) {
+        snprintf(err, errlen, "vulkan: out of host memory ordering a pass of %d operations", q->n_ops);
+        return DSV4_ENOMEM;
+    }
+    /* counting sort by level: level l is order[first[l] .. first[l + 1]) */
+    int *first = q->order + q->n_ops, *order = q->order;
+    memset(first, 0, (size_t)(q->levels + 1) * sizeof *first);
+    for (int i = 0; i < q->n_ops; i++) first[q->ops[i].level + 1]++;
+    for (int l = 0; l < q->levels; l++) first[l + 1] += first[l];
+    for (int i = 0; i < q->n_ops; i++) order[first[q->ops[i].level]++] = i;
+    for (int l = q->levels; l > 0; l--) first[l] = first[l - 1];
+    first[0] = 0;
+    int trace = getenv("DSV4_SCHED_TRACE") != NULL;
+    for (int l = 0; l < q->levels; l++) {
+        if (l) barrier(rt);
+        int n = first[l + 1] - first[l];
+        for (int j = 0; j < n; j++) {
+            /* reversed (tests): a missed dependency inside a level then
+               changes results even on a driver that runs commands in order */
+            int i = order[first[l] + (q->reverse ? n - 1 - j : j)];
+            const qop *op = &q->ops[i];
+            const vkview *v = q->views + op->view0;
+            if (trace)
+                fprintf(stderr, "L%-4d #%-5d %-16s %s\n", l, i, op->name ? op->name : "-",
+                        op->kind == OP_DISPATCH ? pipe_info[op->p].shader : op->kind == OP_COPY ? "(copy)" : "(fill)");
+            if (op->kind == OP_DISPATCH) {
+                record_dispatch(rt, op->p, v, op->nviews, q->push + op->push0, op->push_size, op->g[0], op->g[1],
+                                op->g[2]);
+            } else if (op->kind == OP_COPY) {
+                VkBufferCopy c = {v[0].off, v[1].off, op->n};
+                vkCmdCopyBuffer(rt->cmd, v[0].buf, v[1].buf, 1, &c);
+            } else {
+                vkCmdFillBuffer(rt->cmd, v[0].buf, v[0].off, op->n, op->value);
+            }
+        }
+    }
+    sched_reset(q);
+    return 0;
+}
+
+void vkrt_dispatch(vkrt *rt, vk_pipe_id p, const vkview *views, int nviews, const void *push,
+                   size_t push_size, uint32_t gx, uint32_t gy, uint32_t gz)
+{
+    if (gx == 0 || gy == 0 || gz == 0) return;
+    if (scheduled(rt)) {
+        qop op = {.kind = OP_DISPATCH, .nviews = nviews, .p = p, .writes = rt->writes[p],
+                  .push_size = (uint32_t)push_size, .g = {gx, gy, gz}};
+        sched_add(rt, op, views, push);
+        return;
+    }
+    hazard(rt, views, nviews, rt->writes[p]);
+    record_dispatch(rt, p, views, nviews, push, push_size, gx, gy, gz);
     if (rt->full_barriers) barrier(rt);
 }
 
 /* on: the dispatches that follow are independent of each other (the same
- * step of different sequences): hazard() compares them only with what came
+ * step of different sequences): they are compared only with what came
  * before the group, so they get no barriers among themselves even where
  * they share a scratch view (each writes its own rows of it). */
 void vkrt_defer_barriers(vkrt *rt, int on)
 {
+    struct vksched *q = scheduled(rt) ? rt->sched : NULL;
+    if (q && !on) { /* the group's accesses count for what follows it */
+        for (int i = 0; i < q->n_pend && !q->failed; i++)
+            if (sched_enter(q, q->pend[i].slot, q->pend[i].write, q->pend[i].off, q->pend[i].end, q->pend[i].level))
+                q->failed = 1;
+        q->n_pend = 0;
+    }
     rt->defer = on;
     rt->g_w = rt->n_hz_w;
     rt->g_r = rt->n_hz_r;
@@ -635,6 +909,13 @@ void vkrt_defer_barriers(vkrt *rt, int on)
 void vkrt_copy(vkrt *rt, vkview src, vkview dst, VkDeviceSize n)
 {
     if (n == 0) return;
+    if (scheduled(rt)) {
+        vkview v[2] = {src, dst};
+        v[0].size = v[1].size = n;
+        qop op = {.kind = OP_COPY, .nviews = 2, .writes = 2u, .n = n};
+        sched_add(rt, op, v, NULL);
+        return;
+    }
     VkBufferCopy c = {src.off, dst.off, n};
     barrier(rt);
     vkCmdCopyBuffer(rt->cmd, src.buf, dst.buf, 1, &c);
@@ -644,6 +925,12 @@ void vkrt_copy(vkrt *rt, vkview src, vkview dst, VkDeviceSize n)
 void vkrt_fill(vkrt *rt, vkview dst, VkDeviceSize n, uint32_t value)
 {
     if (n == 0) return;
+    if (scheduled(rt)) {
+        dst.size = n;
+        qop op = {.kind = OP_FILL, .nviews = 1, .writes = 1u, .n = n, .value = value};
+        sched_add(rt, op, &dst, NULL);
+        return;
+    }
     barrier(rt);
     vkCmdFillBuffer(rt->cmd, dst.buf, dst.off, n, value);
     barrier(rt);
@@ -652,13 +939,23 @@ void vkrt_fill(vkrt *rt, vkview dst, VkDeviceSize n, uint32_t value)
 int vkrt_submit_wait(vkrt *rt, char *err, size_t errlen)
 {
     rt->recording = 0;
+    int pending = rt->n_hz_w || rt->n_hz_r;
+    if (rt->sched) {
+        pending = pending || rt->sched->n_ops;
+        int rc = sched_flush(rt, err, errlen);
+        if (rc) {
+            vkEndCommandBuffer(rt->cmd);
+            return rc;
+        }
+    }
     /* the pass's last writes must be visible to later submissions
        (downloads, the next pass) */
-    if (rt->n_hz_w || rt->n_hz_r) barrier(rt);
+    if (pending) barrier(rt);
     VKCHK(vkEndCommandBuffer(rt->cmd), "vkEndCommandBuffer");
     VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &rt->cmd};
     VKCHK(vkResetFences(rt->dev, 1, &rt->fence), "vkResetFences");
     VKCHK(vkQueueSubmit(rt->queue, 1, &si, rt->fence), "vkQueueSubmit");
+    rt->n_submits++;
     VKCHK(vkWaitForFences(rt->dev, 1, &rt->fence, VK_TRUE, UINT64_MAX), "vkWaitForFences");
     if (rt->profile && rt->nq) {
         uint64_t *ts = malloc(rt->nq * sizeof *ts);

@@ -3,9 +3,10 @@
  * One device, one compute queue, one command buffer that records a whole
  * forward pass: every dispatch pushes its descriptors (VK_KHR_push_descriptor)
  * and push constants, so nothing is allocated per step and the host waits
- * only at the end of a pass. A compute barrier goes in only before a
- * dispatch that depends on one recorded since the last barrier (the
- * bindings a pipeline writes are read from its SPIR-V; vk.c: hazard). Buffers
+ * only at the end of a pass. The operations of a pass are queued and
+ * recorded at submit in dependency levels, one barrier between levels (the
+ * bindings a pipeline writes are read from its SPIR-V; vk.c: the pass
+ * scheduler); profiling records each at once with a barrier after it. Buffers
  * are plain (buffer, offset, range) views; weights live in a few large
  * arena buffers (engine/forward.c sub-allocates them), each view kept within
  * maxStorageBufferRange. Pipelines are created once at open, one per entry of
@@ -25,7 +26,7 @@ typedef enum {
     P_GEMM_SMALL_FIRST, P_GEMM_SMALL_LAST = P_GEMM_SMALL_FIRST + 9,
     P_ACT_QUANT, P_RMSNORM, P_HC_PRE, P_HC_HEAD, P_HC_POST, P_HEADPREP, P_COMPRESS,
     P_RING_WRITE, P_INDEX_SCORE, P_TOPK, P_ATTN, P_MOE_GATE, P_MOE_GROUP, P_SWIGLU,
-    P_MOE_COMBINE, P_EMBED, P_ADD_BCAST,
+    P_EMBED, P_ADD_BCAST,
     P_HC_MIX, P_HC_MIX_HEAD, /* hc_pre's products with fn, split over slices of a token */
     P_RMSNORM_Q,        /* rmsnorm with act_quant's FP8 quant-dequant as a second output */
     P_ATTN_SERIAL,      /* attn, one invocation per (token, head): CPU drivers */
@@ -56,6 +57,9 @@ typedef enum {
     P_ATTN_FAST,        /* attn_tile's attention in partial sums, rows staged in batches: GPUs, not exact mode */
     P_ATTN_CM,          /* attn_fast on tensor cores, 16 heads per workgroup: only when rt->coopmat */
     P_ATTN_CM32, P_ATTN_CM64, /* the same, 32 and 64 heads per workgroup (consecutive: attn_variant steps down) */
+    P_HC_PRE_NORM_Q,    /* hc_pre, then rmsnorm_q of its y in the same workgroup (D <= HC_NORM_MAXD) */
+    P_HC_HEAD_NORM,     /* hc_head, then rmsnorm of its y */
+    P_MOE_COMBINE_POST, /* the experts' sum, then hc_post of it in the same workgroup */
     /* the nine P_GEMM_CM_* again from shaders/gemm_cm2.comp (second version, in
        the same order): created only when rt->coopmat; forward.c uses them
        only with $DSV4_GEMM_CM=2 until they are timed on a GPU */
@@ -74,6 +78,9 @@ typedef enum {
 #define GEMM_SMALL_COLS 8u
 #define GEMM_SMALL2_COLS 32u
 #define GEMM_SMALL_ROWS 16u
+
+/* The longest row hc_pre.comp -DNORM norms in shared memory (V4-Pro's hidden size). */
+#define HC_NORM_MAXD 7168u
 
 typedef struct vkbuf {
     VkBuffer buf;
@@ -109,16 +116,17 @@ typedef struct vkrt {
     VkPipelineLayout pl[P_COUNT];
     VkPipeline pipe[P_COUNT];
     int recording;
-    /* dependency tracking inside a pass (engine/vk.c: hazard): the bindings
-       each pipeline writes (from its SPIR-V), and the ranges written and read
-       since the last barrier; a dispatch that touches none of them needs no
-       barrier and may overlap the previous ones */
+    /* the bindings each pipeline writes (from its SPIR-V): what the pass
+       scheduler and, recording in order (DSV4_SCHEDULE=0), engine/vk.c's
+       hazard() compare; hazard() keeps the ranges written and read since the
+       last barrier, a dispatch touching none of them needs no barrier */
     uint32_t writes[P_COUNT];
     int full_barriers;  /* profiling or DSV4_FULL_BARRIERS: a barrier after every dispatch */
 #define VK_MAX_HAZARDS 256
     struct vkrange { VkBuffer buf; VkDeviceSize off, end; } hz_w[VK_MAX_HAZARDS], hz_r[VK_MAX_HAZARDS];
     int n_hz_w, n_hz_r;
-    uint64_t n_barriers; /* recorded so far (tests) */
+    uint64_t n_barriers, n_dispatches, n_submits; /* so far (tests, dsv4_engine_take_counts) */
+    struct vksched *sched; /* the queued pass (vk.c); NULL with DSV4_SCHEDULE=0: recorded in order */
     int coopmat;        /* VK_KHR_cooperative_matrix enabled, P_GEMM_CM_* created */
     int defer;          /* vkrt_defer_barriers: on */
     int g_w, g_r;       /* hazards recorded before the deferred group began */

@@ -319,6 +319,8 @@ typedef struct result {
        layers): the prefix sequence's own buffers, all forks' own buffers,
        and the prefix rows each fork reads shared */
     uint64_t st_prefix, st_forks, st_shared;
+    /* recorded per pass (prefill: averaged from position 0) or per decode step */
+    double passes, dispatches, barriers;
 } result;
 
 static uint64_t rng_next(uint64_t *s)
@@ -551,6 +553,8 @@ int dsv4_cmd_bench(int argc, char **argv)
     /* prefill: one sequence from 0 to the largest context */
     {
         int ci = 0, di = 0, stopped = 0;
+        dsv4_engine_counts cn, sum = {0, 0, 0};
+        dsv4_engine_take_counts(e, &cn);
         double t0 = now_s();
         int64_t pos = 0;
         while (pos < maxctx && !stopped) {
@@ -566,6 +570,10 @@ int dsv4_cmd_bench(int argc, char **argv)
             }
             pos += k;
             double el = now_s() - t0;
+            dsv4_engine_take_counts(e, &cn);
+            sum.submits += cn.submits;
+            sum.dispatches += cn.dispatches;
+            sum.barriers += cn.barriers;
             while (ci < n_ctx && ctxs[ci] == pos) {
                 result *r = &res[nres++];
                 memset(r, 0, sizeof *r);
@@ -575,12 +583,16 @@ int dsv4_cmd_bench(int argc, char **argv)
                 r->tps = pos / (el * scale);
                 r->ceil = ceil_prefill(z, &cl, pos, chunk);
                 r->ok = 1;
+                r->passes = (double)sum.submits;
+                r->dispatches = sum.submits ? (double)sum.dispatches / sum.submits : 0;
+                r->barriers = sum.submits ? (double)sum.barriers / sum.submits : 0;
                 ci++;
             }
             while (di < n_dctx && dctx[di] == pos) {
                 double tf = now_s();
                 rc = dsv4_seq_fork(s, &base[di], err, sizeof err);
                 if (rc) fprintf(stderr, "dsv4-batch bench: fork at %lld: %s\n", (long long)pos, err);
+                dsv4_engine_take_counts(e, &cn); /* not prefill */
                 di++;
                 t0 += now_s() - tf; /* forking is not prefill time */
             }
@@ -643,12 +655,18 @@ int dsv4_cmd_bench(int argc, char **argv)
                     dsv4_profile_entry tmp[MAX_PROF];
                     dsv4_engine_profile(e, tmp, MAX_PROF);
                 }
+                dsv4_engine_counts cn;
+                dsv4_engine_take_counts(e, &cn);
                 double t0 = now_s();
                 for (int st = 0; st < steps && !frc; st++) {
                     fill_tokens(tok, B, V, &rng);
                     frc = dsv4_decode(fk, B, tok, logits, err, sizeof err);
                 }
                 double el = now_s() - t0;
+                dsv4_engine_take_counts(e, &cn);
+                r->passes = (double)cn.submits / steps;
+                r->dispatches = (double)cn.dispatches / steps;
+                r->barriers = (double)cn.barriers / steps;
                 for (int64_t j = 0; j < (int64_t)B * V && !frc; j++) /* the synthetic weights must keep values finite */
                     if (!isfinite(logits[j])) nonfinite++;
                 if (frc) {
@@ -737,6 +755,13 @@ int dsv4_cmd_bench(int argc, char **argv)
             }
             json_object_set_new(x, "ceiling_tokens_per_s", json_real(r->ceil));
             if (r->batch) json_object_set_new(x, "head_seconds", json_real(r->head_s));
+            if (r->ok) {
+                json_t *rec = json_object();
+                json_object_set_new(rec, r->batch ? "submits_per_step" : "passes", json_real(r->passes));
+                json_object_set_new(rec, "dispatches", json_real(r->dispatches));
+                json_object_set_new(rec, "barriers", json_real(r->barriers));
+                json_object_set_new(x, r->batch ? "recorded_per_step" : "recorded_per_pass", rec);
+            }
             if (r->batch) {
                 json_object_set_new(x, "indexer_flops_per_token", json_real(cl.n_csa * 2.0 * z->inh * z->ihd * (r->ctx / 4.0)));
                 json_object_set_new(x, "state_bytes_read_per_token", json_real(state_read(z, &cl, (double)r->ctx)));
@@ -845,6 +870,19 @@ int dsv4_cmd_bench(int argc, char **argv)
             human(h4, sizeof h4, (double)r->st_shared);
             printf("  %-8s %5d  shared %s + prefix %s + forks %s (%s each)\n", ctx_str(r->ctx, cb, sizeof cb),
                    r->batch, h4, h1, h2, h3);
+        }
+        printf("recorded (%d layers): dispatches and the barriers among them%s\n", N,
+               profile ? " (--profile: a barrier after every dispatch)" : "");
+        for (int i = 0; i < nres; i++) {
+            result *r = &res[i];
+            char cb[32];
+            if (!r->ok) continue;
+            if (r->batch)
+                printf("  decode %-8s batch %-4d per step: %7.0f dispatches, %6.0f barriers\n",
+                       ctx_str(r->ctx, cb, sizeof cb), r->batch, r->dispatches, r->barriers);
+            else
+                printf("  prefill to %-8s per pass: %7.0f dispatches, %6.0f barriers (%.0f passes)\n",
+                       ctx_str(r->ctx, cb, sizeof cb), r->dispatches, r->barriers, r->passes);
         }
         if (nonfinite) printf("WARNING: %lld non-finite logits in the decode outputs\n", (long long)nonfinite);
         printf("(N) measured with %d layers; (all) extrapolated to %d layers: prefill time x %d/%d; decode (step - head) x "

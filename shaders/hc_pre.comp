@@ -7,7 +7,14 @@
  * to bf16. post and comb go to MIX[T][hc+hc*hc] for hc_post.
  * A decode step runs this for one token: 256 invocations write y's columns
  * (64 left each of them 64 rounds of loads), and the slices' partial sums
- * are loaded eight at a time before they are added, in slice order. */
+ * are loaded eight at a time before they are added, in slice order.
+ *
+ * -DNORM (hc_pre_norm, hc_head_norm; -DQUANT: hc_pre_norm_q): y stays in
+ * shared memory and the workgroup goes on with the RMSNorm the block (or
+ * the head) applies to it next, as rmsnorm.comp (rmsnorm_q) computes it:
+ * Y receives the normed row, YQ its FP8 quant-dequant. One dispatch and one
+ * barrier of a decode step's chain fewer, twice per layer. D at most MAXD;
+ * with QUANT a multiple of 128. */
 #version 450
 #include "common.glsl"
 #define MAXMIX 48
@@ -20,6 +27,17 @@ layout(std430, binding = 4) writeonly buffer BY { float Y[]; };
 layout(std430, binding = 5) writeonly buffer BM { float MIX[]; };
 layout(std430, binding = 6) readonly buffer BP { double PART[]; };
 layout(push_constant) uniform P { uint D, hc, iters, x_ld; float norm_eps, hc_eps; uint splits; } p;
+#ifdef NORM
+layout(std430, binding = 7) readonly buffer BW { uint Wt[]; };
+#ifdef QUANT
+layout(std430, binding = 8) writeonly buffer BQ { float YQ[]; };
+#endif
+#define MAXD 7168u
+shared float xs[MAXD];
+uint xb = 0u;
+const bool staged = true;
+#include "rmsnorm_row.glsl"
+#endif
 shared float tot[MAXMIX + 1];
 shared float mixes[MAXMIX];
 shared float cm[36];
@@ -37,7 +55,10 @@ void main()
 #else
     uint nmix = (2u + p.hc) * p.hc;
 #endif
-    uint xb = tok * p.x_ld;
+    uint xo = tok * p.x_ld;
+#ifdef NORM
+    rms_row_init();
+#endif
     if (t <= nmix) { /* in slice order; eight slices' loads in flight at a time */
         double a = 0.0;
         uint pb = tok * p.splits * (nmix + 1u) + t, last = p.splits - 1u;
@@ -113,7 +134,15 @@ void main()
     barrier();
     for (uint c = t; c < p.D; c += 256u) {
         precise float y = 0.0;
-        for (uint h = 0u; h < p.hc; h++) y += pre[h] * X[xb + h * p.D + c];
+        for (uint h = 0u; h < p.hc; h++) y += pre[h] * X[xo + h * p.D + c];
+#ifdef NORM
+        xs[c] = bf16r(y);
+#else
         Y[tok * p.D + c] = bf16r(y);
+#endif
     }
+#ifdef NORM
+    barrier();
+    rms_row(p.D, tok * p.D, p.norm_eps);
+#endif
 }

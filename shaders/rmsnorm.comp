@@ -30,25 +30,12 @@ layout(std430, binding = 1) readonly buffer BW { uint Wt[]; };
 layout(std430, binding = 2) writeonly buffer BY { float Y[]; };
 #ifdef QUANT
 layout(std430, binding = 3) writeonly buffer BQ { float YQ[]; };
-shared uint amax[64]; /* per 128-column block: the bits of max |y| (non-negative floats order as uints) */
 #endif
 layout(push_constant) uniform P { uint D, ldx, ldy, x_off, y_off; float eps; } p;
-shared float red[64];
 shared float xs[MAXD];
-
 uint xb;
 bool staged;
-
-float xv(uint c) { return staged ? xs[c] : X[xb + c]; }
-
-float wat(uint c) { return bf16_at(Wt[c >> 1], c & 1u); }
-
-/* the bf16 result of column c, weight w */
-float ynorm(uint c, float w, float r)
-{
-    precise float y = w * (xv(c) * r);
-    return bf16r(y);
-}
+#include "rmsnorm_row.glsl"
 
 void main()
 {
@@ -62,67 +49,7 @@ void main()
             for (uint k = 0u; k < 4u; k++)
                 if (c0 + 256u * k < D) xs[c0 + 256u * k] = a[k];
         }
-#ifdef QUANT
-    if (t < 64u) amax[t] = 0u;
-#endif
+    rms_row_init();
     barrier();
-    if (t < 64u) {
-        precise float s = 0.0;
-        for (uint c0 = t; c0 < D; c0 += 256u) {
-            vec4 a;
-            for (uint k = 0u; k < 4u; k++) a[k] = xv(min(c0 + 64u * k, last));
-            for (uint k = 0u; k < 4u; k++)
-                if (c0 + 64u * k < D) s += a[k] * a[k];
-        }
-        red[t] = s;
-    }
-    barrier();
-    for (uint k = 32u; k > 0u; k >>= 1) {
-        if (t < k) red[t] += red[t + k];
-        barrier();
-    }
-    float r = rsqrt_acc(div_acc(red[0], float(D)) + p.eps);
-#ifdef QUANT
-    /* block b's 128 columns: four invocations, 32 columns each (the order of
-       the 32 skewed by b, so a subgroup's eight blocks use distinct banks);
-       with the row staged the bf16 results replace it in xs (each column is
-       read and written by its one invocation) */
-    uint b = t >> 2;
-    if (b < D >> 7) {
-        uint m = 0u;
-        for (uint i0 = 0u; i0 < 32u; i0 += 4u) {
-            vec4 w4; /* the weights of four columns in flight at a time */
-            for (uint k = 0u; k < 4u; k++) w4[k] = wat(b * 128u + (t & 3u) + 4u * ((i0 + k + b) & 31u));
-            for (uint k = 0u; k < 4u; k++) {
-                uint c = b * 128u + (t & 3u) + 4u * ((i0 + k + b) & 31u);
-                float yb = ynorm(c, w4[k], r);
-                if (staged) xs[c] = yb;
-                m = max(m, floatBitsToUint(abs(yb)));
-            }
-        }
-        atomicMax(amax[b], m);
-    }
-    barrier();
-#endif
-    uint yrow = row * p.ldy + p.y_off;
-    for (uint c0 = t; c0 < D; c0 += 1024u) {
-        vec4 y4;
-        for (uint k = 0u; k < 4u; k++) {
-            uint c = min(c0 + 256u * k, last);
-#ifdef QUANT
-            y4[k] = staged ? xs[c] : ynorm(c, wat(c), r);
-#else
-            y4[k] = ynorm(c, wat(c), r);
-#endif
-        }
-        for (uint k = 0u; k < 4u; k++) {
-            uint c = c0 + 256u * k;
-            if (c >= D) continue;
-            Y[yrow + c] = y4[k];
-#ifdef QUANT
-            float sc = pow2_ceil(max(uintBitsToFloat(amax[c >> 7]), 1e-4) * (1.0 / 448.0));
-            YQ[yrow + c] = bf16r(fp8_qdq(y4[k], sc));
-#endif
-        }
-    }
+    rms_row(D, row * p.ldy + p.y_off, p.eps);
 }

@@ -6,6 +6,7 @@
  *     bit-identical logits, and the layout's sizes are what it says;
  *   - batched decode: several sequences at different positions decoded in
  *     one call give the logits of decoding each alone;
+ *   - the pass scheduler's levels run in reverse order give the same bits;
  *   - big tensors split over several bindings (the vocabulary in row slices,
  *     the experts in groups, the indexer scores in token sub-batches, all
  *     forced small here) give the same logits.
@@ -232,7 +233,8 @@ static void split_bindings_give_same_logits(void)
  * a batched decode give the same bits as attn_serial one sequence at a
  * time: attn_tile (DSV4_ATTN_TILE) for every segment, attn_dec
  * (DSV4_ATTN_DEC) for the segments of fewer than 64 tokens (the prefills
- * of 9 and 40 tokens, the decodes). */
+ * of 9 and 40 tokens, the decodes); or the pass scheduler's levels in
+ * reverse order (DSV4_SCHED_REVERSE). */
 static void forced_variant_gives_same_logits(const char *env)
 {
     int rc = open_engine();
@@ -285,6 +287,9 @@ static void forced_variant_gives_same_logits(const char *env)
 
 static void attn_tile_batched_gives_same_logits(void) { forced_variant_gives_same_logits("DSV4_ATTN_TILE"); }
 static void attn_dec_batched_gives_same_logits(void) { forced_variant_gives_same_logits("DSV4_ATTN_DEC"); }
+/* each level of the pass scheduler recorded in reverse: a dependency it
+   missed would change the logits */
+static void scheduler_reversed_gives_same_logits(void) { forced_variant_gives_same_logits("DSV4_SCHED_REVERSE"); }
 
 int main(void)
 {
@@ -293,6 +298,7 @@ int main(void)
     RUN(batched_decode_equals_one_by_one);
     RUN(attn_tile_batched_gives_same_logits);
     RUN(attn_dec_batched_gives_same_logits);
+    RUN(scheduler_reversed_gives_same_logits);
     RUN(split_bindings_give_same_logits);
     dsv4_engine_close(eng);
     CHECK_EXIT();

@@ -668,6 +668,66 @@ static void hc_pre_slices(void)
     free(x); free(fn);
 }
 
+/* hc_pre_norm_q (hc_head_norm with head): hc_pre then the norm of its y in
+   one workgroup must give the bits of hc_pre (hc_head) then rmsnorm_q
+   (rmsnorm) apart: the normed rows, the quantized rows and the mixes. */
+static void hc_pre_norm_case(int T, int D, int head)
+{
+    enum { HC = 4 };
+    int HD = HC * D, nmix = head ? HC : (2 + HC) * HC, nm = head ? 0 : HC + HC * HC, sp = 64;
+    size_t n = (size_t)T * D;
+    float *x = malloc(sizeof(float) * T * HD), *fn = malloc(sizeof(float) * nmix * HD), *base = malloc(nmix * 4),
+          scale[3] = {0.5f, 0.75f, 1.0f};
+    uint16_t *wh = malloc((size_t)D * 2);
+    for (int i = 0; i < T * HD; i++) x[i] = bf(frand() * 2);
+    for (int i = 0; i < nmix * HD; i++) fn[i] = frand() * 0.05f;
+    for (int i = 0; i < nmix; i++) base[i] = frand() * 0.5f;
+    for (int i = 0; i < D; i++) wh[i] = dsv4_f32_to_bf16(1 + frand() * 0.5f);
+    vkbuf bx = mkbuf(x, sizeof(float) * T * HD), bf_ = mkbuf(fn, sizeof(float) * nmix * HD),
+          bb = mkbuf(base, nmix * 4), bs = mkbuf(scale, 12), bw = mkbuf(wh, (size_t)D * 2),
+          bp = mkbuf(NULL, (size_t)T * sp * (nmix + 1) * 8), bh = mkbuf(NULL, n * 4), by1 = mkbuf(NULL, n * 4),
+          bq1 = mkbuf(NULL, n * 4), by2 = mkbuf(NULL, n * 4), bq2 = mkbuf(NULL, n * 4),
+          bm1 = mkbuf(NULL, (size_t)T * nm * 4 + 4), bm2 = mkbuf(NULL, (size_t)T * nm * 4 + 4);
+    pc_hcmix pm = {(uint32_t)D, HC, (uint32_t)HD, (uint32_t)sp};
+    vkbuf *b1[3] = {&bx, &bf_, &bp};
+    run1(head ? P_HC_MIX_HEAD : P_HC_MIX, b1, 3, &pm, sizeof pm, (uint32_t)T, (uint32_t)sp);
+    pc_hcpre pc = {(uint32_t)D, HC, 20, (uint32_t)HD, 1e-6f, 1e-6f, (uint32_t)sp};
+    vkbuf *b2[7] = {&bx, &bf_, &bb, &bs, &bh, &bm1, &bp};
+    run1(head ? P_HC_HEAD : P_HC_PRE, b2, 7, &pc, sizeof pc, (uint32_t)T, 1);
+    pc_rms pr = {(uint32_t)D, (uint32_t)D, (uint32_t)D, 0, 0, 1e-6f};
+    vkbuf *b3[4] = {&bh, &bw, &by1, &bq1};
+    run1(head ? P_RMSNORM : P_RMSNORM_Q, b3, head ? 3 : 4, &pr, sizeof pr, (uint32_t)T, 1);
+    vkbuf *b4[9] = {&bx, &bf_, &bb, &bs, &by2, &bm2, &bp, &bw, &bq2};
+    run1(head ? P_HC_HEAD_NORM : P_HC_PRE_NORM_Q, b4, head ? 8 : 9, &pc, sizeof pc, (uint32_t)T, 1);
+    float *y1 = malloc(n * 4), *y2 = malloc(n * 4), *q1 = malloc(n * 4), *q2 = malloc(n * 4),
+          *m1 = malloc((size_t)T * nm * 4 + 4), *m2 = malloc((size_t)T * nm * 4 + 4);
+    CHECK(readbuf(&by1, y1, n * 4) == 0 && readbuf(&by2, y2, n * 4) == 0);
+    CHECK(readbuf(&bq1, q1, n * 4) == 0 && readbuf(&bq2, q2, n * 4) == 0);
+    CHECK(readbuf(&bm1, m1, (size_t)T * nm * 4 + 4) == 0 && readbuf(&bm2, m2, (size_t)T * nm * 4 + 4) == 0);
+    const char *what = head ? "hc_head_norm" : "hc_pre_norm_q";
+    size_t nz = 0;
+    for (size_t i = 0; i < n; i++) nz += y1[i] != 0;
+    CHECKF(nz > n / 2, "%s D %d: only %zu of %zu normed values are not 0", what, D, nz, n);
+    CHECKF(memcmp(y1, y2, n * 4) == 0, "%s D %d: the normed rows differ from the two dispatches'", what, D);
+    if (!head) {
+        CHECKF(memcmp(q1, q2, n * 4) == 0, "%s D %d: the quantized rows differ", what, D);
+        CHECKF(memcmp(m1, m2, (size_t)T * nm * 4) == 0, "%s D %d: the mixes differ", what, D);
+    }
+    vkbuf *all[13] = {&bx, &bf_, &bb, &bs, &bw, &bp, &bh, &by1, &bq1, &by2, &bq2, &bm1, &bm2};
+    for (int i = 0; i < 13; i++) vkbuf_free(&rt, all[i]);
+    free(x); free(fn); free(base); free(wh); free(y1); free(y2); free(q1); free(q2); free(m1); free(m2);
+}
+
+static void hc_pre_norm_fused(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    hc_pre_norm_case(3, 384, 0);  /* three 128-column blocks */
+    hc_pre_norm_case(1, 4096, 0); /* V4-Flash's hidden size */
+    hc_pre_norm_case(2, 7168, 0); /* the longest row it takes (HC_NORM_MAXD) */
+    hc_pre_norm_case(3, 320, 1);  /* the head: no quant, any width */
+    hc_pre_norm_case(1, 4096, 1);
+}
+
 /* ---- moe_gate_group: the gate and moe_group's grouping in one dispatch ---- */
 typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale; } pc_gate;
 typedef struct { uint32_t T, E, k, rowmap_off, slotpos_off, wsort_off, e_begin_off; } pc_group;
@@ -792,8 +852,9 @@ static void moe_gate_group_fused(void)
     free(lg); free(r1); free(r2); free(rw);
 }
 
-/* ---- moe_combine: the routed experts' rows in ascending expert order + the shared expert ---- */
-typedef struct { uint32_t D, k, slotpos_off; } pc_combine;
+/* ---- moe_combine_post: the routed experts' rows in ascending expert order
+   + the shared expert, then hc_post on the sum ---- */
+typedef struct { uint32_t D, k, slotpos_off, hc; } pc_combine_post;
 
 /* want[T][D]: the CPU's sum, experts in ascending order, then the shared one */
 static void combine_want(const float *ys, const float *sh, const uint32_t *sel, const uint32_t *pos, int T, int K,
@@ -814,32 +875,52 @@ static void combine_want(const float *ys, const float *sh, const uint32_t *sel, 
         }
 }
 
-static void moe_combine_order(void)
+/* want[T][HC][D]: hc_post (ref_hc_post) of the combined sum, MIX[T][HC + HC*HC] as the engine holds it */
+static void combine_post_want(const float *ys, const float *sh, const uint32_t *sel, const uint32_t *pos,
+                              const float *res, const float *mix, int T, int K, int HC, int D, float *want)
+{
+    float *y = malloc(sizeof(float) * T * D), *post = malloc(sizeof(float) * T * HC),
+          *comb = malloc(sizeof(float) * T * HC * HC);
+    combine_want(ys, sh, sel, pos, T, K, D, y);
+    for (int t = 0; t < T; t++) {
+        memcpy(post + t * HC, mix + t * (HC + HC * HC), HC * 4);
+        memcpy(comb + t * HC * HC, mix + t * (HC + HC * HC) + HC, HC * HC * 4);
+    }
+    ref_hc_post(y, res, post, comb, T, HC, D, want);
+    free(y); free(post); free(comb);
+}
+
+static void moe_combine_post_order(void)
 {
     if (!open_rt()) SKIP("no Vulkan device");
-    enum { T = 3, K = 6, D = 320, SOFF = 5 };
+    enum { T = 3, K = 6, D = 320, HC = 4, SOFF = 5, NM = HC + HC * HC };
     static const int perm[K] = {4, 1, 5, 0, 3, 2};
     uint32_t sel[T * K], r[SOFF + T * K];
-    float *ys = malloc(sizeof(float) * T * K * D), sh[T * D], want[T * D], got[T * D];
+    float *ys = malloc(sizeof(float) * T * K * D), sh[T * D], res[T * HC * D], mix[T * NM], want[T * HC * D],
+          got[T * HC * D];
     for (int i = 0; i < T * K * D; i++) ys[i] = bf(frand() * (i % 11 == 0 ? 100.0f : 1.0f));
     for (int i = 0; i < T * D; i++) sh[i] = bf(frand());
+    for (int i = 0; i < T * HC * D; i++) res[i] = bf(frand() * 4);
+    for (int i = 0; i < T * NM; i++) mix[i] = 0.1f + frand() * frand();
     for (int t = 0; t < T; t++)
         for (int j = 0; j < K; j++) {
             sel[t * K + j] = (uint32_t)(t * 3 + 5 * perm[j]); /* a token's experts distinct, unsorted */
             r[SOFF + t * K + j] = (uint32_t)((t * K + j) * 5 % (T * K)); /* a permutation of the rows */
         }
-    combine_want(ys, sh, sel, r + SOFF, T, K, D, want);
+    combine_post_want(ys, sh, sel, r + SOFF, res, mix, T, K, HC, D, want);
     vkbuf by = mkbuf(ys, sizeof(float) * T * K * D), bs = mkbuf(sh, sizeof sh), be = mkbuf(sel, sizeof sel),
-          br = mkbuf(r, sizeof r), bo = mkbuf(NULL, sizeof got);
-    pc_combine pc = {D, K, SOFF};
-    vkbuf *b[5] = {&by, &bs, &be, &br, &bo};
-    run1(P_MOE_COMBINE, b, 5, &pc, sizeof pc, T, (D + 255) / 256);
+          br = mkbuf(r, sizeof r), bo = mkbuf(NULL, sizeof got), bres = mkbuf(res, sizeof res),
+          bm = mkbuf(mix, sizeof mix);
+    pc_combine_post pc = {D, K, SOFF, HC};
+    vkbuf *b[7] = {&by, &bs, &be, &br, &bo, &bres, &bm};
+    run1(P_MOE_COMBINE_POST, b, 7, &pc, sizeof pc, T, (D + 255) / 256);
     CHECK(readbuf(&bo, got, sizeof got) == 0);
-    CHECKF(memcmp(got, want, sizeof got) == 0, "moe_combine: not the bits of the ascending-expert sum");
+    CHECKF(memcmp(got, want, sizeof got) == 0, "moe_combine_post: not the bits of the ascending-expert sum + hc_post");
     ys[(size_t)r[SOFF + K + 2] * D + 300] += 3.0f; /* a changed input must show */
-    combine_want(ys, sh, sel, r + SOFF, T, K, D, want);
-    CHECKF(memcmp(got, want, sizeof got) != 0, "moe_combine: the comparison cannot fail");
+    combine_post_want(ys, sh, sel, r + SOFF, res, mix, T, K, HC, D, want);
+    CHECKF(memcmp(got, want, sizeof got) != 0, "moe_combine_post: the comparison cannot fail");
     vkbuf_free(&rt, &by); vkbuf_free(&rt, &bs); vkbuf_free(&rt, &be); vkbuf_free(&rt, &br); vkbuf_free(&rt, &bo);
+    vkbuf_free(&rt, &bres); vkbuf_free(&rt, &bm);
     free(ys);
 }
 
@@ -1635,8 +1716,9 @@ int main(void)
     RUN(rmsnorm_quant_fused);
     RUN(swiglu_quant_fused);
     RUN(hc_pre_slices);
+    RUN(hc_pre_norm_fused);
     RUN(moe_gate_group_fused);
-    RUN(moe_combine_order);
+    RUN(moe_combine_post_order);
     RUN(headprep_paths);
     RUN(attention_window_and_compressed);
     RUN(topk_ties_and_visibility);

@@ -1,6 +1,9 @@
-/* moe_combine: MoE.forward's sum: y = sum over the token's routed experts in
- * ascending expert order (as the official loop adds them) + the shared
- * expert, in f32, then rounded to bf16. Workgroup (token, block of 256
+/* moe_combine_post: MoE.forward's sum, then Block.hc_post on it: y = sum
+ * over the token's routed experts in ascending expert order (as the official
+ * loop adds them) + the shared expert, in f32, rounded to bf16; then, as
+ * hc_post.comp computes it, O[k] = post[k] * y + sum_j comb[j][k] * RES[j],
+ * rounded to bf16 (one dispatch and one barrier of a decode step's chain
+ * fewer per layer than the two apart). Workgroup (token, block of 256
  * columns): a decode step's few tokens still fill the GPU.
  * The order of the token's experts and their rows of YS are found once per
  * workgroup (the k selections and route reads are the same for every
@@ -14,7 +17,9 @@ layout(std430, binding = 1) readonly buffer BSH { float SH[]; };
 layout(std430, binding = 2) readonly buffer BE { uint SEL[]; };
 layout(std430, binding = 3) readonly buffer BR { uint R[]; };
 layout(std430, binding = 4) writeonly buffer BO { float O[]; };
-layout(push_constant) uniform P { uint D, k, slotpos_off; } p;
+layout(std430, binding = 5) readonly buffer BRES { float RES[]; };
+layout(std430, binding = 6) readonly buffer BM { float MIX[]; };
+layout(push_constant) uniform P { uint D, k, slotpos_off, hc; } p;
 shared uint sel_s[16], pos_s[16], rows[16];
 
 void main()
@@ -53,6 +58,13 @@ void main()
                 if (j0 + 4u + q < p.k) y += b[q];
         }
         y += SH[t * p.D + c];
-        O[t * p.D + c] = bf16r(y);
+        float x = bf16r(y);
+        uint hc = p.hc, mb = t * (hc + hc * hc), rb = t * hc * p.D;
+        for (uint k = 0u; k < hc; k++) {
+            precise float s = 0.0;
+            for (uint j = 0u; j < hc; j++) s += MIX[mb + hc + j * hc + k] * RES[rb + j * p.D + c];
+            precise float o = MIX[mb + k] * x + s;
+            O[rb + k * p.D + c] = bf16r(o);
+        }
     }
 }
