@@ -827,13 +827,31 @@ static void headprep(dsv4_engine *e, vkview X, vkview NW, int yarn, uint32_t D, 
     vkrt_dispatch(&e->rt, P_HEADPREP, v, 4, &pc, sizeof pc, rows, heads, 1);
 }
 
-static void hc_pre(dsv4_engine *e, const ghc *h, vkview X, vkview Y, vkview MIX, uint32_t T, int head)
+/* hc_mix's slices are a copy's 256 columns: then hc_post and
+   moe_combine_post can compute the next hc_pre's products themselves
+   (hc_post_mix, moe_combine_post_mix) and that hc_pre skips hc_mix */
+static int hc_mix_fusable(const dsv4_engine *e)
+{
+    const dsv4_config *c = &e->m->cfg;
+    return c->hidden_size % 256 == 0 && (uint64_t)hc_splits(e) * 256 == (uint64_t)c->hc_mult * c->hidden_size;
+}
+
+/* hc_mix of X into hcpart, unless mixed (the dispatch that wrote X did it) */
+static void hc_mix(dsv4_engine *e, const ghc *h, vkview X, uint32_t T, int head, int mixed)
 {
     const dsv4_config *c = &e->m->cfg;
     uint32_t D = (uint32_t)c->hidden_size, hc = (uint32_t)c->hc_mult;
+    if (mixed) return;
     pc_hcmix pm = {D, hc, hc * D, hc_splits(e)};
     vkview vm[3] = {X, h->fn, e->s.hcpart};
     vkrt_dispatch(&e->rt, head ? P_HC_MIX_HEAD : P_HC_MIX, vm, 3, &pm, sizeof pm, T, hc_splits(e), 1);
+}
+
+static void hc_pre(dsv4_engine *e, const ghc *h, vkview X, vkview Y, vkview MIX, uint32_t T, int head, int mixed)
+{
+    const dsv4_config *c = &e->m->cfg;
+    uint32_t D = (uint32_t)c->hidden_size, hc = (uint32_t)c->hc_mult;
+    hc_mix(e, h, X, T, head, mixed);
     pc_hcpre pc = {D, hc, (uint32_t)c->hc_sinkhorn_iters, hc * D, (float)c->rms_norm_eps, (float)c->hc_eps,
                    hc_splits(e)};
     vkview v[7] = {X, h->fn, h->base, h->scale, Y, MIX, e->s.hcpart};
@@ -845,33 +863,36 @@ static void hc_pre(dsv4_engine *e, const ghc *h, vkview X, vkview Y, vkview MIX,
    hc_mix where the row fits hc_pre_norm_q / hc_head_norm, else hc_pre into
    HX and the norm apart. */
 static void hc_pre_norm(dsv4_engine *e, const ghc *h, vkview X, vkview HX, vkview NW, vkview Y, vkview YQ,
-                        vkview MIX, uint32_t T, int head)
+                        vkview MIX, uint32_t T, int head, int mixed)
 {
     const dsv4_config *c = &e->m->cfg;
     uint32_t D = (uint32_t)c->hidden_size, hc = (uint32_t)c->hc_mult;
     vk_pipe_id pf = head ? P_HC_HEAD_NORM : P_HC_PRE_NORM_Q;
     if (D > HC_NORM_MAXD || (!head && (D % 128 || D > 64 * 128)) || !vkrt_has_pipe(&e->rt, pf)) {
-        hc_pre(e, h, X, HX, MIX, T, head);
+        hc_pre(e, h, X, HX, MIX, T, head, mixed);
         vkrt_op(&e->rt, "norm");
         if (head) rmsnorm(e, HX, NW, Y, T, D);
         else rmsnorm_quant(e, HX, NW, Y, YQ, T, D);
         return;
     }
-    pc_hcmix pm = {D, hc, hc * D, hc_splits(e)};
-    vkview vm[3] = {X, h->fn, e->s.hcpart};
-    vkrt_dispatch(&e->rt, head ? P_HC_MIX_HEAD : P_HC_MIX, vm, 3, &pm, sizeof pm, T, hc_splits(e), 1);
+    hc_mix(e, h, X, T, head, mixed);
     pc_hcpre pc = {D, hc, (uint32_t)c->hc_sinkhorn_iters, hc * D, (float)c->rms_norm_eps, (float)c->hc_eps,
                    hc_splits(e)};
     vkview v[9] = {X, h->fn, h->base, h->scale, Y, MIX, e->s.hcpart, NW, YQ};
     vkrt_dispatch(&e->rt, pf, v, head ? 8 : 9, &pc, sizeof pc, T, 1, 1);
 }
 
-static void hc_post(dsv4_engine *e, vkview X, vkview RES, vkview MIX, vkview O, uint32_t T)
+/* hc_post into O; with next (and hc_mix_fusable) also next's hc_mix of O
+   (hc_post_mix): returns whether it did */
+static int hc_post(dsv4_engine *e, vkview X, vkview RES, vkview MIX, vkview O, uint32_t T, const ghc *next)
 {
     const dsv4_config *c = &e->m->cfg;
     pc_hcpost pc = {(uint32_t)c->hidden_size, (uint32_t)c->hc_mult};
-    vkview v[4] = {X, RES, MIX, O};
-    vkrt_dispatch(&e->rt, P_HC_POST, v, 4, &pc, sizeof pc, T, cdiv(c->hidden_size, 256), 1);
+    int mix = next && hc_mix_fusable(e);
+    vkview v[6] = {X, RES, MIX, O, mix ? next->fn : e->dummy, e->s.hcpart};
+    vkrt_dispatch(&e->rt, mix ? P_HC_POST_MIX : P_HC_POST, v, mix ? 6 : 4, &pc, sizeof pc, T,
+                  cdiv(c->hidden_size, 256), 1);
+    return mix;
 }
 
 static void ring_write(dsv4_engine *e, vkview SRC, vkview RING, vkview APE, uint32_t width, uint32_t lds,
@@ -1312,7 +1333,12 @@ static void record_segments_phased(dsv4_engine *e, const gblock *g, int bi, cons
     }
 }
 
-static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, const fseg *segs, int nsegs)
+/* One block from X into Y. x_mixed: hcpart already holds hc_mix's sums of
+ * X for this block's hc_attn (the previous block's last dispatch did them).
+ * next: the hc_attn of the block that follows in this pass, or NULL; returns
+ * whether Y's sums for it are in hcpart. */
+static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, const fseg *segs, int nsegs,
+                        int x_mixed, const ghc *next)
 {
     const dsv4_config *c = &e->m->cfg;
     fscratch *s = &e->s;
@@ -1324,7 +1350,7 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
 
     /* ---- attention half (Block.forward) ---- */
     vkrt_op(&e->rt, "hc_pre");
-    hc_pre_norm(e, &g->hc_attn, X, s->hx, g->attn_norm, s->xn, s->xq, s->mix, T, 0);
+    hc_pre_norm(e, &g->hc_attn, X, s->hx, g->attn_norm, s->xn, s->xq, s->mix, T, 0, x_mixed);
     vkrt_op(&e->rt, "attn_proj");
     gemm(e, &g->wq_a, s->xq, D, 0, s->qrq, g->wq_a.out, 0, T, 1, 0, 0);
     rmsnorm_quant(e, s->qrq, g->q_norm, s->qr, s->qrq, T, g->wq_a.out);
@@ -1363,11 +1389,12 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     act_quant(e, s->oa, s->oaq, T, G * R);
     gemm(e, &g->wo_b, s->oaq, G * R, 0, s->ao, D, 0, T, 1, 0, 0);
     vkrt_op(&e->rt, "hc_post");
-    hc_post(e, s->ao, X, s->mix, s->x2, T);
+    int x2_mixed = hc_post(e, s->ao, X, s->mix, s->x2, T, &g->hc_ffn);
 
     /* ---- MoE half ---- */
     vkrt_op(&e->rt, "hc_pre");
-    hc_pre_norm(e, &g->hc_ffn, s->x2, s->hx, g->ffn_norm, s->xn, s->xq, s->mix, T, 0); /* xq: the experts' input */
+    /* xq: the experts' input */
+    hc_pre_norm(e, &g->hc_ffn, s->x2, s->hx, g->ffn_norm, s->xn, s->xq, s->mix, T, 0, x2_mixed);
     vkrt_op(&e->rt, "moe_gate");
     gemm(e, &g->gate, s->xn, D, 0, s->gl, c->n_routed_experts, 0, T, 0, 0, 0);
     uint32_t E = c->n_routed_experts, k = c->num_experts_per_tok, inter = c->moe_intermediate_size;
@@ -1445,12 +1472,14 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
         gemm(e, &g->sh[1], s->ss, inter, 0, s->sy, D, 0, T, 1, 0, 0);
     }
     /* the experts' sum, then hc_post on it, in one dispatch (the same
-       workgroups over the columns) */
+       workgroups over the columns), and the next block's hc_mix sums */
     vkrt_op(&e->rt, "moe_combine");
+    int y_mixed = next && hc_mix_fusable(e);
     pc_combine_post pcb = {D, k, s->slotpos_off, (uint32_t)c->hc_mult};
-    vkview vc[7] = {s->ys, s->sy, s->sel, s->route, Y, s->x2, s->mix};
-    vkrt_dispatch(&e->rt, P_MOE_COMBINE_POST, vc, 7, &pcb, sizeof pcb, T, cdiv(D, 256), 1);
-    return 0;
+    vkview vc[9] = {s->ys, s->sy, s->sel, s->route, Y, s->x2, s->mix, y_mixed ? next->fn : e->dummy, s->hcpart};
+    vkrt_dispatch(&e->rt, y_mixed ? P_MOE_COMBINE_POST_MIX : P_MOE_COMBINE_POST, vc, y_mixed ? 9 : 7, &pcb,
+                  sizeof pcb, T, cdiv(D, 256), 1);
+    return y_mixed;
 }
 
 static void record_head(dsv4_engine *e, const ghc *hch, vkview normw, vkview X, int r0, int n)
@@ -1465,7 +1494,7 @@ static void record_head(dsv4_engine *e, const ghc *hch, vkview normw, vkview X, 
         vkview xr = X;
         xr.off += (VkDeviceSize)(r0 + a) * rowb;
         xr.size = (VkDeviceSize)m * rowb;
-        hc_pre_norm(e, hch, xr, s->hy, normw, s->hn, e->dummy, s->mix, (uint32_t)m, 1);
+        hc_pre_norm(e, hch, xr, s->hy, normw, s->hn, e->dummy, s->mix, (uint32_t)m, 1, 0);
         for (int i = 0; i < e->n_vslices; i++) { /* vocab slices of the head */
             uint32_t r0 = (uint32_t)i * e->vslice_rows, nr = V - r0 < e->vslice_rows ? V - r0 : e->vslice_rows;
             gw hw = {DSV4_WQ_BF16, nr, D, 0, e->head[i], e->dummy};
@@ -1622,8 +1651,10 @@ int fwd_run(dsv4_engine *e, const fpass *fp, char *err, size_t errlen)
         vkrt_op(&e->rt, "embed");
         record_embed(e, s->xa, T, hc);
     }
+    int mixed = 0;
     for (int b = fp->b0; b < fp->b1; b++) {
-        record_block(e, b, X, Y, T, fp->segs, fp->nsegs);
+        const ghc *next = b + 1 < fp->b1 ? &e->blk[b + 1].hc_attn : NULL;
+        mixed = record_block(e, b, X, Y, T, fp->segs, fp->nsegs, mixed, next);
         vkview t = X; X = Y; Y = t;
     }
     if (fp->head == 1) record_head(e, &e->hc_head, e->norm, X, fp->head_r0, fp->head_n);

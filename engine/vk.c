@@ -123,6 +123,8 @@ static const struct {
     [P_HC_PRE_NORM_Q] = {"hc_pre_norm_q", 9, 0, 29752},
     [P_HC_HEAD_NORM] = {"hc_head_norm", 8, 0, 29496},
     [P_MOE_COMBINE_POST] = {"moe_combine_post", 7},
+    [P_HC_POST_MIX] = {"hc_post_mix", 6},
+    [P_MOE_COMBINE_POST_MIX] = {"moe_combine_post_mix", 9},
 };
 
 int vkrt_pipe_bindings(vk_pipe_id p) { return pipe_info[p].nbind; }

@@ -60,6 +60,8 @@ typedef enum {
     P_HC_PRE_NORM_Q,    /* hc_pre, then rmsnorm_q of its y in the same workgroup (D <= HC_NORM_MAXD) */
     P_HC_HEAD_NORM,     /* hc_head, then rmsnorm of its y */
     P_MOE_COMBINE_POST, /* the experts' sum, then hc_post of it in the same workgroup */
+    P_HC_POST_MIX,      /* hc_post + the next hc_pre's hc_mix sums of its result (D a multiple of 256) */
+    P_MOE_COMBINE_POST_MIX, /* moe_combine_post + the next block's hc_mix sums */
     /* the nine P_GEMM_CM_* again from shaders/gemm_cm2.comp (second version, in
        the same order): created only when rt->coopmat; forward.c uses them
        only with $DSV4_GEMM_CM=2 until they are timed on a GPU */

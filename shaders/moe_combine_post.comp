@@ -8,7 +8,10 @@
  * The order of the token's experts and their rows of YS are found once per
  * workgroup (the k selections and route reads are the same for every
  * column; per column they were a chain of ~3k dependent memory reads), and
- * each column's k rows are loaded before they are added, in that order. */
+ * each column's k rows are loaded before they are added, in that order.
+ *
+ * -DFUSE_MIX (moe_combine_post_mix): also the next block's hc_mix partial sums of
+ * the result (hc_mix_cols.glsl) into PART, with its fn; D a multiple of 256. */
 #version 450
 #include "common.glsl"
 layout(local_size_x = 64) in;
@@ -20,7 +23,43 @@ layout(std430, binding = 4) writeonly buffer BO { float O[]; };
 layout(std430, binding = 5) readonly buffer BRES { float RES[]; };
 layout(std430, binding = 6) readonly buffer BM { float MIX[]; };
 layout(push_constant) uniform P { uint D, k, slotpos_off, hc; } p;
+#ifdef FUSE_MIX
+layout(std430, binding = 7) readonly buffer BF { float FN[]; };
+layout(std430, binding = 8) writeonly buffer BP { double PART[]; };
+#include "hc_mix_cols.glsl"
+#endif
 shared uint sel_s[16], pos_s[16], rows[16];
+
+/* the bf16 sum of token t's experts' rows (rows[], ascending expert order)
+   and its shared expert's, column c */
+float expert_sum(uint t, uint c)
+{
+    uint last = p.k - 1u;
+    float y = 0.0;
+    for (uint j0 = 0u; j0 < p.k; j0 += 8u) {
+        vec4 a, b;
+        for (uint q = 0u; q < 4u; q++) {
+            a[q] = YS[rows[min(j0 + q, last)] * p.D + c];
+            b[q] = YS[rows[min(j0 + 4u + q, last)] * p.D + c];
+        }
+        for (uint q = 0u; q < 4u; q++)
+            if (j0 + q < p.k) y += a[q];
+        for (uint q = 0u; q < 4u; q++)
+            if (j0 + 4u + q < p.k) y += b[q];
+    }
+    y += SH[t * p.D + c];
+    return bf16r(y);
+}
+
+/* hc_post's out[k] of column c for the sum x */
+float post_col(uint t, uint k, uint c, float x)
+{
+    uint hc = p.hc, mb = t * (hc + hc * hc), rb = t * hc * p.D;
+    precise float s = 0.0;
+    for (uint j = 0u; j < hc; j++) s += MIX[mb + hc + j * hc + k] * RES[rb + j * p.D + c];
+    precise float o = MIX[mb + k] * x + s;
+    return bf16r(o);
+}
 
 void main()
 {
@@ -43,28 +82,24 @@ void main()
         }
     }
     barrier();
-    uint last = p.k - 1u;
-    for (uint c = gl_WorkGroupID.y * 256u + i; c < c1; c += 64u) {
-        float y = 0.0;
-        for (uint j0 = 0u; j0 < p.k; j0 += 8u) {
-            vec4 a, b;
-            for (uint q = 0u; q < 4u; q++) {
-                a[q] = YS[rows[min(j0 + q, last)] * p.D + c];
-                b[q] = YS[rows[min(j0 + 4u + q, last)] * p.D + c];
-            }
-            for (uint q = 0u; q < 4u; q++)
-                if (j0 + q < p.k) y += a[q];
-            for (uint q = 0u; q < 4u; q++)
-                if (j0 + 4u + q < p.k) y += b[q];
+    uint hc = p.hc, rb = t * hc * p.D, c0 = gl_WorkGroupID.y * 256u;
+#ifdef FUSE_MIX
+    vec4 ys; /* the sums of the invocation's four columns */
+    for (uint q = 0u; q < 4u; q++) ys[q] = expert_sum(t, c0 + i + 64u * q);
+    uint HD = hc * p.D, nmix = (2u + hc) * hc, splits = HD / 256u;
+    for (uint k = 0u; k < hc; k++) {
+        vec4 v;
+        for (uint q = 0u; q < 4u; q++) {
+            v[q] = post_col(t, k, c0 + i + 64u * q, ys[q]);
+            O[rb + k * p.D + c0 + i + 64u * q] = v[q];
         }
-        y += SH[t * p.D + c];
-        float x = bf16r(y);
-        uint hc = p.hc, mb = t * (hc + hc * hc), rb = t * hc * p.D;
-        for (uint k = 0u; k < hc; k++) {
-            precise float s = 0.0;
-            for (uint j = 0u; j < hc; j++) s += MIX[mb + hc + j * hc + k] * RES[rb + j * p.D + c];
-            precise float o = MIX[mb + k] * x + s;
-            O[rb + k * p.D + c] = bf16r(o);
-        }
+        uint sl = k * (p.D / 256u) + gl_WorkGroupID.y;
+        mix_cols(v, nmix, HD, k * p.D + c0, (t * splits + sl) * (nmix + 1u));
     }
+#else
+    for (uint c = c0 + i; c < c1; c += 64u) {
+        float x = expert_sum(t, c);
+        for (uint k = 0u; k < hc; k++) O[rb + k * p.D + c] = post_col(t, k, c, x);
+    }
+#endif
 }

@@ -728,6 +728,50 @@ static void hc_pre_norm_fused(void)
     hc_pre_norm_case(1, 4096, 1);
 }
 
+/* hc_post_mix: hc_post's bits, and the next hc_pre's hc_mix sums of its
+   result in hc_mix's order (hc_mix_order) for slices of 256 columns */
+typedef struct { uint32_t D, hc; } pc_hcpost;
+
+static void hc_post_mix_case(int T, int D)
+{
+    enum { HC = 4, NM = HC + HC * HC, NMIX = (2 + HC) * HC };
+    int HD = HC * D, sp = HD / 256;
+    size_t n = (size_t)T * HD, np = (size_t)T * sp * (NMIX + 1);
+    float *x = malloc((size_t)T * D * 4), *res = malloc(n * 4), *mix = malloc((size_t)T * NM * 4),
+          *fn = malloc((size_t)NMIX * HD * 4), *o1 = malloc(n * 4), *o2 = malloc(n * 4);
+    double *part = malloc(np * 8), *want = malloc(np * 8);
+    for (int i = 0; i < T * D; i++) x[i] = bf(frand() * 2);
+    for (size_t i = 0; i < n; i++) res[i] = bf(frand() * 4);
+    for (int i = 0; i < T * NM; i++) mix[i] = 0.1f + frand() * frand();
+    for (int i = 0; i < NMIX * HD; i++) fn[i] = frand() * 0.05f;
+    vkbuf bx = mkbuf(x, (size_t)T * D * 4), br = mkbuf(res, n * 4), bm = mkbuf(mix, (size_t)T * NM * 4),
+          bf_ = mkbuf(fn, (size_t)NMIX * HD * 4), bo1 = mkbuf(NULL, n * 4), bo2 = mkbuf(NULL, n * 4),
+          bp = mkbuf(NULL, np * 8);
+    pc_hcpost pc = {(uint32_t)D, HC};
+    vkbuf *b1[4] = {&bx, &br, &bm, &bo1};
+    run1(P_HC_POST, b1, 4, &pc, sizeof pc, (uint32_t)T, (uint32_t)D / 256);
+    vkbuf *b2[6] = {&bx, &br, &bm, &bo2, &bf_, &bp};
+    run1(P_HC_POST_MIX, b2, 6, &pc, sizeof pc, (uint32_t)T, (uint32_t)D / 256);
+    CHECK(readbuf(&bo1, o1, n * 4) == 0 && readbuf(&bo2, o2, n * 4) == 0 && readbuf(&bp, part, np * 8) == 0);
+    CHECKF(memcmp(o1, o2, n * 4) == 0, "hc_post_mix D %d: its hc_post differs from hc_post's", D);
+    hc_mix_order(o2, fn, T, HC, D, sp, want);
+    CHECKF(memcmp(part, want, np * 8) == 0, "hc_post_mix D %d: the sums are not hc_mix's (%d slices)", D, sp);
+    o2[D + 3] += 1.0f; /* a changed input must show */
+    hc_mix_order(o2, fn, T, HC, D, sp, want);
+    CHECKF(memcmp(part, want, np * 8) != 0, "hc_post_mix: the comparison cannot fail");
+    vkbuf *all[7] = {&bx, &br, &bm, &bf_, &bo1, &bo2, &bp};
+    for (int i = 0; i < 7; i++) vkbuf_free(&rt, all[i]);
+    free(x); free(res); free(mix); free(fn); free(o1); free(o2); free(part); free(want);
+}
+
+static void hc_post_mix_fused(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    hc_post_mix_case(3, 256);  /* the tiny model: 4 slices, as CPU drivers split */
+    hc_post_mix_case(1, 4096); /* V4-Flash: 64 slices, as GPUs split */
+    hc_post_mix_case(2, 768);
+}
+
 /* ---- moe_gate_group: the gate and moe_group's grouping in one dispatch ---- */
 typedef struct { uint32_t T, E, k, func, hash, use_bias; float route_scale; } pc_gate;
 typedef struct { uint32_t T, E, k, rowmap_off, slotpos_off, wsort_off, e_begin_off; } pc_group;
@@ -890,38 +934,58 @@ static void combine_post_want(const float *ys, const float *sh, const uint32_t *
     free(y); free(post); free(comb);
 }
 
-static void moe_combine_post_order(void)
+/* D 320: a partial block of columns; with mix (moe_combine_post_mix, D a
+   multiple of 256) also the next block's hc_mix sums of the result */
+static void moe_combine_post_case(int D, int mix_too)
 {
-    if (!open_rt()) SKIP("no Vulkan device");
-    enum { T = 3, K = 6, D = 320, HC = 4, SOFF = 5, NM = HC + HC * HC };
+    enum { T = 3, K = 6, HC = 4, SOFF = 5, NM = HC + HC * HC, NMIX = (2 + HC) * HC };
     static const int perm[K] = {4, 1, 5, 0, 3, 2};
+    int HD = HC * D, sp = HD / 256;
+    size_t n = (size_t)T * HD, np = (size_t)T * sp * (NMIX + 1);
     uint32_t sel[T * K], r[SOFF + T * K];
-    float *ys = malloc(sizeof(float) * T * K * D), sh[T * D], res[T * HC * D], mix[T * NM], want[T * HC * D],
-          got[T * HC * D];
+    float *ys = malloc(sizeof(float) * T * K * D), *sh = malloc((size_t)T * D * 4), *res = malloc(n * 4),
+          mix[T * NM], *want = malloc(n * 4), *got = malloc(n * 4), *fn = malloc((size_t)NMIX * HD * 4);
     for (int i = 0; i < T * K * D; i++) ys[i] = bf(frand() * (i % 11 == 0 ? 100.0f : 1.0f));
     for (int i = 0; i < T * D; i++) sh[i] = bf(frand());
-    for (int i = 0; i < T * HC * D; i++) res[i] = bf(frand() * 4);
+    for (size_t i = 0; i < n; i++) res[i] = bf(frand() * 4);
     for (int i = 0; i < T * NM; i++) mix[i] = 0.1f + frand() * frand();
+    for (int i = 0; i < NMIX * HD; i++) fn[i] = frand() * 0.05f;
     for (int t = 0; t < T; t++)
         for (int j = 0; j < K; j++) {
             sel[t * K + j] = (uint32_t)(t * 3 + 5 * perm[j]); /* a token's experts distinct, unsorted */
             r[SOFF + t * K + j] = (uint32_t)((t * K + j) * 5 % (T * K)); /* a permutation of the rows */
         }
     combine_post_want(ys, sh, sel, r + SOFF, res, mix, T, K, HC, D, want);
-    vkbuf by = mkbuf(ys, sizeof(float) * T * K * D), bs = mkbuf(sh, sizeof sh), be = mkbuf(sel, sizeof sel),
-          br = mkbuf(r, sizeof r), bo = mkbuf(NULL, sizeof got), bres = mkbuf(res, sizeof res),
-          bm = mkbuf(mix, sizeof mix);
-    pc_combine_post pc = {D, K, SOFF, HC};
-    vkbuf *b[7] = {&by, &bs, &be, &br, &bo, &bres, &bm};
-    run1(P_MOE_COMBINE_POST, b, 7, &pc, sizeof pc, T, (D + 255) / 256);
-    CHECK(readbuf(&bo, got, sizeof got) == 0);
-    CHECKF(memcmp(got, want, sizeof got) == 0, "moe_combine_post: not the bits of the ascending-expert sum + hc_post");
+    vkbuf by = mkbuf(ys, sizeof(float) * T * K * D), bs = mkbuf(sh, (size_t)T * D * 4), be = mkbuf(sel, sizeof sel),
+          br = mkbuf(r, sizeof r), bo = mkbuf(NULL, n * 4), bres = mkbuf(res, n * 4), bm = mkbuf(mix, sizeof mix),
+          bf_ = mkbuf(fn, (size_t)NMIX * HD * 4), bp = mkbuf(NULL, np * 8);
+    pc_combine_post pc = {(uint32_t)D, K, SOFF, HC};
+    vkbuf *b[9] = {&by, &bs, &be, &br, &bo, &bres, &bm, &bf_, &bp};
+    run1(mix_too ? P_MOE_COMBINE_POST_MIX : P_MOE_COMBINE_POST, b, mix_too ? 9 : 7, &pc, sizeof pc, T,
+         (uint32_t)(D + 255) / 256);
+    CHECK(readbuf(&bo, got, n * 4) == 0);
+    CHECKF(memcmp(got, want, n * 4) == 0, "moe_combine_post%s D %d: not the bits of the ascending-expert sum + hc_post",
+           mix_too ? "_mix" : "", D);
+    if (mix_too) {
+        double *part = malloc(np * 8), *pw = malloc(np * 8);
+        CHECK(readbuf(&bp, part, np * 8) == 0);
+        hc_mix_order(want, fn, T, HC, D, sp, pw);
+        CHECKF(memcmp(part, pw, np * 8) == 0, "moe_combine_post_mix D %d: the sums are not hc_mix's", D);
+        free(part); free(pw);
+    }
     ys[(size_t)r[SOFF + K + 2] * D + 300] += 3.0f; /* a changed input must show */
     combine_post_want(ys, sh, sel, r + SOFF, res, mix, T, K, HC, D, want);
-    CHECKF(memcmp(got, want, sizeof got) != 0, "moe_combine_post: the comparison cannot fail");
-    vkbuf_free(&rt, &by); vkbuf_free(&rt, &bs); vkbuf_free(&rt, &be); vkbuf_free(&rt, &br); vkbuf_free(&rt, &bo);
-    vkbuf_free(&rt, &bres); vkbuf_free(&rt, &bm);
-    free(ys);
+    CHECKF(memcmp(got, want, n * 4) != 0, "moe_combine_post: the comparison cannot fail");
+    vkbuf *all[9] = {&by, &bs, &be, &br, &bo, &bres, &bm, &bf_, &bp};
+    for (int i = 0; i < 9; i++) vkbuf_free(&rt, all[i]);
+    free(ys); free(sh); free(res); free(want); free(got); free(fn);
+}
+
+static void moe_combine_post_order(void)
+{
+    if (!open_rt()) SKIP("no Vulkan device");
+    moe_combine_post_case(320, 0);
+    moe_combine_post_case(512, 1);
 }
 
 /* ---- headprep: indexer path (RoPE, Hadamard, FP4) and KV path (norm, RoPE, FP8) ---- */
@@ -1717,6 +1781,7 @@ int main(void)
     RUN(swiglu_quant_fused);
     RUN(hc_pre_slices);
     RUN(hc_pre_norm_fused);
+    RUN(hc_post_mix_fused);
     RUN(moe_gate_group_fused);
     RUN(moe_combine_post_order);
     RUN(headprep_paths);
