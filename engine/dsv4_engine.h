@@ -166,11 +166,15 @@ typedef struct dsv4_profile_entry {
 int dsv4_engine_profile(dsv4_engine *e, dsv4_profile_entry *out, int cap);
 
 /* What was submitted to the devices since the last call (summed over them):
- * command buffers, compute dispatches, and the barriers among them. Each
- * barrier waits for everything before it, so at decode's few rows a step
- * takes about as long as its barriers times a dispatch's latency. */
+ * passes (each waited for once), command buffers (a pass is submitted in
+ * parts), compute dispatches, and the barriers among them (each
+ * waits for everything before it, so at decode's few rows a step takes
+ * about as long as its barriers times a dispatch's latency), and the host
+ * seconds spent recording them (the device waits for that too: a pass is
+ * submitted once recorded). */
 typedef struct dsv4_engine_counts {
-    uint64_t submits, dispatches, barriers;
+    uint64_t passes, submits, dispatches, barriers;
+    double record_seconds;
 } dsv4_engine_counts;
 void dsv4_engine_take_counts(dsv4_engine *e, dsv4_engine_counts *out);
 

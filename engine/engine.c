@@ -154,8 +154,9 @@ int engine_open_finish(dsv4_engine *e, const dsv4_engine_options *opt, const cha
            rather than for every segment of every pass */
         const char *at = getenv("DSV4_ATTN_TILE"), *dn = getenv("DSV4_ATTN_DIRECT_N");
         sh->attn_tile_forced = at && *at == '1';
-        const char *fc = getenv("DSV4_FORK_COPY");
+        const char *fc = getenv("DSV4_FORK_COPY"), *po = getenv("DSV4_PART_OPS");
         sh->fork_copy = fc && *fc == '1';
+        sh->part_ops = po && atoi(po) > 0 ? atoi(po) : 192;
         sh->attn_direct_n = dn ? (uint32_t)atoi(dn) : 64;
         const char *ad = getenv("DSV4_ATTN_DEC");
         sh->attn_dec = ad && *ad ? atoi(ad) : -1;
@@ -756,10 +757,13 @@ void dsv4_engine_take_counts(dsv4_engine *e, dsv4_engine_counts *out)
     memset(out, 0, sizeof *out);
     for (int k = 0; k < e->n_shards; k++) {
         vkrt *rt = &e->shard[k]->rt;
+        out->passes += rt->n_passes;
         out->submits += rt->n_submits;
         out->dispatches += rt->n_dispatches;
         out->barriers += rt->n_barriers;
-        rt->n_submits = rt->n_dispatches = rt->n_barriers = 0;
+        out->record_seconds += rt->record_s;
+        rt->n_passes = rt->n_submits = rt->n_dispatches = rt->n_barriers = 0;
+        rt->record_s = 0;
     }
 }
 

@@ -1656,6 +1656,12 @@ int fwd_run(dsv4_engine *e, const fpass *fp, char *err, size_t errlen)
         const ghc *next = b + 1 < fp->b1 ? &e->blk[b + 1].hc_attn : NULL;
         mixed = record_block(e, b, X, Y, T, fp->segs, fp->nsegs, mixed, next);
         vkview t = X; X = Y; Y = t;
+        /* the device starts on the first block while the host records the
+           rest, and on each further part (~5 layers of a decode step) */
+        if (b + 1 < fp->b1 && (b == fp->b0 || vkrt_queued(&e->rt) >= e->part_ops)) {
+            rc = vkrt_submit_part(&e->rt, err, errlen);
+            if (rc) return rc;
+        }
     }
     if (fp->head == 1) record_head(e, &e->hc_head, e->norm, X, fp->head_r0, fp->head_n);
     if (fp->head == 2) record_head(e, &e->blk[fp->b0].hc_head, e->blk[fp->b0].norm, X, fp->head_r0, fp->head_n);

@@ -110,6 +110,8 @@ struct dsv4_engine {
                                     whatever the row count (SERIAL, tiled), so results never depend
                                     on how tokens are split into passes; slower on GPUs */
     int fork_copy;               /* $DSV4_FORK_COPY=1: forks copy the whole state (the old way, for comparison) */
+    int part_ops;                /* $DSV4_PART_OPS, else 192: a pass is submitted in parts, after its first
+                                    block and then after a block once this many operations are queued */
     int attn_tile_forced;        /* $DSV4_ATTN_TILE=1 (tests): attn_tile wherever it fits, on CPU drivers too */
     uint32_t attn_direct_n;      /* $DSV4_ATTN_DIRECT_N, else 64: GPU segments of fewer tokens use attn_dec
                                     (or attn_direct) */

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine/dsv4_engine.h"
 #include "shaders/dsv4_shaders.h"
@@ -328,7 +329,8 @@ int vkrt_open(vkrt *rt, const char *device_sel, int verbose, int profile, char *
     VkCommandBufferAllocateInfo cai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
                                        .commandPool = rt->pool, .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
                                        .commandBufferCount = 1};
-    VKCHK(vkAllocateCommandBuffers(rt->dev, &cai, &rt->cmd), "vkAllocateCommandBuffers");
+    VKCHK(vkAllocateCommandBuffers(rt->dev, &cai, &rt->part[0]), "vkAllocateCommandBuffers");
+    rt->cmd = rt->part[0];
     VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
     VKCHK(vkCreateFence(rt->dev, &fci, NULL, &rt->fence), "vkCreateFence");
 
@@ -434,7 +436,7 @@ void vkrt_close(vkrt *rt)
         }
         if (rt->qpool) vkDestroyQueryPool(rt->dev, rt->qpool, NULL);
         if (rt->fence) vkDestroyFence(rt->dev, rt->fence, NULL);
-        if (rt->pool) vkDestroyCommandPool(rt->dev, rt->pool, NULL);
+        if (rt->pool) vkDestroyCommandPool(rt->dev, rt->pool, NULL); /* frees the command buffers */
         vkDestroyDevice(rt->dev, NULL);
     }
     sched_free(rt->sched);
@@ -497,12 +499,29 @@ void vkbuf_free(vkrt *rt, vkbuf *b)
     memset(b, 0, sizeof *b);
 }
 
-int vkrt_begin(vkrt *rt, char *err, size_t errlen)
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int begin_cmd(vkrt *rt, char *err, size_t errlen)
 {
     VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
                                    .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
     VKCHK(vkResetCommandBuffer(rt->cmd, 0), "vkResetCommandBuffer");
     VKCHK(vkBeginCommandBuffer(rt->cmd, &bi), "vkBeginCommandBuffer");
+    return 0;
+}
+
+int vkrt_begin(vkrt *rt, char *err, size_t errlen)
+{
+    rt->begin_s = mono_s();
+    rt->n_part = 0;
+    rt->cmd = rt->part[0];
+    int rc = begin_cmd(rt, err, errlen);
+    if (rc) return rc;
     rt->recording = 1;
     rt->nq = 0;
     rt->defer = rt->g_w = rt->g_r = rt->n_hz_w = rt->n_hz_r = 0; /* nothing pending in a new pass */
@@ -938,6 +957,36 @@ void vkrt_fill(vkrt *rt, vkview dst, VkDeviceSize n, uint32_t value)
     barrier(rt);
 }
 
+int vkrt_queued(const vkrt *rt) { return scheduled(rt) ? rt->sched->n_ops : 0; }
+
+int vkrt_submit_part(vkrt *rt, char *err, size_t errlen)
+{
+    if (!scheduled(rt) || rt->n_part + 1 >= VK_MAX_PARTS || !rt->sched->n_ops) return 0;
+    if (!rt->part[rt->n_part + 1]) {
+        VkCommandBufferAllocateInfo cai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
+                                           .commandPool = rt->pool, .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
+                                           .commandBufferCount = 1};
+        VKCHK(vkAllocateCommandBuffers(rt->dev, &cai, &rt->part[rt->n_part + 1]), "vkAllocateCommandBuffers");
+    }
+    int rc = sched_flush(rt, err, errlen);
+    if (rc) {
+        vkEndCommandBuffer(rt->cmd);
+        if (rt->n_part) vkQueueWaitIdle(rt->queue); /* the parts in flight, before the buffers are reused */
+        return rc;
+    }
+    VKCHK(vkEndCommandBuffer(rt->cmd), "vkEndCommandBuffer");
+    rt->record_s += mono_s() - rt->begin_s;
+    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &rt->cmd};
+    VKCHK(vkQueueSubmit(rt->queue, 1, &si, VK_NULL_HANDLE), "vkQueueSubmit");
+    rt->n_submits++;
+    rt->begin_s = mono_s();
+    rt->cmd = rt->part[++rt->n_part];
+    rc = begin_cmd(rt, err, errlen);
+    if (rc) return rc;
+    barrier(rt); /* what follows waits for what was submitted */
+    return 0;
+}
+
 int vkrt_submit_wait(vkrt *rt, char *err, size_t errlen)
 {
     rt->recording = 0;
@@ -947,6 +996,7 @@ int vkrt_submit_wait(vkrt *rt, char *err, size_t errlen)
         int rc = sched_flush(rt, err, errlen);
         if (rc) {
             vkEndCommandBuffer(rt->cmd);
+            if (rt->n_part) vkQueueWaitIdle(rt->queue); /* the parts in flight, before the buffers are reused */
             return rc;
         }
     }
@@ -954,10 +1004,12 @@ int vkrt_submit_wait(vkrt *rt, char *err, size_t errlen)
        (downloads, the next pass) */
     if (pending) barrier(rt);
     VKCHK(vkEndCommandBuffer(rt->cmd), "vkEndCommandBuffer");
+    rt->record_s += mono_s() - rt->begin_s;
     VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &rt->cmd};
     VKCHK(vkResetFences(rt->dev, 1, &rt->fence), "vkResetFences");
     VKCHK(vkQueueSubmit(rt->queue, 1, &si, rt->fence), "vkQueueSubmit");
     rt->n_submits++;
+    rt->n_passes++;
     VKCHK(vkWaitForFences(rt->dev, 1, &rt->fence, VK_TRUE, UINT64_MAX), "vkWaitForFences");
     if (rt->profile && rt->nq) {
         uint64_t *ts = malloc(rt->nq * sizeof *ts);

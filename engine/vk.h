@@ -111,7 +111,10 @@ typedef struct vkrt {
     VkPhysicalDeviceMemoryProperties memprops;
     VkDeviceSize max_range, max_alloc, align;
     VkCommandPool pool;
-    VkCommandBuffer cmd;
+    VkCommandBuffer cmd;   /* the one being recorded: part[n_part] */
+#define VK_MAX_PARTS 32
+    VkCommandBuffer part[VK_MAX_PARTS]; /* a pass's command buffers (vkrt_submit_part), allocated as needed */
+    int n_part;
     VkFence fence;
     PFN_vkCmdPushDescriptorSetKHR push_desc;
     VkDescriptorSetLayout dsl[P_COUNT];
@@ -127,7 +130,9 @@ typedef struct vkrt {
 #define VK_MAX_HAZARDS 256
     struct vkrange { VkBuffer buf; VkDeviceSize off, end; } hz_w[VK_MAX_HAZARDS], hz_r[VK_MAX_HAZARDS];
     int n_hz_w, n_hz_r;
-    uint64_t n_barriers, n_dispatches, n_submits; /* so far (tests, dsv4_engine_take_counts) */
+    uint64_t n_barriers, n_dispatches, n_submits, n_passes; /* so far (tests, dsv4_engine_take_counts) */
+    double record_s;     /* host seconds from vkrt_begin to the submit, summed (dsv4_engine_take_counts) */
+    double begin_s;      /* when this pass's vkrt_begin ran */
     struct vksched *sched; /* the queued pass (vk.c); NULL with DSV4_SCHEDULE=0: recorded in order */
     int coopmat;        /* VK_KHR_cooperative_matrix enabled, P_GEMM_CM_* created */
     int defer;          /* vkrt_defer_barriers: on */
@@ -175,6 +180,14 @@ void vkrt_copy(vkrt *rt, vkview src, vkview dst, VkDeviceSize n);
  * them, and may run concurrently; on = 0 ends the group. */
 void vkrt_defer_barriers(vkrt *rt, int on);
 void vkrt_fill(vkrt *rt, vkview dst, VkDeviceSize n, uint32_t value);
+/* Operations queued in this pass (0 when recording in order). */
+int vkrt_queued(const vkrt *rt);
+/* Submits what the pass has queued so far, without waiting, and goes on
+ * recording the rest into another command buffer that starts with a barrier
+ * (so the device starts on a pass while the host still records it). A
+ * no-op unless queued (the scheduler on), and once VK_MAX_PARTS are used. */
+int vkrt_submit_part(vkrt *rt, char *err, size_t errlen);
+/* Submits the rest of the pass and waits for all of it. */
 int vkrt_submit_wait(vkrt *rt, char *err, size_t errlen);
 
 /* The tensor-core twin of a tiled GEMM pipe (P_GEMM_BF16 .. P_GEMM_BF16_GROUPED),

@@ -320,7 +320,7 @@ typedef struct result {
        and the prefix rows each fork reads shared */
     uint64_t st_prefix, st_forks, st_shared;
     /* recorded per pass (prefill: averaged from position 0) or per decode step */
-    double passes, dispatches, barriers;
+    double passes, submits, dispatches, barriers, record_ms;
 } result;
 
 static uint64_t rng_next(uint64_t *s)
@@ -553,7 +553,7 @@ int dsv4_cmd_bench(int argc, char **argv)
     /* prefill: one sequence from 0 to the largest context */
     {
         int ci = 0, di = 0, stopped = 0;
-        dsv4_engine_counts cn, sum = {0, 0, 0};
+        dsv4_engine_counts cn, sum = {0, 0, 0, 0, 0};
         dsv4_engine_take_counts(e, &cn);
         double t0 = now_s();
         int64_t pos = 0;
@@ -571,9 +571,11 @@ int dsv4_cmd_bench(int argc, char **argv)
             pos += k;
             double el = now_s() - t0;
             dsv4_engine_take_counts(e, &cn);
+            sum.passes += cn.passes;
             sum.submits += cn.submits;
             sum.dispatches += cn.dispatches;
             sum.barriers += cn.barriers;
+            sum.record_seconds += cn.record_seconds;
             while (ci < n_ctx && ctxs[ci] == pos) {
                 result *r = &res[nres++];
                 memset(r, 0, sizeof *r);
@@ -583,9 +585,12 @@ int dsv4_cmd_bench(int argc, char **argv)
                 r->tps = pos / (el * scale);
                 r->ceil = ceil_prefill(z, &cl, pos, chunk);
                 r->ok = 1;
-                r->passes = (double)sum.submits;
-                r->dispatches = sum.submits ? (double)sum.dispatches / sum.submits : 0;
-                r->barriers = sum.submits ? (double)sum.barriers / sum.submits : 0;
+                double np = sum.passes ? (double)sum.passes : 1;
+                r->passes = (double)sum.passes;
+                r->submits = sum.submits / np;
+                r->dispatches = sum.dispatches / np;
+                r->barriers = sum.barriers / np;
+                r->record_ms = 1e3 * sum.record_seconds / np;
                 ci++;
             }
             while (di < n_dctx && dctx[di] == pos) {
@@ -664,9 +669,11 @@ int dsv4_cmd_bench(int argc, char **argv)
                 }
                 double el = now_s() - t0;
                 dsv4_engine_take_counts(e, &cn);
-                r->passes = (double)cn.submits / steps;
+                r->passes = (double)cn.passes / steps;
+                r->submits = (double)cn.submits / steps;
                 r->dispatches = (double)cn.dispatches / steps;
                 r->barriers = (double)cn.barriers / steps;
+                r->record_ms = 1e3 * cn.record_seconds / steps;
                 for (int64_t j = 0; j < (int64_t)B * V && !frc; j++) /* the synthetic weights must keep values finite */
                     if (!isfinite(logits[j])) nonfinite++;
                 if (frc) {
@@ -757,9 +764,11 @@ int dsv4_cmd_bench(int argc, char **argv)
             if (r->batch) json_object_set_new(x, "head_seconds", json_real(r->head_s));
             if (r->ok) {
                 json_t *rec = json_object();
-                json_object_set_new(rec, r->batch ? "submits_per_step" : "passes", json_real(r->passes));
+                json_object_set_new(rec, r->batch ? "passes_per_step" : "passes", json_real(r->passes));
+                json_object_set_new(rec, "submits", json_real(r->submits));
                 json_object_set_new(rec, "dispatches", json_real(r->dispatches));
                 json_object_set_new(rec, "barriers", json_real(r->barriers));
+                json_object_set_new(rec, "host_record_ms", json_real(r->record_ms));
                 json_object_set_new(x, r->batch ? "recorded_per_step" : "recorded_per_pass", rec);
             }
             if (r->batch) {
@@ -871,18 +880,21 @@ int dsv4_cmd_bench(int argc, char **argv)
             printf("  %-8s %5d  shared %s + prefix %s + forks %s (%s each)\n", ctx_str(r->ctx, cb, sizeof cb),
                    r->batch, h4, h1, h2, h3);
         }
-        printf("recorded (%d layers): dispatches and the barriers among them%s\n", N,
+        printf("recorded (%d layers): dispatches, the barriers among them, host time recording them, command "
+               "buffers%s\n", N,
                profile ? " (--profile: a barrier after every dispatch)" : "");
         for (int i = 0; i < nres; i++) {
             result *r = &res[i];
             char cb[32];
             if (!r->ok) continue;
             if (r->batch)
-                printf("  decode %-8s batch %-4d per step: %7.0f dispatches, %6.0f barriers\n",
-                       ctx_str(r->ctx, cb, sizeof cb), r->batch, r->dispatches, r->barriers);
+                printf("  decode %-8s batch %-4d per step: %7.0f dispatches, %6.0f barriers, %7.3f ms, %4.1f submits\n",
+                       ctx_str(r->ctx, cb, sizeof cb), r->batch, r->dispatches, r->barriers, r->record_ms,
+                       r->submits);
             else
-                printf("  prefill to %-8s per pass: %7.0f dispatches, %6.0f barriers (%.0f passes)\n",
-                       ctx_str(r->ctx, cb, sizeof cb), r->dispatches, r->barriers, r->passes);
+                printf("  prefill to %-8s per pass: %7.0f dispatches, %6.0f barriers, %7.3f ms, %4.1f submits "
+                       "(%.0f passes)\n", ctx_str(r->ctx, cb, sizeof cb), r->dispatches, r->barriers, r->record_ms,
+                       r->submits, r->passes);
         }
         if (nonfinite) printf("WARNING: %lld non-finite logits in the decode outputs\n", (long long)nonfinite);
         printf("(N) measured with %d layers; (all) extrapolated to %d layers: prefill time x %d/%d; decode (step - head) x "

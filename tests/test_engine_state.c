@@ -6,7 +6,8 @@
  *     bit-identical logits, and the layout's sizes are what it says;
  *   - batched decode: several sequences at different positions decoded in
  *     one call give the logits of decoding each alone;
- *   - the pass scheduler's levels run in reverse order give the same bits;
+ *   - the pass scheduler's levels run in reverse order, and passes submitted
+ *     in parts, give the same bits;
  *   - big tensors split over several bindings (the vocabulary in row slices,
  *     the experts in groups, the indexer scores in token sub-batches, all
  *     forced small here) give the same logits.
@@ -234,7 +235,8 @@ static void split_bindings_give_same_logits(void)
  * time: attn_tile (DSV4_ATTN_TILE) for every segment, attn_dec
  * (DSV4_ATTN_DEC) for the segments of fewer than 64 tokens (the prefills
  * of 9 and 40 tokens, the decodes); or the pass scheduler's levels in
- * reverse order (DSV4_SCHED_REVERSE). */
+ * reverse order (DSV4_SCHED_REVERSE); or every pass submitted in parts, one
+ * after each block (DSV4_PART_OPS=1). */
 static void forced_variant_gives_same_logits(const char *env)
 {
     int rc = open_engine();
@@ -290,6 +292,8 @@ static void attn_dec_batched_gives_same_logits(void) { forced_variant_gives_same
 /* each level of the pass scheduler recorded in reverse: a dependency it
    missed would change the logits */
 static void scheduler_reversed_gives_same_logits(void) { forced_variant_gives_same_logits("DSV4_SCHED_REVERSE"); }
+/* each pass submitted in parts after every block */
+static void passes_in_parts_give_same_logits(void) { forced_variant_gives_same_logits("DSV4_PART_OPS"); }
 
 int main(void)
 {
@@ -299,6 +303,7 @@ int main(void)
     RUN(attn_tile_batched_gives_same_logits);
     RUN(attn_dec_batched_gives_same_logits);
     RUN(scheduler_reversed_gives_same_logits);
+    RUN(passes_in_parts_give_same_logits);
     RUN(split_bindings_give_same_logits);
     dsv4_engine_close(eng);
     CHECK_EXIT();
