@@ -34,7 +34,8 @@ typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint
 typedef struct { uint32_t topk, ratio, p0, ld_s, ld_i, i_row0; } pc_topk;
 typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc, base_rows; } pc_attn;
 typedef struct { uint32_t nh, hd, ratio, t0, p0, ld_s, n_max; float wscale; uint32_t n_tok, base_rows; } pc_iscored;
-typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc, sc_t0, base_rows; } pc_attnd;
+typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc, sc_t0, base_rows,
+                 rope_inv, rd; } pc_attnd;
 typedef struct {
     uint32_t nh, hd, ratio, t0, p0, n_max; float wscale; uint32_t n_tok, topk, cap, split_len, n_split, row0, ld_split,
         base_rows;
@@ -61,7 +62,7 @@ _Static_assert(sizeof(pc_iscore) == 40, "index_score push constants");
 _Static_assert(sizeof(pc_topk) == 24, "topk push constants");
 _Static_assert(sizeof(pc_attn) == 52, "attn push constants");
 _Static_assert(sizeof(pc_iscored) == 40, "index_score_dec push constants");
-_Static_assert(sizeof(pc_attnd) == 56, "attn_dec push constants");
+_Static_assert(sizeof(pc_attnd) == 64, "attn_dec push constants");
 _Static_assert(sizeof(pc_itopk) == 60, "index_topk push constants");
 _Static_assert(sizeof(pc_itmerge) == 36, "index_topk_merge push constants");
 _Static_assert(sizeof(pc_gate) == 28, "moe_gate push constants");
@@ -1036,8 +1037,11 @@ static vkview cache_base(const dsv4_engine *e, const lstate *ls, int which)
  * one (record_segments_phased: the same part of every sequence, then a
  * barrier); the other variants are one dispatch, recorded at part -1 or 0.
  * sc_t0: the segment's first record row in attn_dec's scratch. */
+/* One segment's attention into o (part: attn_dec's phase, -1 all). rope_inv:
+ * attn_dec also applies the inverse RoPE of the output (the block then skips
+ * that headprep); only where every segment of the pass runs attn_dec. */
 static void seg_attention(dsv4_engine *e, const gblock *g, const fseg *sg, lstate *ls, uint32_t topk, vkview idx,
-                          int part, uint32_t sc_t0)
+                          int part, uint32_t sc_t0, int rope_inv)
 {
     const dsv4_config *c = &e->m->cfg;
     fscratch *s = &e->s;
@@ -1058,14 +1062,14 @@ static void seg_attention(dsv4_engine *e, const gblock *g, const fseg *sg, lstat
         uint32_t nk = win + (g->ratio == 0 ? 0u : g->ratio == 4 ? topk : (uint32_t)((sg->p0 + sg->n) / g->ratio));
         /* the last binding: the fork's shared base rows (shaders/attn_dec.comp) */
         pc_attnd pd = {hd, H, win, sg->t0, (uint32_t)sg->p0, pa.ratio, pa.mode, topk, topk, pa.scale, sg->n,
-                       s->dscore_ld, sc_t0, pa.base_rows};
-        vkview vd[9] = {s->q, s->kv, ring, cache, idx, g->attn_sink, s->o,
-                        vkbuf_view(&s->dscore_buf, 0, s->dscore_buf.size), base};
+                       s->dscore_ld, sc_t0, pa.base_rows, (uint32_t)rope_inv, (uint32_t)c->qk_rope_head_dim};
+        vkview vd[10] = {s->q, s->kv, ring, cache, idx, g->attn_sink, s->o,
+                         vkbuf_view(&s->dscore_buf, 0, s->dscore_buf.size), base, e->freq[g->ratio ? 1 : 0]};
         if (part <= 0)
-            vkrt_dispatch(&e->rt, P_ATTN_DEC_SCORE, vd, 9, &pd, sizeof pd, cdiv(nk, 32), cdiv(H, 8), sg->n);
-        if (part < 0 || part == 1) vkrt_dispatch(&e->rt, P_ATTN_DEC_PROB, vd, 9, &pd, sizeof pd, H, sg->n, 1);
+            vkrt_dispatch(&e->rt, P_ATTN_DEC_SCORE, vd, 10, &pd, sizeof pd, cdiv(nk, 32), cdiv(H, 8), sg->n);
+        if (part < 0 || part == 1) vkrt_dispatch(&e->rt, P_ATTN_DEC_PROB, vd, 10, &pd, sizeof pd, H, sg->n, 1);
         if (part < 0 || part == 2)
-            vkrt_dispatch(&e->rt, P_ATTN_DEC_VALUE, vd, 9, &pd, sizeof pd, cdiv(hd, 64), cdiv(H, 4), sg->n);
+            vkrt_dispatch(&e->rt, P_ATTN_DEC_VALUE, vd, 10, &pd, sizeof pd, cdiv(hd, 64), cdiv(H, 4), sg->n);
         return;
     }
     if (part > 0) return;
@@ -1203,7 +1207,7 @@ static void seg_topk(dsv4_engine *e, const fseg *sg, uint32_t a, uint32_t m, vkv
  * waits for the previous): compressors, indexer (scores and top-k in
  * sub-batches of tokens, so a long history stays within one binding),
  * attention, window ring. */
-static void record_segment(dsv4_engine *e, const gblock *g, int bi, const fseg *sg)
+static void record_segment(dsv4_engine *e, const gblock *g, int bi, const fseg *sg, int rope_inv)
 {
     const dsv4_config *c = &e->m->cfg;
     fscratch *s = &e->s;
@@ -1236,7 +1240,7 @@ static void record_segment(dsv4_engine *e, const gblock *g, int bi, const fseg *
         }
     }
     vkrt_op(&e->rt, "attention");
-    seg_attention(e, g, sg, ls, topk, s->idx, -1, 0);
+    seg_attention(e, g, sg, ls, topk, s->idx, -1, 0, rope_inv);
     ring_write(e, s->kv, ring, e->dummy, hd, hd, hd, 0, win, sg, 0, 1);
 }
 
@@ -1271,7 +1275,8 @@ static int batched_segments(const dsv4_engine *e, const gblock *g, const fseg *s
  * run concurrently; one barrier per step (a decode step of B sequences
  * waits 6 times per layer instead of about 12 x B). Every dispatch computes
  * what it computes in record_segment, so the results are the same bits. */
-static void record_segments_phased(dsv4_engine *e, const gblock *g, int bi, const fseg *segs, int nsegs)
+static void record_segments_phased(dsv4_engine *e, const gblock *g, int bi, const fseg *segs, int nsegs,
+                                   int rope_inv)
 {
     const dsv4_config *c = &e->m->cfg;
     fscratch *s = &e->s;
@@ -1322,7 +1327,7 @@ static void record_segments_phased(dsv4_engine *e, const gblock *g, int bi, cons
             vkrt_op(&e->rt, "attention");
             if (step < 3) {
                 vkview I = topk ? subview(s->idx, sg->t0 * irow, sg->n * irow) : s->idx;
-                seg_attention(e, g, sg, ls, topk, I, step, sc_t0);
+                seg_attention(e, g, sg, ls, topk, I, step, sc_t0, rope_inv);
                 if (attn_variant(e, g, sg) == P_ATTN_DEC_SCORE) sc_t0 += sg->n;
             } else {
                 ring_write(e, s->kv, vkbuf_view(&ls->buf, ls->ring_off, (VkDeviceSize)win * hd * 4), e->dummy, hd, hd,
@@ -1372,12 +1377,16 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
         gemm(e, &g->ic_wkv, s->xn, D, 0, s->ikv, 2 * ihd, 0, T, 0, 0, 0);
         gemm(e, &g->ic_wgate, s->xn, D, 0, s->isc, 2 * ihd, 0, T, 0, 0, 0);
     }
+    /* attn_dec rotates its output back itself where it runs every segment */
+    int rope_inv = 1;
+    for (int si = 0; si < nsegs; si++)
+        if (attn_variant_x(e, g, &segs[si], s->dscore_ld != 0) != P_ATTN_DEC_SCORE) rope_inv = 0;
     if (batched_segments(e, g, segs, nsegs, T))
-        record_segments_phased(e, g, bi, segs, nsegs);
+        record_segments_phased(e, g, bi, segs, nsegs, rope_inv);
     else
-        for (int si = 0; si < nsegs; si++) record_segment(e, g, bi, &segs[si]);
+        for (int si = 0; si < nsegs; si++) record_segment(e, g, bi, &segs[si], rope_inv);
     vkrt_op(&e->rt, "attn_out");
-    headprep(e, s->o, e->dummy, yarn, hd, H * hd, 0, F_ROPE_INV | F_POSBUF, T, H, 0, 0);
+    if (!rope_inv) headprep(e, s->o, e->dummy, yarn, hd, H * hd, 0, F_ROPE_INV | F_POSBUF, T, H, 0, 0);
     uint32_t G = c->o_groups, R = c->o_lora_rank, gin = H * hd / G;
     /* wo_a: bf16 einsum per group, no activation quant. The groups write
        disjoint columns of oa: no barriers among them (each write of the one

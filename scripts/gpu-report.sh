@@ -2,7 +2,8 @@
 # Runs on a machine with a GPU what docs/benchmarks.md reports for it: the
 # GPU tests (test_vk_ops and the engine tests), the golden conformance
 # cases, the GEMM kernel timings, a profiled 4-layer bench (with the first
-# and the second versions of the GEMM kernels) and the whole bench. Nothing
+# and the second versions of the GEMM kernels, and recorded in order as
+# before the pass scheduler) and the whole bench. Nothing
 # is built here: run `make tests` first, or `make gpu-bundle` (the same
 # binaries linked --as-needed, for a machine with little more than a Vulkan
 # driver) and set BUILD=gpu-bundle BIN=gpu-bundle/bin.
@@ -65,6 +66,10 @@ for s in $steps; do
         step bench4_profile 300 "$BIN/dsv4-bench" bench $p --profile
         # shellcheck disable=SC2086
         step bench4_gemm2 300 env DSV4_GEMM_CM=2 DSV4_GEMM_SMALL=2 "$BIN/dsv4-bench" bench $p
+        # recorded in order into one command buffer, as before the pass
+        # scheduler (docs/engine.md)
+        # shellcheck disable=SC2086
+        step bench4_inorder 300 env DSV4_SCHEDULE=0 DSV4_PART_OPS=1000000 "$BIN/dsv4-bench" bench $p
         ;;
     bench)
         step bench 600 "$BIN/dsv4-bench" bench --layers 8 --contexts 8192,65536,262144 \

@@ -18,7 +18,10 @@
  *     a time in shared memory (all of a tile's loads in flight together).
  *     Each column's sum and the denominator are chains over the keys in list
  *     order, exactly as attn_tile (masked keys add 0 x 0: the same bits as
- *     skipping them).
+ *     skipping them). With rope_inv the thread's two columns, where they are
+ *     a RoPE pair (the last rd dims), are rotated back as headprep.comp's
+ *     F_ROPE_INV does it (the same operations: the same bits), so the
+ *     engine skips that dispatch and a barrier of the decode chain.
  *
  * So every value is computed by the same operations in the same order as
  * attn_tile / attn_direct / attn / attn_serial (the same bits; the tests
@@ -37,6 +40,7 @@
  * below llvmpipe's 65535 at the tests' sizes. */
 #version 450
 #include "common.glsl"
+#include "rope.glsl"
 #ifndef DMAX
 #define DMAX 512
 #endif
@@ -63,10 +67,11 @@ layout(std430, binding = 4) readonly buffer BI { int IDX[]; };
 layout(std430, binding = 5) readonly buffer BSK { float SINK[]; };
 layout(std430, binding = 6) writeonly buffer BO { float O[]; };
 layout(std430, binding = 7) buffer BSC { float SC[]; };
+layout(std430, binding = 9) readonly buffer BF { float FREQ[]; }; /* RoPE frequencies (rope_inv) */
 layout(push_constant) uniform P {
     uint D, H, win, t0, p0, ratio, mode, topk, ld_i;
     float scale;
-    uint n_tok, ld_sc, sc_t0, base_rows;
+    uint n_tok, ld_sc, sc_t0, base_rows, rope_inv, rd;
 } p;
 
 /* key j of this token: source (0 chunk, 1 ring, 2 compressed) and row, as attn_tile.comp */
@@ -219,8 +224,16 @@ void main()
     if (h >= p.H || c2 >= p.D / 2u) return;
     float m = SC[rec_of(tl, h) + p.ld_sc - 1u];
     float den = l + exp_acc(SINK[h] - m);
-    uint ob = (tok * p.H + h) * p.D + 2u * c2;
-    O[ob] = bf16r(div_acc(acc.x, den));
-    O[ob + 1u] = bf16r(div_acc(acc.y, den));
+    uint ob = (tok * p.H + h) * p.D + 2u * c2, nope = p.D - p.rd;
+    float o0 = bf16r(div_acc(acc.x, den)), o1 = bf16r(div_acc(acc.y, den));
+    if (p.rope_inv != 0u && 2u * c2 >= nope) {
+        vec2 cs = rope_cs(pos, FREQ[c2 - nope / 2u]);
+        cs.y = -cs.y;
+        precise float re = o0 * cs.x - o1 * cs.y, im = o0 * cs.y + o1 * cs.x;
+        o0 = bf16r(re);
+        o1 = bf16r(im);
+    }
+    O[ob] = o0;
+    O[ob + 1u] = o1;
 }
 #endif

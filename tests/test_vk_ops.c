@@ -1158,7 +1158,8 @@ static void topk_ties_and_visibility(void)
 }
 
 /* ---- attn_dec: the decode attention's three dispatches ---- */
-typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc, sc_t0, base_rows; } pc_attnd;
+typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scale; uint32_t n_tok, ld_sc, sc_t0, base_rows,
+                 rope_inv, rd; } pc_attnd;
 
 /* attn_dec's scores, probabilities and value sums in one command buffer (the
  * runtime puts the barriers between them); b: the 9 bindings of
@@ -1166,12 +1167,12 @@ typedef struct { uint32_t D, H, win, t0, p0, ratio, mode, topk, ld_i; float scal
 static void run_attn_dec(vkbuf **b, const pc_attnd *pc, uint32_t nk)
 {
     char err[256];
-    vkview v[9];
-    for (int i = 0; i < 9; i++) v[i] = vkbuf_view(b[i], 0, b[i]->size);
+    vkview v[10];
+    for (int i = 0; i < 10; i++) v[i] = vkbuf_view(b[i], 0, b[i]->size);
     vkrt_begin(&rt, err, sizeof err);
-    vkrt_dispatch(&rt, P_ATTN_DEC_SCORE, v, 9, pc, sizeof *pc, (nk + 31) / 32, (pc->H + 7) / 8, pc->n_tok);
-    vkrt_dispatch(&rt, P_ATTN_DEC_PROB, v, 9, pc, sizeof *pc, pc->H, pc->n_tok, 1);
-    vkrt_dispatch(&rt, P_ATTN_DEC_VALUE, v, 9, pc, sizeof *pc, (pc->D + 63) / 64, (pc->H + 3) / 4, pc->n_tok);
+    vkrt_dispatch(&rt, P_ATTN_DEC_SCORE, v, 10, pc, sizeof *pc, (nk + 31) / 32, (pc->H + 7) / 8, pc->n_tok);
+    vkrt_dispatch(&rt, P_ATTN_DEC_PROB, v, 10, pc, sizeof *pc, pc->H, pc->n_tok, 1);
+    vkrt_dispatch(&rt, P_ATTN_DEC_VALUE, v, 10, pc, sizeof *pc, (pc->D + 63) / 64, (pc->H + 3) / 4, pc->n_tok);
     vkrt_submit_wait(&rt, err, sizeof err);
 }
 
@@ -1282,17 +1283,45 @@ static void attn_case(vk_pipe_id tile, int H, int D, int win, int n, int p0, int
     /* attn_dec (head_dim a multiple of 16): the same bits as attn_tile, with
        the compressed rows in one buffer, and split at base_rows into a
        shared base and the sequence's own rows (tokens at scratch row 1 on:
-       sc_t0) */
-    for (int split = 0; split < 2 && D % 16 == 0; split++) {
+       sc_t0); then (pass 2) with rope_inv, the bits of attn_tile's output
+       rotated back by headprep's F_ROPE_INV */
+    int rd = D >= 64 ? 64 : D;
+    float fr[32];
+    for (int i = 0; i < rd / 2; i++) fr[i] = (float)pow(160000.0, -2.0 * i / rd);
+    vkbuf bfr = mkbuf(fr, sizeof fr);
+    if (D % 16 == 0) { /* the headprep'd attn_tile output, for pass 2 */
+        vkbuf bw = mkbuf(NULL, 16), bpos = mkbuf(NULL, 16), bg = mkbuf(g, qn * 4);
+        pc_hp ph = {(uint32_t)D, (uint32_t)rd, (uint32_t)D, 0, 8 /* F_ROPE_INV */, (uint32_t)p0, 1, 1e-6f};
+        /* rows of H heads: head x of token t is row t * H + x at pos_base + row * pos_step; one token
+           at a time so every head of it gets the token's position */
+        for (int t = 0; t < n; t++) {
+            char err[256];
+            vkview v[4] = {vkbuf_view(&bg, (VkDeviceSize)t * H * D * 4, (VkDeviceSize)H * D * 4),
+                           vkbuf_view(&bw, 0, bw.size), vkbuf_view(&bfr, 0, bfr.size), vkbuf_view(&bpos, 0, bpos.size)};
+            ph.pos_base = (uint32_t)(p0 + t);
+            ph.pos_step = 0;
+            vkrt_begin(&rt, err, sizeof err);
+            vkrt_dispatch(&rt, P_HEADPREP, v, 4, &ph, sizeof ph, (uint32_t)H, 1, 1);
+            vkrt_submit_wait(&rt, err, sizeof err);
+        }
+        CHECK(readbuf(&bg, r, qn * 4) == 0); /* r: attn_tile's output rotated back */
+        size_t moved = 0;
+        for (size_t i = 0; i < qn; i++) moved += memcmp(&g[i], &r[i], 4) != 0;
+        CHECKF(moved > qn / 16, "headprep F_ROPE_INV changed only %zu of %zu values", moved, qn);
+        vkbuf_free(&rt, &bw); vkbuf_free(&rt, &bpos); vkbuf_free(&rt, &bg);
+    }
+    for (int pass = 0; pass < 3 && D % 16 == 0; pass++) {
         char err[256];
+        int split = pass == 1, inv = pass == 2;
         uint32_t nk = (uint32_t)(win + (mode == 1 ? (p0 + n) / ratio : topk)), ld = nk + 1 + 2 * (uint32_t)split;
         int nbase = split ? ne / 2 + 1 : 0;
         size_t scn = (size_t)(n + split) * H * 2 * ld;
         vkbuf bdsc = mkbuf(NULL, scn * 4), bdb = split ? mkbuf(cmp, (size_t)nbase * D * 4) : mkbuf(NULL, 16),
               bdown = split ? mkbuf(cmp + (size_t)nbase * D, (size_t)(ne - nbase) * D * 4) : bc;
-        vkbuf *bv[9] = {&bq, &bk, &br, &bdown, &bi, &bs, &bo, &bdsc, &bdb};
+        vkbuf *bv[10] = {&bq, &bk, &br, &bdown, &bi, &bs, &bo, &bdsc, &bdb, &bfr};
         pc_attnd pd = {(uint32_t)D, (uint32_t)H, (uint32_t)win, 0, (uint32_t)p0, (uint32_t)ratio, (uint32_t)mode,
-                       (uint32_t)topk, (uint32_t)ld_i, scale, (uint32_t)n, ld, (uint32_t)split, (uint32_t)nbase};
+                       (uint32_t)topk, (uint32_t)ld_i, scale, (uint32_t)n, ld, (uint32_t)split, (uint32_t)nbase,
+                       (uint32_t)inv, (uint32_t)rd};
         memset(g2, 0xff, qn * 4);
         CHECK(vkrt_upload(&rt, vkbuf_view(&bo, 0, qn * 4), g2, qn * 4, err, sizeof err) == 0);
         run_attn_dec(bv, &pd, nk);
@@ -1300,15 +1329,18 @@ static void attn_case(vk_pipe_id tile, int H, int D, int win, int n, int p0, int
         float *sc = malloc(scn * 4);
         CHECK(readbuf(&bdsc, sc, scn * 4) == 0); /* nothing past the scratch rows */
         free(sc);
+        const float *want = inv ? r : g;
         size_t diff = 0;
-        for (size_t i = 0; i < qn; i++) diff += memcmp(&g[i], &g2[i], 4) != 0;
-        printf("  attn_dec%s: %zu of %zu values differ from attn_tile, nmse %.3g\n",
-               split ? " (base rows split)" : "", diff, qn, nmse(g2, r, qn));
-        CHECKF(diff == 0, "attn_dec%s differs from attn_tile in %zu of %zu values", split ? " (split)" : "", diff, qn);
+        for (size_t i = 0; i < qn; i++) diff += memcmp(&want[i], &g2[i], 4) != 0;
+        const char *what = split ? " (base rows split)" : inv ? " with rope_inv" : "";
+        printf("  attn_dec%s: %zu of %zu values differ from attn_tile%s\n", what, diff, qn,
+               inv ? " + headprep F_ROPE_INV" : "");
+        CHECKF(diff == 0, "attn_dec%s differs in %zu of %zu values", what, diff, qn);
         vkbuf_free(&rt, &bdsc);
         vkbuf_free(&rt, &bdb);
         if (split) vkbuf_free(&rt, &bdown);
     }
+    vkbuf_free(&rt, &bfr);
     b[3] = &bc;
     b[8] = &bd;
     for (int i = 0; i < 9; i++) vkbuf_free(&rt, b[i]);
