@@ -1067,8 +1067,7 @@ static void seg_attention(dsv4_engine *e, const gblock *g, const fseg *sg, lstat
                          vkbuf_view(&s->dscore_buf, 0, s->dscore_buf.size), base, e->freq[g->ratio ? 1 : 0]};
         if (part <= 0)
             vkrt_dispatch(&e->rt, P_ATTN_DEC_SCORE, vd, 10, &pd, sizeof pd, cdiv(nk, 32), cdiv(H, 8), sg->n);
-        if (part < 0 || part == 1) vkrt_dispatch(&e->rt, P_ATTN_DEC_PROB, vd, 10, &pd, sizeof pd, H, sg->n, 1);
-        if (part < 0 || part == 2)
+        if (part < 0 || part == 1)
             vkrt_dispatch(&e->rt, P_ATTN_DEC_VALUE, vd, 10, &pd, sizeof pd, cdiv(hd, 64), cdiv(H, 4), sg->n);
         return;
     }
@@ -1316,16 +1315,16 @@ static void record_segments_phased(dsv4_engine *e, const gblock *g, int bi, cons
             vkrt_defer_barriers(&e->rt, 0);
         }
     }
-    /* attention (attn_dec: its three parts; each segment of few tokens has
+    /* attention (attn_dec: its two parts; each segment of few tokens has
        its own rows of the scratch), then the window rings it read */
-    for (int step = 0; step < 4; step++) {
+    for (int step = 0; step < 3; step++) {
         vkrt_defer_barriers(&e->rt, 1);
         uint32_t sc_t0 = 0;
         for (int si = 0; si < nsegs; si++) {
             const fseg *sg = &segs[si];
             lstate *ls = &sg->seq->ls[bi];
             vkrt_op(&e->rt, "attention");
-            if (step < 3) {
+            if (step < 2) {
                 vkview I = topk ? subview(s->idx, sg->t0 * irow, sg->n * irow) : s->idx;
                 seg_attention(e, g, sg, ls, topk, I, step, sc_t0, rope_inv);
                 if (attn_variant(e, g, sg) == P_ATTN_DEC_SCORE) sc_t0 += sg->n;
@@ -1615,13 +1614,13 @@ int fwd_run(dsv4_engine *e, const fpass *fp, char *err, size_t errlen)
                 uint64_t p1 = (uint64_t)(fp->segs[i].p0 + fp->segs[i].n);
                 uint64_t nk = (uint64_t)c->sliding_window +
                               (g->ratio == 4 ? (uint64_t)c->index_topk : g->ratio ? p1 / (uint64_t)g->ratio : 0);
-                if (nk + 1 > ld) ld = nk + 1;
+                if (nk > ld) ld = nk;
                 dec = 1;
             }
             if (dec) rows += (uint64_t)fp->segs[i].n;
         }
         ld = (ld + 255) / 256 * 256; /* HCA lists grow by a key per 128 tokens: reallocate seldom */
-        uint64_t need = rows * H * 2 * ld * 4, limit = ASCORE_MAX_BYTES;
+        uint64_t need = rows * H * ld * 4, limit = ASCORE_MAX_BYTES;
         if (limit > e->rt.max_range) limit = e->rt.max_range;
         s->dscore_ld = 0;
         if (rows && need <= limit) {

@@ -74,8 +74,8 @@ typedef struct fscratch {
     uint32_t route_tiles_max, rowmap_off, slotpos_off, wsort_off, ebegin_off;
     vkbuf ascore_buf;           /* attn_tile's pass-1 scores [token][head][ascore_ld], grows */
     uint32_t ascore_ld;         /* keys per row for this pass; 0: not kept (scores computed twice) */
-    vkbuf dscore_buf;           /* attn_dec's scores and probabilities [token][head][2][dscore_ld], grows */
-    uint32_t dscore_ld;         /* words per half record for this pass; 0: attn_direct instead */
+    vkbuf dscore_buf;           /* attn_dec's scores [token][head][dscore_ld], grows */
+    uint32_t dscore_ld;         /* words per record for this pass; 0: attn_direct instead */
     /* the fused indexer's (index_topk) candidate lists: for each token of a
        pass icand_ld ranges of icand_cap (key, index) pairs, and their
        counts; fixed size (no score matrix); icand_ld 0: not allocated */

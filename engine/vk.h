@@ -45,9 +45,8 @@ typedef enum {
     P_TOPK_RADIX,       /* topk by 8-bit radix select (4 passes instead of 32) */
     P_ATTN_DIRECT,      /* attn_tile without key staging, one head per workgroup: few tokens */
     P_INDEX_SCORE_TOK,  /* index_score, one token per workgroup, key rows in registers: decode */
-    P_ATTN_DEC_SCORE,   /* attn for few tokens in three dispatches (shaders/attn_dec.comp): scores, */
-    P_ATTN_DEC_PROB,    /* probabilities, */
-    P_ATTN_DEC_VALUE,   /* value sums */
+    P_ATTN_DEC_SCORE,   /* attn for few tokens in two dispatches (shaders/attn_dec.comp): scores, */
+    P_ATTN_DEC_VALUE,   /* then probabilities and value sums */
     P_INDEX_SCORE_DEC,  /* index_score_tok with an entry's heads over 4 threads: decode */
     P_TOPK_DEC,         /* topk_radix in 3 passes with parallel scans, 512 threads: decode */
     P_INDEX_TOPK,       /* indexer scores + per-range candidate lists, no score matrix (prefill) */

@@ -1,5 +1,5 @@
 /* attn_dec: the sparse attention of attn_tile.comp for segments of few
- * tokens (decode), in three dispatches that spread one token over many
+ * tokens (decode), in two dispatches that spread one token over many
  * workgroups. attn_direct ran one workgroup per head: 64 workgroups for a
  * decode token, each thread walking a chain of ~10 keys x head_dim
  * multiply-adds, twice (~178 us per layer at 8K on an H200). Here:
@@ -10,15 +10,15 @@
  *     memory and read as broadcasts. Each
  *     score q_h . k_j is one chain over dims 0..D-1 in order (as attn_tile).
  *     Writes the raw dot products to the scratch.
- *   PHASE 2 (prob): one workgroup per (token, head): the maximum of the
- *     scaled scores (order-free), then exp(s - max) in place of the score and
- *     its bf16 rounding next to it, the maximum in the record's last word.
- *   PHASE 3 (value): one thread per (2 output columns, head); a workgroup is
- *     64 columns x 4 heads, and stages the 64-column slice of 64 key rows at
- *     a time in shared memory (all of a tile's loads in flight together).
- *     Each column's sum and the denominator are chains over the keys in list
- *     order, exactly as attn_tile (masked keys add 0 x 0: the same bits as
- *     skipping them). With rope_inv the thread's two columns, where they are
+ *   PHASE 2 (value): one thread per (2 output columns, head); a workgroup is
+ *     64 columns x 4 heads. It first finds its heads' maxima of the scaled
+ *     scores (order-free; every workgroup of a head finds the same, 32
+ *     threads a head: a dispatch and a barrier fewer than a phase of their
+ *     own), then stages the 64-column slice of 64 key rows at a time in
+ *     shared memory (all of a tile's loads in flight together) with the
+ *     tile's exp(s - max) and their bf16 roundings. Each column's sum and
+ *     the denominator are chains over the keys in list order, exactly as
+ *     attn_tile (masked keys add 0 x 0: the same bits as skipping them). With rope_inv the thread's two columns, where they are
  *     a RoPE pair (the last rd dims), are rotated back as headprep.comp's
  *     F_ROPE_INV does it (the same operations: the same bits), so the
  *     engine skips that dispatch and a barrier of the decode chain.
@@ -28,15 +28,13 @@
  * check it), only with (key, head) and (column, head) pairs spread over
  * threads instead of keys strided over one workgroup's threads.
  *
- * Scratch (binding 7): one record of 2 x ld_sc floats per (token, head),
+ * Scratch (binding 7): one record of ld_sc >= nk floats per (token, head),
  * token = sc_t0 + token of the segment (the engine gives each segment of a
- * pass its own rows): words [0, nk) the scores, then exp(s - max);
- * [ld_sc, ld_sc + nk) their bf16 roundings; word ld_sc - 1 the maximum
- * (ld_sc > nk). Compressed rows follow the shared convention: rows
+ * pass its own rows): words [0, nk) the raw scores. Compressed rows follow the shared convention: rows
  * r < base_rows in the base buffer (the last binding), the rest in CMP at
  * r - base_rows (row4). head_dim must be a multiple of 16 and
  * at most DMAX (engine/forward.c attn_variant checks). Loop trips per
- * invocation: phase 1 D/16 per key and head pair, phase 3 about nk, far
+ * invocation: phase 1 D/16 per key and head pair, phase 2 about nk, far
  * below llvmpipe's 65535 at the tests' sizes. */
 #version 450
 #include "common.glsl"
@@ -49,8 +47,6 @@
 #define NT 128u
 #define KB 32u  /* keys per workgroup */
 #define HW 8u   /* heads per workgroup, 2 per thread */
-#elif PHASE == 2
-#define NT 64u
 #else
 #define NT 128u
 #define CL 32u  /* column lanes (2 columns each) per head */
@@ -96,7 +92,7 @@ uint n_keys(uint pos)
     return p.win + nc;
 }
 
-uint rec_of(uint tl, uint h) { return ((p.sc_t0 + tl) * p.H + h) * 2u * p.ld_sc; }
+uint rec_of(uint tl, uint h) { return ((p.sc_t0 + tl) * p.H + h) * p.ld_sc; }
 
 /* float4 c4 of key `key` (a row id of key_of, not NOKEY) */
 vec4 row4(uint key, uint c4, uint D4)
@@ -143,37 +139,12 @@ void main()
     if (h0 + hb < p.H) SC[rec_of(tl, h0 + hb) + j] = db;
 }
 
-#elif PHASE == 2
-shared float red[NT];
-
-void main()
-{
-    uint t = gl_LocalInvocationID.x, h = gl_WorkGroupID.x, tl = gl_WorkGroupID.y;
-    uint pos = p.p0 + tl, nw = min(p.win, pos + 1u), nk = n_keys(pos), rb = rec_of(tl, h);
-    float mloc = -1.0 / 0.0;
-    for (uint j = t; j < nk; j += NT)
-        if (key_of(j, pos, nw, tl) != NOKEY) mloc = max(mloc, SC[rb + j] * p.scale);
-    red[t] = mloc;
-    barrier();
-    for (uint k = NT / 2u; k > 0u; k >>= 1) {
-        if (t < k) red[t] = max(red[t], red[t + k]);
-        barrier();
-    }
-    float m = red[0];
-    /* each thread rewrites only the scores it read */
-    for (uint j = t; j < nk; j += NT) {
-        float e = key_of(j, pos, nw, tl) != NOKEY ? exp_acc(SC[rb + j] * p.scale - m) : 0.0;
-        SC[rb + j] = e;
-        SC[rb + p.ld_sc + j] = bf16r(e);
-    }
-    if (t == 0u) SC[rb + p.ld_sc - 1u] = m;
-}
-
 #else
 shared uint srcs[KTV];
 shared vec2 Ks[KTV * CL]; /* the tile's keys, the workgroup's 2 CL columns */
 shared float Es[HV * KTV];
 shared float Ps[HV * KTV];
+shared float red[NT];
 
 #define SPT (KTV * CL / 2u / NT) /* float4s staged per thread and tile */
 void main()
@@ -182,6 +153,17 @@ void main()
     uint c2 = gl_WorkGroupID.x * CL + lane, h = gl_WorkGroupID.y * HV + hr;
     uint tok = p.t0 + tl, pos = p.p0 + tl, D4 = p.D / 4u, c40 = gl_WorkGroupID.x * (CL / 2u);
     uint nw = min(p.win, pos + 1u), nk = n_keys(pos);
+    /* head hr's maximum over its scaled scores: CL threads, then a tree */
+    float mloc = -1.0 / 0.0;
+    if (h < p.H)
+        for (uint j = lane; j < nk; j += CL)
+            if (key_of(j, pos, nw, tl) != NOKEY) mloc = max(mloc, SC[rec_of(tl, h) + j] * p.scale);
+    red[t] = mloc;
+    barrier();
+    for (uint k = CL / 2u; k > 0u; k >>= 1) {
+        if (lane < k) red[t] = max(red[t], red[t + k]);
+        barrier();
+    }
     vec2 acc = vec2(0.0);
     float l = 0.0;
     for (uint b0 = 0u; b0 < nk; b0 += KTV) {
@@ -206,10 +188,9 @@ void main()
         for (uint x = t; x < HV * KTV; x += NT) {
             uint hh = x / KTV, j = x - hh * KTV, hg = gl_WorkGroupID.y * HV + hh;
             float e = 0.0, pb = 0.0;
-            if (hg < p.H && b0 + j < nk) {
-                uint rb = rec_of(tl, hg);
-                e = SC[rb + b0 + j]; /* 0 for masked keys (phase 2) */
-                pb = SC[rb + p.ld_sc + b0 + j];
+            if (hg < p.H && srcs[j] != NOKEY) { /* NOKEY also past the list */
+                e = exp_acc(SC[rec_of(tl, hg) + b0 + j] * p.scale - red[hh * CL]);
+                pb = bf16r(e);
             }
             Es[x] = e;
             Ps[x] = pb;
@@ -222,7 +203,7 @@ void main()
         }
     }
     if (h >= p.H || c2 >= p.D / 2u) return;
-    float m = SC[rec_of(tl, h) + p.ld_sc - 1u];
+    float m = red[hr * CL];
     float den = l + exp_acc(SINK[h] - m);
     uint ob = (tok * p.H + h) * p.D + 2u * c2, nope = p.D - p.rd;
     float o0 = bf16r(div_acc(acc.x, den)), o1 = bf16r(div_acc(acc.y, den));

@@ -1171,7 +1171,6 @@ static void run_attn_dec(vkbuf **b, const pc_attnd *pc, uint32_t nk)
     for (int i = 0; i < 10; i++) v[i] = vkbuf_view(b[i], 0, b[i]->size);
     vkrt_begin(&rt, err, sizeof err);
     vkrt_dispatch(&rt, P_ATTN_DEC_SCORE, v, 10, pc, sizeof *pc, (nk + 31) / 32, (pc->H + 7) / 8, pc->n_tok);
-    vkrt_dispatch(&rt, P_ATTN_DEC_PROB, v, 10, pc, sizeof *pc, pc->H, pc->n_tok, 1);
     vkrt_dispatch(&rt, P_ATTN_DEC_VALUE, v, 10, pc, sizeof *pc, (pc->D + 63) / 64, (pc->H + 3) / 4, pc->n_tok);
     vkrt_submit_wait(&rt, err, sizeof err);
 }
@@ -1315,7 +1314,7 @@ static void attn_case(vk_pipe_id tile, int H, int D, int win, int n, int p0, int
         int split = pass == 1, inv = pass == 2;
         uint32_t nk = (uint32_t)(win + (mode == 1 ? (p0 + n) / ratio : topk)), ld = nk + 1 + 2 * (uint32_t)split;
         int nbase = split ? ne / 2 + 1 : 0;
-        size_t scn = (size_t)(n + split) * H * 2 * ld;
+        size_t scn = (size_t)(n + split) * H * ld;
         vkbuf bdsc = mkbuf(NULL, scn * 4), bdb = split ? mkbuf(cmp, (size_t)nbase * D * 4) : mkbuf(NULL, 16),
               bdown = split ? mkbuf(cmp + (size_t)nbase * D, (size_t)(ne - nbase) * D * 4) : bc;
         vkbuf *bv[10] = {&bq, &bk, &br, &bdown, &bi, &bs, &bo, &bdsc, &bdb, &bfr};
