@@ -892,7 +892,7 @@ static int hc_post(dsv4_engine *e, vkview X, vkview RES, vkview MIX, vkview O, u
     int mix = next && hc_mix_fusable(e);
     vkview v[6] = {X, RES, MIX, O, mix ? next->fn : e->dummy, e->s.hcpart};
     vkrt_dispatch(&e->rt, mix ? P_HC_POST_MIX : P_HC_POST, v, mix ? 6 : 4, &pc, sizeof pc, T,
-                  cdiv(c->hidden_size, 256), 1);
+                  cdiv(c->hidden_size, 256), (uint32_t)c->hc_mult);
     return mix;
 }
 
@@ -1486,7 +1486,7 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
     pc_combine_post pcb = {D, k, s->slotpos_off, (uint32_t)c->hc_mult};
     vkview vc[9] = {s->ys, s->sy, s->sel, s->route, Y, s->x2, s->mix, y_mixed ? next->fn : e->dummy, s->hcpart};
     vkrt_dispatch(&e->rt, y_mixed ? P_MOE_COMBINE_POST_MIX : P_MOE_COMBINE_POST, vc, y_mixed ? 9 : 7, &pcb,
-                  sizeof pcb, T, cdiv(D, 256), 1);
+                  sizeof pcb, T, cdiv(D, 256), (uint32_t)c->hc_mult);
     return y_mixed;
 }
 

@@ -1,7 +1,7 @@
 /* hc_post: Block.hc_post of model.py: out[k] = post[k] * x + sum_j comb[j][k]
  * * residual[j] in f32, rounded to bf16, for hc copies of D values per token.
- * OUT may not alias RES. Workgroup (token, block of 256 columns): a decode
- * step's few tokens still fill the GPU.
+ * OUT may not alias RES. Workgroup (token, block of 256 columns, copy k): a
+ * decode step's few tokens still fill the GPU.
  *
  * -DFUSE_MIX (hc_post_mix): also the next hc_pre's hc_mix partial sums of the
  * result (hc_mix_cols.glsl) into PART, with that hc_pre's fn; D a multiple
@@ -32,21 +32,18 @@ float post_col(uint tok, uint k, uint c)
 
 void main()
 {
-    uint tok = gl_WorkGroupID.x, t = gl_LocalInvocationID.x, hc = p.hc;
+    uint tok = gl_WorkGroupID.x, t = gl_LocalInvocationID.x, k = gl_WorkGroupID.z, hc = p.hc;
     uint rb = tok * hc * p.D, c0 = gl_WorkGroupID.y * 256u, c1 = min(p.D, c0 + 256u);
 #ifdef FUSE_MIX
     uint HD = hc * p.D, nmix = (2u + hc) * hc, splits = HD / 256u;
-    for (uint k = 0u; k < hc; k++) {
-        vec4 v;
-        for (uint i = 0u; i < 4u; i++) {
-            v[i] = post_col(tok, k, c0 + t + 64u * i);
-            O[rb + k * p.D + c0 + t + 64u * i] = v[i];
-        }
-        uint sl = k * (p.D / 256u) + gl_WorkGroupID.y;
-        mix_cols(v, nmix, HD, k * p.D + c0, (tok * splits + sl) * (nmix + 1u));
+    vec4 v;
+    for (uint i = 0u; i < 4u; i++) {
+        v[i] = post_col(tok, k, c0 + t + 64u * i);
+        O[rb + k * p.D + c0 + t + 64u * i] = v[i];
     }
+    uint sl = k * (p.D / 256u) + gl_WorkGroupID.y;
+    mix_cols(v, nmix, HD, k * p.D + c0, (tok * splits + sl) * (nmix + 1u));
 #else
-    for (uint c = c0 + t; c < c1; c += 64u)
-        for (uint k = 0u; k < hc; k++) O[rb + k * p.D + c] = post_col(tok, k, c);
+    for (uint c = c0 + t; c < c1; c += 64u) O[rb + k * p.D + c] = post_col(tok, k, c);
 #endif
 }

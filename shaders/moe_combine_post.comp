@@ -4,7 +4,8 @@
  * hc_post.comp computes it, O[k] = post[k] * y + sum_j comb[j][k] * RES[j],
  * rounded to bf16 (one dispatch and one barrier of a decode step's chain
  * fewer per layer than the two apart). Workgroup (token, block of 256
- * columns): a decode step's few tokens still fill the GPU.
+ * columns, copy k): a decode step's few tokens still fill the GPU (each
+ * copy's workgroup adds the experts' rows itself: k rows of 256 columns).
  * The order of the token's experts and their rows of YS are found once per
  * workgroup (the k selections and route reads are the same for every
  * column; per column they were a chain of ~3k dependent memory reads), and
@@ -82,24 +83,18 @@ void main()
         }
     }
     barrier();
-    uint hc = p.hc, rb = t * hc * p.D, c0 = gl_WorkGroupID.y * 256u;
+    uint hc = p.hc, k = gl_WorkGroupID.z, rb = t * hc * p.D, c0 = gl_WorkGroupID.y * 256u;
 #ifdef FUSE_MIX
-    vec4 ys; /* the sums of the invocation's four columns */
-    for (uint q = 0u; q < 4u; q++) ys[q] = expert_sum(t, c0 + i + 64u * q);
     uint HD = hc * p.D, nmix = (2u + hc) * hc, splits = HD / 256u;
-    for (uint k = 0u; k < hc; k++) {
-        vec4 v;
-        for (uint q = 0u; q < 4u; q++) {
-            v[q] = post_col(t, k, c0 + i + 64u * q, ys[q]);
-            O[rb + k * p.D + c0 + i + 64u * q] = v[q];
-        }
-        uint sl = k * (p.D / 256u) + gl_WorkGroupID.y;
-        mix_cols(v, nmix, HD, k * p.D + c0, (t * splits + sl) * (nmix + 1u));
+    vec4 v;
+    for (uint q = 0u; q < 4u; q++) {
+        uint c = c0 + i + 64u * q;
+        v[q] = post_col(t, k, c, expert_sum(t, c));
+        O[rb + k * p.D + c] = v[q];
     }
+    uint sl = k * (p.D / 256u) + gl_WorkGroupID.y;
+    mix_cols(v, nmix, HD, k * p.D + c0, (t * splits + sl) * (nmix + 1u));
 #else
-    for (uint c = c0 + i; c < c1; c += 64u) {
-        float x = expert_sum(t, c);
-        for (uint k = 0u; k < hc; k++) O[rb + k * p.D + c] = post_col(t, k, c, x);
-    }
+    for (uint c = c0 + i; c < c1; c += 64u) O[rb + k * p.D + c] = post_col(t, k, c, expert_sum(t, c));
 #endif
 }

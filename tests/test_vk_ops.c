@@ -73,14 +73,20 @@ static double nmse(const float *g, const float *r, size_t n)
     return b > 0 ? a / b : a;
 }
 
-static void run1(vk_pipe_id p, vkbuf **bufs, int n, const void *push, size_t ps, uint32_t gx, uint32_t gy)
+static void run1z(vk_pipe_id p, vkbuf **bufs, int n, const void *push, size_t ps, uint32_t gx, uint32_t gy,
+                  uint32_t gz)
 {
     char err[256];
     vkview v[VK_MAX_BINDINGS];
     for (int i = 0; i < n; i++) v[i] = vkbuf_view(bufs[i], 0, bufs[i]->size);
     vkrt_begin(&rt, err, sizeof err);
-    vkrt_dispatch(&rt, p, v, n, push, ps, gx, gy, 1);
+    vkrt_dispatch(&rt, p, v, n, push, ps, gx, gy, gz);
     vkrt_submit_wait(&rt, err, sizeof err);
+}
+
+static void run1(vk_pipe_id p, vkbuf **bufs, int n, const void *push, size_t ps, uint32_t gx, uint32_t gy)
+{
+    run1z(p, bufs, n, push, ps, gx, gy, 1);
 }
 
 static float bf(float x) { return dsv4_round_bf16(x); }
@@ -749,11 +755,21 @@ static void hc_post_mix_case(int T, int D)
           bp = mkbuf(NULL, np * 8);
     pc_hcpost pc = {(uint32_t)D, HC};
     vkbuf *b1[4] = {&bx, &br, &bm, &bo1};
-    run1(P_HC_POST, b1, 4, &pc, sizeof pc, (uint32_t)T, (uint32_t)D / 256);
+    run1z(P_HC_POST, b1, 4, &pc, sizeof pc, (uint32_t)T, (uint32_t)D / 256, HC);
     vkbuf *b2[6] = {&bx, &br, &bm, &bo2, &bf_, &bp};
-    run1(P_HC_POST_MIX, b2, 6, &pc, sizeof pc, (uint32_t)T, (uint32_t)D / 256);
+    run1z(P_HC_POST_MIX, b2, 6, &pc, sizeof pc, (uint32_t)T, (uint32_t)D / 256, HC);
     CHECK(readbuf(&bo1, o1, n * 4) == 0 && readbuf(&bo2, o2, n * 4) == 0 && readbuf(&bp, part, np * 8) == 0);
     CHECKF(memcmp(o1, o2, n * 4) == 0, "hc_post_mix D %d: its hc_post differs from hc_post's", D);
+    { /* and hc_post against the CPU's (the same order: the same bits) */
+        float *post = malloc((size_t)T * HC * 4), *comb = malloc((size_t)T * HC * HC * 4), *want_o = malloc(n * 4);
+        for (int t = 0; t < T; t++) {
+            memcpy(post + t * HC, mix + t * NM, HC * 4);
+            memcpy(comb + t * HC * HC, mix + t * NM + HC, HC * HC * 4);
+        }
+        ref_hc_post(x, res, post, comb, T, HC, D, want_o);
+        CHECKF(memcmp(o1, want_o, n * 4) == 0, "hc_post D %d: not the CPU's bits", D);
+        free(post); free(comb); free(want_o);
+    }
     hc_mix_order(o2, fn, T, HC, D, sp, want);
     CHECKF(memcmp(part, want, np * 8) == 0, "hc_post_mix D %d: the sums are not hc_mix's (%d slices)", D, sp);
     o2[D + 3] += 1.0f; /* a changed input must show */
@@ -961,8 +977,8 @@ static void moe_combine_post_case(int D, int mix_too)
           bf_ = mkbuf(fn, (size_t)NMIX * HD * 4), bp = mkbuf(NULL, np * 8);
     pc_combine_post pc = {(uint32_t)D, K, SOFF, HC};
     vkbuf *b[9] = {&by, &bs, &be, &br, &bo, &bres, &bm, &bf_, &bp};
-    run1(mix_too ? P_MOE_COMBINE_POST_MIX : P_MOE_COMBINE_POST, b, mix_too ? 9 : 7, &pc, sizeof pc, T,
-         (uint32_t)(D + 255) / 256);
+    run1z(mix_too ? P_MOE_COMBINE_POST_MIX : P_MOE_COMBINE_POST, b, mix_too ? 9 : 7, &pc, sizeof pc, T,
+          (uint32_t)(D + 255) / 256, HC);
     CHECK(readbuf(&bo, got, n * 4) == 0);
     CHECKF(memcmp(got, want, n * 4) == 0, "moe_combine_post%s D %d: not the bits of the ascending-expert sum + hc_post",
            mix_too ? "_mix" : "", D);
