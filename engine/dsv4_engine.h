@@ -170,8 +170,8 @@ int dsv4_engine_profile(dsv4_engine *e, dsv4_profile_entry *out, int cap);
  * parts), compute dispatches, and the barriers among them (each
  * waits for everything before it, so at decode's few rows a step takes
  * about as long as its barriers times a dispatch's latency), and the host
- * seconds spent recording them (the device waits for that too: a pass is
- * submitted once recorded). */
+ * seconds spent recording them (the device idles while the first part of a
+ * pass is recorded, and wherever it catches up with the host). */
 typedef struct dsv4_engine_counts {
     uint64_t passes, submits, dispatches, barriers;
     double record_seconds;

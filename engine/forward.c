@@ -1031,15 +1031,14 @@ static vkview cache_base(const dsv4_engine *e, const lstate *ls, int which)
 }
 
 /* The attention of one segment of block g (its window, ring and compressed
- * entries; idx: the segment's top-k rows). attn_dec runs in three
- * dispatches, each reading the previous one's scratch: part -1 records all
- * three (the runtime puts barriers between them), part 0, 1, 2 only that
- * one (record_segments_phased: the same part of every sequence, then a
- * barrier); the other variants are one dispatch, recorded at part -1 or 0.
- * sc_t0: the segment's first record row in attn_dec's scratch. */
-/* One segment's attention into o (part: attn_dec's phase, -1 all). rope_inv:
- * attn_dec also applies the inverse RoPE of the output (the block then skips
- * that headprep); only where every segment of the pass runs attn_dec. */
+ * entries; idx: the segment's top-k rows) into o. attn_dec runs in two
+ * dispatches, the second reading the first's scratch: part -1 records both
+ * (the runtime puts a barrier between them), part 0 or 1 only that one
+ * (record_segments_phased: the same part of every sequence); the other
+ * variants are one dispatch, recorded at part -1 or 0. sc_t0: the
+ * segment's first record row in attn_dec's scratch. rope_inv: attn_dec also
+ * applies the inverse RoPE to its output (the block then skips that
+ * headprep), set only where every segment of the pass runs attn_dec. */
 static void seg_attention(dsv4_engine *e, const gblock *g, const fseg *sg, lstate *ls, uint32_t topk, vkview idx,
                           int part, uint32_t sc_t0, int rope_inv)
 {
@@ -1479,8 +1478,8 @@ static int record_block(dsv4_engine *e, int bi, vkview X, vkview Y, uint32_t T, 
         swiglu(e, s->s1, s->s3, s->ss, s->ssq, T, 0, 0);
         gemm(e, &g->sh[1], s->ss, inter, 0, s->sy, D, 0, T, 1, 0, 0);
     }
-    /* the experts' sum, then hc_post on it, in one dispatch (the same
-       workgroups over the columns), and the next block's hc_mix sums */
+    /* the experts' sum, then hc_post on it, in one dispatch, and the next
+       block's hc_mix sums where it can */
     vkrt_op(&e->rt, "moe_combine");
     int y_mixed = next && hc_mix_fusable(e);
     pc_combine_post pcb = {D, k, s->slotpos_off, (uint32_t)c->hc_mult};

@@ -1,9 +1,10 @@
 /* engine/vk.h: the engine's private Vulkan runtime (engine/vk.c).
  *
- * One device, one compute queue, one command buffer that records a whole
- * forward pass: every dispatch pushes its descriptors (VK_KHR_push_descriptor)
- * and push constants, so nothing is allocated per step and the host waits
- * only at the end of a pass. The operations of a pass are queued and
+ * One device, one compute queue, and a forward pass recorded into one
+ * command buffer or a few (vkrt_submit_part: the device starts on the first
+ * while the host records the rest): every dispatch pushes its descriptors
+ * (VK_KHR_push_descriptor) and push constants, so nothing is allocated per
+ * step and the host waits only at the end of a pass. The operations of a pass are queued and
  * recorded at submit in dependency levels, one barrier between levels (the
  * bindings a pipeline writes are read from its SPIR-V; vk.c: the pass
  * scheduler); profiling records each at once with a barrier after it. Buffers

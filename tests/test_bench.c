@@ -105,9 +105,15 @@ static void bench_json_has_every_field(void)
                                      "state_bytes_read_per_token"};
     size_t i;
     json_t *x;
+    /* what was recorded: with --profile a barrier after every dispatch */
+    static const char *const ck2[] = {"submits", "dispatches", "barriers"};
     json_array_foreach(pf, i, x) {
         CHECK(json_is_true(json_object_get(x, "ok")));
         check_positive(x, rk, sizeof rk / sizeof rk[0], "prefill");
+        json_t *rec = json_object_get(x, "recorded_per_pass");
+        check_positive(rec, ck2, 3, "prefill recorded");
+        CHECK(num(rec, "passes") >= 1 && num(rec, "host_record_ms") >= 0);
+        CHECK(num(rec, "barriers") >= num(rec, "dispatches"));
     }
     CHECK(num(json_array_get(pf, 0), "context") == 64 && num(json_array_get(pf, 1), "context") == 192);
     json_array_foreach(dc, i, x) {
@@ -122,6 +128,9 @@ static void bench_json_has_every_field(void)
         static const char *const sk[] = {"state_bytes_prefix_own", "state_bytes_forks_own",
                                          "state_bytes_shared_per_fork"};
         check_positive(x, sk, 3, "decode");
+        json_t *rec = json_object_get(x, "recorded_per_step");
+        check_positive(rec, ck2, 3, "decode recorded");
+        CHECK(num(rec, "passes_per_step") == 1 && num(rec, "barriers") >= num(rec, "dispatches"));
     }
     /* --profile: every measured phase has per-operation GPU times */
     json_t *pr = json_object_get(o, "profile");
@@ -164,6 +173,44 @@ static void bench_keeps_a_stratified_subset(void)
     double m = num(p0, "tokens_per_s_measured"), t = num(p0, "tokens_per_s");
     CHECKF(m > 0 && t > 0 && t < m && t > 0.39 * m && t < 0.41 * m, "measured %g extrapolated %g", m, t);
     json_decref(o);
+}
+
+/* The pass scheduler against recording in order (DSV4_SCHEDULE=0): the same
+   dispatches with fewer barriers, for prefill and decode at batch 1 and 4. */
+static void bench_scheduler_cuts_barriers(void)
+{
+    int no_device;
+    const char *args = "bench --config " TINY " --contexts 192 --decode-contexts 192 --batches 1,4 --steps 2 "
+                       "--json 2>/dev/null";
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "bin/dsv4-batch %s", args);
+    json_t *a = run_report(cmd, &no_device);
+    if (no_device) SKIP("no Vulkan device");
+    snprintf(cmd, sizeof cmd, "DSV4_SCHEDULE=0 bin/dsv4-batch %s", args);
+    json_t *b = run_report(cmd, &no_device);
+    if (!a || !b) {
+        json_decref(a);
+        json_decref(b);
+        return;
+    }
+    json_t *sets[2][2] = {{json_object_get(a, "prefill"), json_object_get(a, "decode")},
+                          {json_object_get(b, "prefill"), json_object_get(b, "decode")}};
+    for (int k = 0; k < 2; k++) {
+        CHECK(json_array_size(sets[0][k]) == json_array_size(sets[1][k]) && json_array_size(sets[0][k]) > 0);
+        for (size_t i = 0; i < json_array_size(sets[0][k]); i++) {
+            const char *key = k ? "recorded_per_step" : "recorded_per_pass";
+            json_t *ra = json_object_get(json_array_get(sets[0][k], i), key),
+                   *rb = json_object_get(json_array_get(sets[1][k], i), key);
+            double da = num(ra, "dispatches"), db = num(rb, "dispatches"), ba = num(ra, "barriers"),
+                   bb = num(rb, "barriers");
+            printf("  %s %zu: %g dispatches, %g barriers scheduled, %g in order\n", k ? "decode" : "prefill", i, da,
+                   ba, bb);
+            CHECKF(da == db && da > 0, "%s %zu: %g dispatches scheduled, %g in order", key, i, da, db);
+            CHECKF(ba > 0 && ba < 0.9 * bb, "%s %zu: %g barriers scheduled, %g in order", key, i, ba, bb);
+        }
+    }
+    json_decref(a);
+    json_decref(b);
 }
 
 /* --devices: the layers split over lavapipe opened twice; all five kept,
@@ -235,6 +282,7 @@ int main(void)
     RUN(bench_rejects_bad_input);
     RUN(bench_json_has_every_field);
     RUN(bench_keeps_a_stratified_subset);
+    RUN(bench_scheduler_cuts_barriers);
     RUN(bench_splits_over_devices);
     RUN(bench_tool_alone);
     CHECK_EXIT();
