@@ -33,17 +33,15 @@ float post_col(uint tok, uint k, uint c)
 void main()
 {
     uint tok = gl_WorkGroupID.x, t = gl_LocalInvocationID.x, k = gl_WorkGroupID.z, hc = p.hc;
-    uint rb = tok * hc * p.D, c0 = gl_WorkGroupID.y * 256u, c1 = min(p.D, c0 + 256u);
-#ifdef FUSE_MIX
-    uint HD = hc * p.D, nmix = (2u + hc) * hc, splits = HD / 256u;
+    uint rb = tok * hc * p.D, c0 = gl_WorkGroupID.y * 256u;
+    /* the invocation's four columns computed before any is stored, so their
+       loads are in flight together (a store could alias a later load) */
     vec4 v;
-    for (uint i = 0u; i < 4u; i++) {
-        v[i] = post_col(tok, k, c0 + t + 64u * i);
-        O[rb + k * p.D + c0 + t + 64u * i] = v[i];
-    }
-    uint sl = k * (p.D / 256u) + gl_WorkGroupID.y;
+    for (uint i = 0u; i < 4u; i++) v[i] = post_col(tok, k, min(c0 + t + 64u * i, p.D - 1u));
+    for (uint i = 0u; i < 4u; i++)
+        if (c0 + t + 64u * i < p.D) O[rb + k * p.D + c0 + t + 64u * i] = v[i];
+#ifdef FUSE_MIX
+    uint HD = hc * p.D, nmix = (2u + hc) * hc, splits = HD / 256u, sl = k * (p.D / 256u) + gl_WorkGroupID.y;
     mix_cols(v, nmix, HD, k * p.D + c0, (tok * splits + sl) * (nmix + 1u));
-#else
-    for (uint c = c0 + t; c < c1; c += 64u) O[rb + k * p.D + c] = post_col(tok, k, c);
 #endif
 }

@@ -38,9 +38,11 @@ uint xb = 0u;
 const bool staged = true;
 #include "rmsnorm_row.glsl"
 #endif
+#define HCMAX 6u /* hc_mult at most (cm holds hc x hc) */
+#define GY 8u    /* columns of y whose loads are in flight together */
 shared float tot[MAXMIX + 1];
 shared float mixes[MAXMIX];
-shared float cm[36];
+shared float cm[HCMAX * HCMAX];
 shared float pre[8];
 shared float rs_s;
 
@@ -132,14 +134,26 @@ void main()
     if (t < nc) MIX[mb + hc + t] = cm[t];
 #endif
     barrier();
-    for (uint c = t; c < p.D; c += 256u) {
-        precise float y = 0.0;
-        for (uint h = 0u; h < p.hc; h++) y += pre[h] * X[xo + h * p.D + c];
+    /* y's columns c = t + 256 i, GY at a time with all their hc values
+       loaded before any is added (one column at a time, a decode token's
+       columns were 16 dependent rounds of loads); each y adds h in order */
+    for (uint c0 = t; c0 < p.D; c0 += 256u * GY) {
+        float xv[GY * HCMAX];
+        for (uint i = 0u; i < GY; i++)
+            for (uint h = 0u; h < HCMAX; h++)
+                xv[i * HCMAX + h] = h < p.hc ? X[xo + h * p.D + min(c0 + 256u * i, p.D - 1u)] : 0.0;
+        for (uint i = 0u; i < GY; i++) {
+            uint c = c0 + 256u * i;
+            precise float y = 0.0;
+            for (uint h = 0u; h < HCMAX; h++)
+                if (h < p.hc) y += pre[h] * xv[i * HCMAX + h];
+            if (c >= p.D) continue;
 #ifdef NORM
-        xs[c] = bf16r(y);
+            xs[c] = bf16r(y);
 #else
-        Y[tok * p.D + c] = bf16r(y);
+            Y[tok * p.D + c] = bf16r(y);
 #endif
+        }
     }
 #ifdef NORM
     barrier();

@@ -64,7 +64,7 @@ float post_col(uint t, uint k, uint c, float x)
 
 void main()
 {
-    uint t = gl_WorkGroupID.x, i = gl_LocalInvocationID.x, c1 = min(p.D, (gl_WorkGroupID.y + 1u) * 256u);
+    uint t = gl_WorkGroupID.x, i = gl_LocalInvocationID.x;
     if (i < p.k) {
         sel_s[i] = SEL[t * p.k + i];
         pos_s[i] = R[p.slotpos_off + t * p.k + i];
@@ -84,17 +84,17 @@ void main()
     }
     barrier();
     uint hc = p.hc, k = gl_WorkGroupID.z, rb = t * hc * p.D, c0 = gl_WorkGroupID.y * 256u;
-#ifdef FUSE_MIX
-    uint HD = hc * p.D, nmix = (2u + hc) * hc, splits = HD / 256u;
+    /* the invocation's four columns computed before any is stored, so their
+       loads are in flight together (a store could alias a later load) */
     vec4 v;
     for (uint q = 0u; q < 4u; q++) {
-        uint c = c0 + i + 64u * q;
+        uint c = min(c0 + i + 64u * q, p.D - 1u);
         v[q] = post_col(t, k, c, expert_sum(t, c));
-        O[rb + k * p.D + c] = v[q];
     }
-    uint sl = k * (p.D / 256u) + gl_WorkGroupID.y;
+    for (uint q = 0u; q < 4u; q++)
+        if (c0 + i + 64u * q < p.D) O[rb + k * p.D + c0 + i + 64u * q] = v[q];
+#ifdef FUSE_MIX
+    uint HD = hc * p.D, nmix = (2u + hc) * hc, splits = HD / 256u, sl = k * (p.D / 256u) + gl_WorkGroupID.y;
     mix_cols(v, nmix, HD, k * p.D + c0, (t * splits + sl) * (nmix + 1u));
-#else
-    for (uint c = c0 + i; c < c1; c += 64u) O[rb + k * p.D + c] = post_col(t, k, c, expert_sum(t, c));
 #endif
 }
