@@ -18,10 +18,11 @@
  *     shared memory (all of a tile's loads in flight together) with the
  *     tile's exp(s - max) and their bf16 roundings. Each column's sum and
  *     the denominator are chains over the keys in list order, exactly as
- *     attn_tile (masked keys add 0 x 0: the same bits as skipping them). With rope_inv the thread's two columns, where they are
- *     a RoPE pair (the last rd dims), are rotated back as headprep.comp's
- *     F_ROPE_INV does it (the same operations: the same bits), so the
- *     engine skips that dispatch and a barrier of the decode chain.
+ *     attn_tile (masked keys add 0 x 0: the same bits as skipping them).
+ *     With rope_inv the thread's two columns, where they are a RoPE pair
+ *     (the last rd dims), are rotated back as headprep.comp's F_ROPE_INV
+ *     does it (the same operations: the same bits), so the engine skips
+ *     that dispatch and a barrier of the decode chain.
  *
  * So every value is computed by the same operations in the same order as
  * attn_tile / attn_direct / attn / attn_serial (the same bits; the tests
@@ -30,9 +31,9 @@
  *
  * Scratch (binding 7): one record of ld_sc >= nk floats per (token, head),
  * token = sc_t0 + token of the segment (the engine gives each segment of a
- * pass its own rows): words [0, nk) the raw scores. Compressed rows follow the shared convention: rows
- * r < base_rows in the base buffer (the last binding), the rest in CMP at
- * r - base_rows (row4). head_dim must be a multiple of 16 and
+ * pass its own rows): words [0, nk) the raw scores. Compressed rows follow
+ * the shared convention: rows r < base_rows in the base buffer (binding 8),
+ * the rest in CMP at r - base_rows (row4). head_dim must be a multiple of 16 and
  * at most DMAX (engine/forward.c attn_variant checks). Loop trips per
  * invocation: phase 1 D/16 per key and head pair, phase 2 about nk, far
  * below llvmpipe's 65535 at the tests' sizes. */

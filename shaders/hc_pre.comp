@@ -5,11 +5,11 @@
  * hc_split_sinkhorn (pre, post, comb with hc_sinkhorn_iters alternating
  * normalisations) or, for the head, pre only; y = sum_h pre_h * x_h rounded
  * to bf16. post and comb go to MIX[T][hc+hc*hc] for hc_post.
- * A decode step runs this for one token: 256 invocations write y's columns
- * (64 left each of them 64 rounds of loads), and the slices' partial sums
- * are loaded eight at a time before they are added, in slice order.
+ * A decode step runs this for one token: 256 invocations write y's columns,
+ * 8 columns' loads in flight together, and the slices' partial sums are
+ * loaded eight at a time before they are added, in slice order.
  *
- * -DNORM (hc_pre_norm, hc_head_norm; -DQUANT: hc_pre_norm_q): y stays in
+ * -DNORM (hc_head_norm; with -DQUANT hc_pre_norm_q): y stays in
  * shared memory and the workgroup goes on with the RMSNorm the block (or
  * the head) applies to it next, as rmsnorm.comp (rmsnorm_q) computes it:
  * Y receives the normed row, YQ its FP8 quant-dequant. One dispatch and one
