@@ -34,7 +34,10 @@ SHADER_SRCS := $(wildcard shaders/*.comp shaders/*.glsl) shaders/shaders.list
 
 all: $(BIN_DIR)/dsv4-batch
 
-$(BIN_DIR)/dsv4-batch: $(BUILD_DIR)/pipeline/main.o $(BUILD_DIR)/libdsv4.a
+# SAN_OBJS: objects only sanitizer builds link into the programs the tests
+# start (`make asan`).
+SAN_OBJS :=
+$(BIN_DIR)/dsv4-batch: $(BUILD_DIR)/pipeline/main.o $(BUILD_DIR)/libdsv4.a $(SAN_OBJS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
@@ -71,7 +74,7 @@ $(BUILD_DIR)/tools/gemm_bench: bench/gemm_bench.c $(BUILD_DIR)/libdsv4.a
 
 # bench and conformance alone, linked --as-needed: on a GPU machine it needs
 # only the Vulkan loader, jansson and libcrypto (bench/dsv4_bench_main.c).
-$(BIN_DIR)/dsv4-bench: bench/dsv4_bench_main.c $(BUILD_DIR)/libdsv4.a
+$(BIN_DIR)/dsv4-bench: bench/dsv4_bench_main.c $(BUILD_DIR)/libdsv4.a $(SAN_OBJS)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS) -Wl,--as-needed $(LDLIBS)
 
@@ -102,12 +105,14 @@ test: deps
 # ASan+UBSan, and every test runs from build-asan/root, a tree of links to
 # this one in which bin/ is bin-asan/ (the tests run bin/dsv4-batch), so the
 # CLI processes the tests start are checked too. Leaks are reported;
-# tests/lsan.supp silences only leaks inside the Vulkan driver (Mesa/LLVM).
+# tests/lsan.supp silences only leaks inside the Vulkan driver (Mesa/LLVM),
+# which tests/asan_keep_driver.c keeps loaded so that their frames have names.
 SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer
 SAN_ENV   := ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
              LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0
 asan:
-	$(MAKE) BUILD_DIR=build-asan BIN_DIR=bin-asan CFLAGS="-O1 -g $(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)" tests
+	$(MAKE) BUILD_DIR=build-asan BIN_DIR=bin-asan CFLAGS="-O1 -g $(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)" \
+	    SAN_OBJS=build-asan/tests/asan_keep_driver.o tests
 	@rm -rf build-asan/root && mkdir -p build-asan/root
 	@for f in * .[!.]*; do case "$$f" in bin|bin-asan|build|build-asan|.git) ;; \
 	    *) ln -s "$(CURDIR)/$$f" "build-asan/root/$$f" ;; esac; done
