@@ -848,13 +848,20 @@ static void hc_mix(dsv4_engine *e, const ghc *h, vkview X, uint32_t T, int head,
     vkrt_dispatch(&e->rt, head ? P_HC_MIX_HEAD : P_HC_MIX, vm, 3, &pm, sizeof pm, T, hc_splits(e), 1);
 }
 
-static void hc_pre(dsv4_engine *e, const ghc *h, vkview X, vkview Y, vkview MIX, uint32_t T, int head, int mixed)
+/* hc_pre's push constants (hc_pre, hc_head and their NORM variants) */
+static pc_hcpre hcpre_push(const dsv4_engine *e)
 {
     const dsv4_config *c = &e->m->cfg;
     uint32_t D = (uint32_t)c->hidden_size, hc = (uint32_t)c->hc_mult;
-    hc_mix(e, h, X, T, head, mixed);
     pc_hcpre pc = {D, hc, (uint32_t)c->hc_sinkhorn_iters, hc * D, (float)c->rms_norm_eps, (float)c->hc_eps,
                    hc_splits(e)};
+    return pc;
+}
+
+static void hc_pre(dsv4_engine *e, const ghc *h, vkview X, vkview Y, vkview MIX, uint32_t T, int head, int mixed)
+{
+    hc_mix(e, h, X, T, head, mixed);
+    pc_hcpre pc = hcpre_push(e);
     vkview v[7] = {X, h->fn, h->base, h->scale, Y, MIX, e->s.hcpart};
     vkrt_dispatch(&e->rt, head ? P_HC_HEAD : P_HC_PRE, v, 7, &pc, sizeof pc, T, 1, 1);
 }
@@ -866,8 +873,7 @@ static void hc_pre(dsv4_engine *e, const ghc *h, vkview X, vkview Y, vkview MIX,
 static void hc_pre_norm(dsv4_engine *e, const ghc *h, vkview X, vkview HX, vkview NW, vkview Y, vkview YQ,
                         vkview MIX, uint32_t T, int head, int mixed)
 {
-    const dsv4_config *c = &e->m->cfg;
-    uint32_t D = (uint32_t)c->hidden_size, hc = (uint32_t)c->hc_mult;
+    uint32_t D = (uint32_t)e->m->cfg.hidden_size;
     vk_pipe_id pf = head ? P_HC_HEAD_NORM : P_HC_PRE_NORM_Q;
     if (D > HC_NORM_MAXD || (!head && (D % 128 || D > 64 * 128)) || !vkrt_has_pipe(&e->rt, pf)) {
         hc_pre(e, h, X, HX, MIX, T, head, mixed);
@@ -877,8 +883,7 @@ static void hc_pre_norm(dsv4_engine *e, const ghc *h, vkview X, vkview HX, vkvie
         return;
     }
     hc_mix(e, h, X, T, head, mixed);
-    pc_hcpre pc = {D, hc, (uint32_t)c->hc_sinkhorn_iters, hc * D, (float)c->rms_norm_eps, (float)c->hc_eps,
-                   hc_splits(e)};
+    pc_hcpre pc = hcpre_push(e);
     vkview v[9] = {X, h->fn, h->base, h->scale, Y, MIX, e->s.hcpart, NW, YQ};
     vkrt_dispatch(&e->rt, pf, v, head ? 8 : 9, &pc, sizeof pc, T, 1, 1);
 }

@@ -664,6 +664,7 @@ struct vksched {
     int n_ops, cap_ops, n_views, cap_views, n_push, cap_push, n_acc, cap_acc, n_slots, cap_slots, n_pend,
         cap_pend, cap_order, levels, failed;
     int reverse; /* DSV4_SCHED_REVERSE=1: each level's operations in reverse queue order */
+    int trace;   /* DSV4_SCHED_TRACE set: each pass's operations by level to stderr */
 };
 
 /* Queued (rt->sched) unless every dispatch gets its own barrier (profiling,
@@ -686,7 +687,10 @@ static struct vksched *sched_new(void)
 {
     struct vksched *q = calloc(1, sizeof *q);
     const char *r = getenv("DSV4_SCHED_REVERSE");
-    if (q) q->reverse = r && strcmp(r, "1") == 0;
+    if (q) {
+        q->reverse = r && strcmp(r, "1") == 0;
+        q->trace = getenv("DSV4_SCHED_TRACE") != NULL;
+    }
     return q;
 }
 
@@ -865,7 +869,6 @@ static int sched_flush(vkrt *rt, char *err, size_t errlen)
     for (int i = 0; i < q->n_ops; i++) order[first[q->ops[i].level]++] = i;
     for (int l = q->levels; l > 0; l--) first[l] = first[l - 1];
     first[0] = 0;
-    int trace = getenv("DSV4_SCHED_TRACE") != NULL;
     for (int l = 0; l < q->levels; l++) {
         if (l) barrier(rt);
         int n = first[l + 1] - first[l];
@@ -875,7 +878,7 @@ static int sched_flush(vkrt *rt, char *err, size_t errlen)
             int i = order[first[l] + (q->reverse ? n - 1 - j : j)];
             const qop *op = &q->ops[i];
             const vkview *v = q->views + op->view0;
-            if (trace)
+            if (q->trace)
                 fprintf(stderr, "L%-4d #%-5d %-16s %s\n", l, i, op->name ? op->name : "-",
                         op->kind == OP_DISPATCH ? pipe_info[op->p].shader : op->kind == OP_COPY ? "(copy)" : "(fill)");
             if (op->kind == OP_DISPATCH) {
@@ -958,6 +961,32 @@ void vkrt_fill(vkrt *rt, vkview dst, VkDeviceSize n, uint32_t value)
 
 int vkrt_queued(const vkrt *rt) { return scheduled(rt) ? rt->sched->n_ops : 0; }
 
+/* Records what is queued (rt->sched) into the command buffer; on failure
+ * the buffer is ended and the parts already submitted are waited for, so
+ * the buffers can be reused. */
+static int flush_queued(vkrt *rt, char *err, size_t errlen)
+{
+    if (!rt->sched) return 0;
+    int rc = sched_flush(rt, err, errlen);
+    if (rc) {
+        vkEndCommandBuffer(rt->cmd);
+        if (rt->n_part) vkQueueWaitIdle(rt->queue);
+    }
+    return rc;
+}
+
+/* Ends the command buffer and submits it (signalling fence, if any). */
+static int end_submit(vkrt *rt, VkFence fence, char *err, size_t errlen)
+{
+    VKCHK(vkEndCommandBuffer(rt->cmd), "vkEndCommandBuffer");
+    rt->record_s += mono_s() - rt->begin_s;
+    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &rt->cmd};
+    if (fence) VKCHK(vkResetFences(rt->dev, 1, &fence), "vkResetFences");
+    VKCHK(vkQueueSubmit(rt->queue, 1, &si, fence), "vkQueueSubmit");
+    rt->n_submits++;
+    return 0;
+}
+
 int vkrt_submit_part(vkrt *rt, char *err, size_t errlen)
 {
     if (!scheduled(rt) || rt->n_part + 1 >= VK_MAX_PARTS || !rt->sched->n_ops) return 0;
@@ -967,17 +996,9 @@ int vkrt_submit_part(vkrt *rt, char *err, size_t errlen)
                                            .commandBufferCount = 1};
         VKCHK(vkAllocateCommandBuffers(rt->dev, &cai, &rt->part[rt->n_part + 1]), "vkAllocateCommandBuffers");
     }
-    int rc = sched_flush(rt, err, errlen);
-    if (rc) {
-        vkEndCommandBuffer(rt->cmd);
-        if (rt->n_part) vkQueueWaitIdle(rt->queue); /* the parts in flight, before the buffers are reused */
-        return rc;
-    }
-    VKCHK(vkEndCommandBuffer(rt->cmd), "vkEndCommandBuffer");
-    rt->record_s += mono_s() - rt->begin_s;
-    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &rt->cmd};
-    VKCHK(vkQueueSubmit(rt->queue, 1, &si, VK_NULL_HANDLE), "vkQueueSubmit");
-    rt->n_submits++;
+    int rc = flush_queued(rt, err, errlen);
+    if (!rc) rc = end_submit(rt, VK_NULL_HANDLE, err, errlen);
+    if (rc) return rc;
     rt->begin_s = mono_s();
     rt->cmd = rt->part[++rt->n_part];
     rc = begin_cmd(rt, err, errlen);
@@ -989,25 +1010,14 @@ int vkrt_submit_part(vkrt *rt, char *err, size_t errlen)
 int vkrt_submit_wait(vkrt *rt, char *err, size_t errlen)
 {
     rt->recording = 0;
-    int pending = rt->n_hz_w || rt->n_hz_r;
-    if (rt->sched) {
-        pending = pending || rt->sched->n_ops;
-        int rc = sched_flush(rt, err, errlen);
-        if (rc) {
-            vkEndCommandBuffer(rt->cmd);
-            if (rt->n_part) vkQueueWaitIdle(rt->queue); /* the parts in flight, before the buffers are reused */
-            return rc;
-        }
-    }
+    int pending = rt->n_hz_w || rt->n_hz_r || (rt->sched && rt->sched->n_ops);
+    int rc = flush_queued(rt, err, errlen);
+    if (rc) return rc;
     /* the pass's last writes must be visible to later submissions
        (downloads, the next pass) */
     if (pending) barrier(rt);
-    VKCHK(vkEndCommandBuffer(rt->cmd), "vkEndCommandBuffer");
-    rt->record_s += mono_s() - rt->begin_s;
-    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &rt->cmd};
-    VKCHK(vkResetFences(rt->dev, 1, &rt->fence), "vkResetFences");
-    VKCHK(vkQueueSubmit(rt->queue, 1, &si, rt->fence), "vkQueueSubmit");
-    rt->n_submits++;
+    rc = end_submit(rt, rt->fence, err, errlen);
+    if (rc) return rc;
     rt->n_passes++;
     VKCHK(vkWaitForFences(rt->dev, 1, &rt->fence, VK_TRUE, UINT64_MAX), "vkWaitForFences");
     if (rt->profile && rt->nq) {

@@ -734,6 +734,18 @@ static void hc_pre_norm_fused(void)
     hc_pre_norm_case(1, 4096, 1);
 }
 
+/* ref_hc_post with post and comb read from MIX[T][HC + HC*HC] as the engine holds them */
+static void ref_hc_post_mix(const float *f, const float *res, const float *mix, int T, int HC, int D, float *out)
+{
+    float *post = malloc(sizeof(float) * T * HC), *comb = malloc(sizeof(float) * T * HC * HC);
+    for (int t = 0; t < T; t++) {
+        memcpy(post + t * HC, mix + t * (HC + HC * HC), HC * 4);
+        memcpy(comb + t * HC * HC, mix + t * (HC + HC * HC) + HC, HC * HC * 4);
+    }
+    ref_hc_post(f, res, post, comb, T, HC, D, out);
+    free(post); free(comb);
+}
+
 /* hc_post_mix: hc_post's bits, and the next hc_pre's hc_mix sums of its
    result in hc_mix's order (hc_mix_order) for slices of 256 columns */
 typedef struct { uint32_t D, hc; } pc_hcpost;
@@ -759,14 +771,10 @@ static void hc_post_mix_case(int T, int D)
     run1z(P_HC_POST, b1, 4, &pc, sizeof pc, (uint32_t)T, (uint32_t)(D + 255) / 256, HC);
     CHECK(readbuf(&bo1, o1, n * 4) == 0);
     { /* and hc_post against the CPU's (the same order: the same bits) */
-        float *post = malloc((size_t)T * HC * 4), *comb = malloc((size_t)T * HC * HC * 4), *want_o = malloc(n * 4);
-        for (int t = 0; t < T; t++) {
-            memcpy(post + t * HC, mix + t * NM, HC * 4);
-            memcpy(comb + t * HC * HC, mix + t * NM + HC, HC * HC * 4);
-        }
-        ref_hc_post(x, res, post, comb, T, HC, D, want_o);
+        float *want_o = malloc(n * 4);
+        ref_hc_post_mix(x, res, mix, T, HC, D, want_o);
         CHECKF(memcmp(o1, want_o, n * 4) == 0, "hc_post D %d: not the CPU's bits", D);
-        free(post); free(comb); free(want_o);
+        free(want_o);
     }
     if (mix_too) {
         vkbuf *b2[6] = {&bx, &br, &bm, &bo2, &bf_, &bp};
@@ -944,15 +952,10 @@ static void combine_want(const float *ys, const float *sh, const uint32_t *sel, 
 static void combine_post_want(const float *ys, const float *sh, const uint32_t *sel, const uint32_t *pos,
                               const float *res, const float *mix, int T, int K, int HC, int D, float *want)
 {
-    float *y = malloc(sizeof(float) * T * D), *post = malloc(sizeof(float) * T * HC),
-          *comb = malloc(sizeof(float) * T * HC * HC);
+    float *y = malloc(sizeof(float) * T * D);
     combine_want(ys, sh, sel, pos, T, K, D, y);
-    for (int t = 0; t < T; t++) {
-        memcpy(post + t * HC, mix + t * (HC + HC * HC), HC * 4);
-        memcpy(comb + t * HC * HC, mix + t * (HC + HC * HC) + HC, HC * HC * 4);
-    }
-    ref_hc_post(y, res, post, comb, T, HC, D, want);
-    free(y); free(post); free(comb);
+    ref_hc_post_mix(y, res, mix, T, HC, D, want);
+    free(y);
 }
 
 /* D 320: a partial block of columns; with mix (moe_combine_post_mix, D a
